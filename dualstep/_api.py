@@ -1,0 +1,328 @@
+"""The five public functions: docstrings, argument checks, dispatch to a backend."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._dispatch import backend_for
+
+_STATE_RULE = """
+    With ``state=None`` (the default) every module is called as ``m(x)`` and the call returns
+    the output sequence only. With ``state=s0`` (an array or any tuple/dict nesting of arrays) a
+    module is called as ``m(x, state) -> (y, state)`` and the call returns
+    ``(y_seq, final_state)``. With a list or tuple of modules, `state` is a tuple with one entry
+    per module; a ``None`` entry marks a stateless module (called as ``m(x)``) and stays ``None``
+    in the returned final state."""
+
+
+def _describe(value: Any) -> str:
+    shape = getattr(value, "shape", None)
+    if shape is not None:
+        return f"{type(value).__qualname__} of shape {tuple(shape)}"
+    return repr(value) if isinstance(value, (int, float, str, type(None))) else type(value).__qualname__
+
+
+def _check_modules(modules: Any, argument: str) -> None:
+    if isinstance(modules, (list, tuple)):
+        for i, module in enumerate(modules):
+            if not callable(module):
+                raise TypeError(
+                    f"`{argument}[{i}]` must be callable; got {type(module).__qualname__}"
+                )
+    elif not callable(modules):
+        raise TypeError(
+            f"`{argument}` must be a callable or a list/tuple of callables; "
+            f"got {type(modules).__qualname__}"
+        )
+
+
+def _check_state(state: Any, modules: Any, argument: str) -> Any:
+    """Return `state` with a module list's per-module entries as a tuple."""
+    if state is None or not isinstance(modules, (list, tuple)):
+        return state
+    if not isinstance(state, (list, tuple)):
+        raise TypeError(
+            f"`state` must be a tuple with one entry per module of `{argument}` (None for a "
+            f"stateless module); got {type(state).__qualname__}"
+        )
+    if len(state) != len(modules):
+        raise ValueError(
+            f"`state` must have one entry per module of `{argument}` ({len(modules)}); "
+            f"got {len(state)} entries"
+        )
+    return tuple(state)
+
+
+def _check_sequence(x_seq: Any, layout: str, time_axis: int | None):
+    """Dispatch on `x_seq`, check its rank against `layout` and, for `time_axis`, that T > 0."""
+    backend = backend_for(x_seq)
+    shape = tuple(x_seq.shape)
+    min_ndim = layout.count(",") + 1 - layout.count("...")
+    if len(shape) < min_ndim:
+        raise ValueError(
+            f"`x_seq` must have at least {min_ndim} dimension(s) ({layout}); got shape {shape}"
+        )
+    if time_axis is not None and shape[time_axis] == 0:
+        raise ValueError(
+            f"`x_seq` must have at least one time step (T >= 1 on axis {time_axis}); "
+            f"got shape {shape}"
+        )
+    return backend
+
+
+def _check_split_size(split_size: Any) -> int:
+    if isinstance(split_size, bool) or not isinstance(split_size, (int, np.integer)):
+        raise TypeError(f"`split_size` must be a positive int; got {_describe(split_size)}")
+    if split_size <= 0:
+        raise ValueError(f"`split_size` must be a positive int; got {split_size}")
+    return int(split_size)
+
+
+def _check_seq_to_ann(x_seq: Any, leading: int):
+    """Dispatch a stateless call; the arrays of a tuple `x_seq` share their time (and batch) axes."""
+    layout, time_axis = ("[T, batch_size, ...]", None) if leading == 0 else ("[..., T]", -1)
+    if not isinstance(x_seq, tuple):
+        return _check_sequence(x_seq, layout, time_axis)
+    if len(x_seq) == 0:
+        raise ValueError("`x_seq` must be an array or a non-empty tuple of arrays; got ()")
+    backend = _check_sequence(x_seq[0], layout, time_axis)
+    for i, item in enumerate(x_seq[1:], start=1):
+        if backend_for(item, f"x_seq[{i}]") is not backend:
+            raise TypeError(
+                f"`x_seq[{i}]` must be the same kind of array as `x_seq[0]` "
+                f"({type(x_seq[0]).__qualname__}); got {type(item).__qualname__}"
+            )
+        _check_sequence(item, layout, time_axis)
+    shapes = [tuple(item.shape) for item in x_seq]
+    key = slice(0, 2) if leading == 0 else slice(-1, None)
+    if any(s[key] != shapes[0][key] for s in shapes[1:]):
+        dims = "[T, batch_size] leading dimensions" if leading == 0 else "last (time) dimension"
+        raise ValueError(f"all arrays in `x_seq` must share the same {dims}; got shapes {shapes}")
+    return backend
+
+
+def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None) -> Any:
+    """Run single-step module(s) over the time axis of a ``[T, batch_size, ...]`` sequence.
+
+    The module is called once per step on ``x_seq[t]`` for t = 0..T-1, in order; a list or
+    tuple of modules is applied in order at every step. Outputs are stacked along axis 0. A step
+    that returns a tuple of arrays gives the tuple of stacked arrays.
+    {state_rule}
+
+    Parameters
+    ----------
+    x_seq : array, shape ``[T, batch_size, ...]``
+        A ``torch.Tensor``, ``jax.Array`` (or JAX tracer) or ``numpy.ndarray``; its type picks
+        the backend.
+    single_step_module : callable or list/tuple of callables
+        Single-step module(s): ``nn.Module``, function, ``nn.Sequential``.
+    state : array, pytree of arrays, or tuple with one entry per module, optional
+        Initial state; see above.
+
+    Returns
+    -------
+    y_seq : array (or tuple of arrays), shape ``[T, batch_size, ...]``
+        Returned alone when `state` is None, else as ``(y_seq, final_state)``.
+
+    Raises
+    ------
+    TypeError
+        `x_seq` is not a supported array; a module is not callable; `state` is not a tuple for a
+        module list; a stateful module does not return a ``(y, state)`` pair.
+    ValueError
+        `x_seq` has no dimensions or ``T == 0``; `state` has the wrong number of entries.
+
+    Exceptions raised by the modules propagate unchanged. On JAX the call lowers to one
+    ``lax.scan``; eager calls reuse a compiled program per step function and input shapes, so
+    steps must be pure functions of their arguments (as under ``jax.jit``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward
+    >>> def integrate(x, v):
+    ...     v = v + x
+    ...     return v, v
+    >>> y, v = multi_step_forward(np.ones((3, 2)), integrate, state=np.zeros(2))
+    >>> y.tolist(), v.tolist()
+    ([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], [3.0, 3.0])
+    """
+    backend = _check_sequence(x_seq, "[T, ...]", 0)
+    _check_modules(single_step_module, "single_step_module")
+    state = _check_state(state, single_step_module, "single_step_module")
+    return backend.multi_step_forward(x_seq, single_step_module, state)
+
+
+def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None) -> Any:
+    """Run single-step module(s) over the last (time) axis of a ``[batch_size, ..., T]`` sequence.
+
+    Identical to :func:`multi_step_forward` with the time axis last: the module is called on
+    ``x_seq[..., t]`` for t = 0..T-1 and the outputs are stacked along the last axis. On torch
+    the result has the shape and strides that ``torch.stack(ys, dim=-1)`` gives.
+    {state_rule}
+
+    Parameters
+    ----------
+    x_seq : array, shape ``[batch_size, ..., T]``
+    single_step_module : callable or list/tuple of callables
+    state : array, pytree of arrays, or tuple with one entry per module, optional
+
+    Returns
+    -------
+    y_seq : array (or tuple of arrays), shape ``[batch_size, ..., T]``
+        Returned alone when `state` is None, else as ``(y_seq, final_state)``.
+
+    Raises
+    ------
+    TypeError, ValueError
+        As :func:`multi_step_forward`; ``T`` is read from the last axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import t_last_multi_step_forward
+    >>> x = np.arange(6.0).reshape(2, 3)
+    >>> t_last_multi_step_forward(x, lambda x_t, s: (x_t + s, x_t + s), state=np.zeros(2))[0]
+    array([[ 0.,  1.,  3.],
+           [ 3.,  7., 12.]])
+    """
+    backend = _check_sequence(x_seq, "[..., T]", -1)
+    _check_modules(single_step_module, "single_step_module")
+    state = _check_state(state, single_step_module, "single_step_module")
+    return backend.t_last_multi_step_forward(x_seq, single_step_module, state)
+
+
+def chunk_multi_step_forward(
+    split_size: int, x_seq: Any, multi_step_module: Any, *, state: Any = None
+) -> Any:
+    """Feed a ``[T, ...]`` sequence to multi-step module(s) in chunks of `split_size` steps.
+
+    ``x_seq`` is split along axis 0 into chunks of `split_size` (the last may be shorter;
+    ``split_size > T`` gives one chunk); the module is called once per chunk, in order, and the
+    outputs are concatenated along axis 0. State kept inside a module (torch) or passed with
+    `state` carries from chunk to chunk, so the result equals the unchunked call.
+    {state_rule}
+    With `state`, a valid chunk module is
+    ``lambda x_chunk, s: multi_step_forward(x_chunk, step, state=s)``.
+
+    Parameters
+    ----------
+    split_size : int
+        Steps per chunk; a positive ``int`` or NumPy integer.
+    x_seq : array, shape ``[T, ...]``
+    multi_step_module : callable or list/tuple of callables
+        Multi-step module(s), each taking and returning a ``[t, ...]`` chunk.
+    state : array, pytree of arrays, or tuple with one entry per module, optional
+
+    Returns
+    -------
+    y_seq : array (or tuple of arrays), shape ``[T, ...]``
+        Returned alone when `state` is None, else as ``(y_seq, final_state)``.
+
+    Raises
+    ------
+    TypeError
+        `split_size` is not an integer (``bool``, ``float``, ``str`` and ``None`` included), plus
+        the cases of :func:`multi_step_forward`.
+    ValueError
+        ``split_size <= 0``, plus the cases of :func:`multi_step_forward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import chunk_multi_step_forward
+    >>> cumsum = lambda x_chunk, s: (np.cumsum(x_chunk, 0) + s, s + x_chunk.sum(0))
+    >>> chunk_multi_step_forward(2, np.ones((5, 1)), cumsum, state=np.zeros(1))[0].ravel()
+    array([1., 2., 3., 4., 5.])
+    """
+    split_size = _check_split_size(split_size)
+    backend = _check_sequence(x_seq, "[T, ...]", 0)
+    _check_modules(multi_step_module, "multi_step_module")
+    state = _check_state(state, multi_step_module, "multi_step_module")
+    return backend.chunk_multi_step_forward(split_size, x_seq, multi_step_module, state)
+
+
+def seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
+    """Run stateless module(s) on a ``[T, batch_size, ...]`` sequence as one ``[T*batch_size, ...]`` batch.
+
+    The time and batch axes are flattened, the module(s) called once, and every output restored
+    to ``[T, batch_size, ...]``. A tuple `x_seq` (arrays sharing ``[T, batch_size]``) is fed as
+    positional arguments to the first module; later modules get the previous output. Tuple
+    outputs are restored item by item.
+
+    Parameters
+    ----------
+    x_seq : array or tuple of arrays, shape ``[T, batch_size, ...]``
+    stateless_module : callable or list/tuple of callables
+
+    Returns
+    -------
+    y_seq : array or tuple of arrays, shape ``[T, batch_size, ...]``
+
+    Raises
+    ------
+    TypeError
+        `x_seq` (or an item of it) is not a supported array, or items mix array kinds; a module
+        is not callable.
+    ValueError
+        `x_seq` has fewer than 2 dimensions; a tuple `x_seq` is empty or its arrays differ in
+        their ``[T, batch_size] leading dimensions``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import seq_to_ann_forward
+    >>> seq_to_ann_forward(np.ones((4, 3, 2)), lambda x: x.sum(-1)).shape
+    (4, 3)
+    """
+    backend = _check_seq_to_ann(x_seq, 0)
+    _check_modules(stateless_module, "stateless_module")
+    return backend.seq_to_ann_forward(x_seq, stateless_module)
+
+
+def t_last_seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
+    """Map stateless module(s) over the last (time) axis of a ``[batch_size, ..., T]`` sequence.
+
+    A vectorised map: ``torch.vmap(..., in_dims=-1, out_dims=-1)`` on torch,
+    ``jax.vmap(..., in_axes=-1, out_axes=-1)`` on JAX, a loop on NumPy. Modules in a list or
+    tuple are called in order inside the map; an ``nn.Sequential`` is called as one container.
+    A tuple `x_seq` is fed positionally to the first module; tuple outputs come back with time
+    last. Modules whose output depends on the whole batch (batch norm in training) cannot be
+    mapped this way.
+
+    Parameters
+    ----------
+    x_seq : array or tuple of arrays, shape ``[batch_size, ..., T]``
+    stateless_module : callable or list/tuple of callables
+
+    Returns
+    -------
+    y_seq : array or tuple of arrays, shape ``[batch_size, ..., T]``
+
+    Raises
+    ------
+    TypeError
+        As :func:`seq_to_ann_forward`.
+    ValueError
+        `x_seq` has no dimensions or ``T == 0`` (no output shape could be known on NumPy; the
+        rule is the same everywhere); a tuple `x_seq` is empty or its arrays differ in their last
+        (time) dimension.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import t_last_seq_to_ann_forward
+    >>> t_last_seq_to_ann_forward(np.arange(6.0).reshape(2, 3), lambda x: 2 * x)
+    array([[ 0.,  2.,  4.],
+           [ 6.,  8., 10.]])
+    """
+    backend = _check_seq_to_ann(x_seq, -1)
+    _check_modules(stateless_module, "stateless_module")
+    return backend.t_last_seq_to_ann_forward(x_seq, stateless_module)
+
+
+for _f in (multi_step_forward, t_last_multi_step_forward, chunk_multi_step_forward):
+    _f.__doc__ = _f.__doc__.replace("{state_rule}", _STATE_RULE.strip("\n"))
+del _f

@@ -1,0 +1,47 @@
+"""Pick the backend module for an input array, by type, without importing a framework."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from types import ModuleType
+
+import numpy as np
+
+SUPPORTED = "torch.Tensor, jax.Array (or a JAX tracer) or numpy.ndarray"
+
+_cache: dict[type, ModuleType] = {}
+
+
+def _kind_of(x: object) -> str | None:
+    # A framework that is not in sys.modules cannot have made `x`, so it is never imported here.
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.Tensor):
+        return "torch"
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        core = sys.modules.get("jax.core")
+        # Tracers are checked by class too: newer JAX may stop registering them as jax.Array.
+        if isinstance(x, jax.Array) or (core is not None and isinstance(x, core.Tracer)):
+            return "jax"
+    if isinstance(x, np.ndarray):
+        return "numpy"
+    return None
+
+
+def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
+    """Return the backend module that handles `x`, or raise TypeError naming `argument`.
+
+    The answer is cached per ``type(x)``; unsupported types are not cached.
+    """
+    backend = _cache.get(type(x))
+    if backend is None:
+        name = _kind_of(x)
+        if name is None:
+            raise TypeError(
+                f"`{argument}` must be a {SUPPORTED}; "
+                f"got {type(x).__module__}.{type(x).__qualname__}"
+            )
+        backend = importlib.import_module(f"dualstep.backends.{name}")
+        _cache[type(x)] = backend
+    return backend

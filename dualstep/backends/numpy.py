@@ -1,0 +1,47 @@
+"""NumPy backend: plain Python loops; run in float64 it is the oracle the tests compare with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from .._modules import apply_modules, map_outputs, run_steps, stack_outputs
+
+
+def _stack_last(arrays: list) -> np.ndarray:
+    return np.stack(arrays, axis=-1)
+
+
+def _result(ys: list, final: Any, state: Any, stack: Any) -> Any:
+    y_seq = stack_outputs(ys, stack)
+    return y_seq if state is None else (y_seq, final)
+
+
+def multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
+    ys, final = run_steps(x_seq, modules, state)
+    return _result(ys, final, state, np.stack)
+
+
+def t_last_multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
+    ys, final = run_steps((x_seq[..., t] for t in range(x_seq.shape[-1])), modules, state)
+    return _result(ys, final, state, _stack_last)
+
+
+def chunk_multi_step_forward(split_size: int, x_seq: np.ndarray, modules: Any, state: Any) -> Any:
+    chunks = (x_seq[i : i + split_size] for i in range(0, x_seq.shape[0], split_size))
+    ys, final = run_steps(chunks, modules, state)
+    return _result(ys, final, state, np.concatenate)
+
+
+def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
+    t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
+    flat = map_outputs(x_seq, lambda a: a.reshape((t * b, *a.shape[2:])))
+    y = apply_modules(flat, modules)
+    return map_outputs(y, lambda a: a.reshape((t, b, *a.shape[1:])))
+
+
+def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
+    steps = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[-1]
+    ys = [apply_modules(map_outputs(x_seq, lambda a, t=t: a[..., t]), modules) for t in range(steps)]
+    return stack_outputs(ys, _stack_last)
