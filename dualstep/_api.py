@@ -21,7 +21,11 @@ def _describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
     if shape is not None:
         return f"{type(value).__qualname__} of shape {tuple(shape)}"
-    return repr(value) if isinstance(value, (int, float, str, type(None))) else type(value).__qualname__
+    return (
+        repr(value)
+        if isinstance(value, (int, float, str, type(None)))
+        else type(value).__qualname__
+    )
 
 
 def _check_modules(modules: Any, argument: str) -> None:
@@ -81,7 +85,7 @@ def _check_split_size(split_size: Any) -> int:
 
 
 def _check_seq_to_ann(x_seq: Any, leading: int):
-    """Dispatch a stateless call; the arrays of a tuple `x_seq` share their time (and batch) axes."""
+    """Dispatch a stateless call; a tuple `x_seq`'s arrays share their time (and batch) axes."""
     layout, time_axis = ("[T, batch_size, ...]", None) if leading == 0 else ("[..., T]", -1)
     if not isinstance(x_seq, tuple):
         return _check_sequence(x_seq, layout, time_axis)
@@ -245,7 +249,7 @@ def chunk_multi_step_forward(
 
 
 def seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
-    """Run stateless module(s) on a ``[T, batch_size, ...]`` sequence as one ``[T*batch_size, ...]`` batch.
+    """Run stateless module(s) on a ``[T, batch_size, ...]`` sequence as one flat batch.
 
     The time and batch axes are flattened, the module(s) called once, and every output restored
     to ``[T, batch_size, ...]``. A tuple `x_seq` (arrays sharing ``[T, batch_size]``) is fed as

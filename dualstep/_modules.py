@@ -42,7 +42,7 @@ def apply_stateful(x: Any, state: Any, modules: Any) -> tuple[Any, Any]:
     if not isinstance(modules, (list, tuple)):
         return _call_stateful(modules, x, state)
     new_state = []
-    for module, s in zip(modules, state):
+    for module, s in zip(modules, state, strict=True):
         if s is None:
             x = module(x)
         else:

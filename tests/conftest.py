@@ -119,7 +119,7 @@ def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool =
     if isinstance(expected, tuple):
         assert isinstance(actual, tuple), f"expected a tuple, got {type(actual).__qualname__}"
         assert len(actual) == len(expected), f"tuple length {len(actual)} != {len(expected)}"
-        for a, e in zip(actual, expected):
+        for a, e in zip(actual, expected, strict=True):
             assert_close(a, e, dtype=dtype, exact=exact)
         return
     actual, expected = np.asarray(actual), np.asarray(expected)

@@ -32,7 +32,9 @@ ALL = {
 
 
 @pytest.mark.parametrize("name", ALL)
-@pytest.mark.parametrize("bad", [[[1.0, 2.0]], 3.0, "x", None], ids=["list", "float", "str", "None"])
+@pytest.mark.parametrize(
+    "bad", [[[1.0, 2.0]], 3.0, "x", None], ids=["list", "float", "str", "None"]
+)
 def test_unsupported_x_seq_is_type_error(name, bad):
     with pytest.raises(TypeError, match=r"`x_seq` must be a torch.Tensor.*; got builtins\."):
         ALL[name](bad, _identity)
@@ -47,11 +49,19 @@ def test_tuple_x_seq_rejected_by_multi_step_functions(backend, name):
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("multi_step", ()), ("t_last", ()), ("chunk", ()), ("seq_to_ann", (3,)), ("t_last_seq_to_ann", ())],
+    [
+        ("multi_step", ()),
+        ("t_last", ()),
+        ("chunk", ()),
+        ("seq_to_ann", (3,)),
+        ("t_last_seq_to_ann", ()),
+    ],
 )
 def test_too_few_dimensions_is_value_error(backend, name, shape):
     x = backend.asarray(np.ones(shape))
-    with pytest.raises(ValueError, match=r"`x_seq` must have at least .*got shape " + re.escape(str(shape))):
+    with pytest.raises(
+        ValueError, match=r"`x_seq` must have at least .*got shape " + re.escape(str(shape))
+    ):
         ALL[name](x, _identity)
 
 
@@ -79,11 +89,15 @@ def test_empty_batch_works(backend, name):
 
 def test_empty_batch_works_with_state(backend):
     x = backend.asarray(np.ones((4, 0, 3)))
-    y, v = ds.multi_step_forward(x, lambda x, v: (x + v, x + v), state=backend.asarray(np.zeros((0, 3))))
+    y, v = ds.multi_step_forward(
+        x, lambda x, v: (x + v, x + v), state=backend.asarray(np.zeros((0, 3)))
+    )
     assert tuple(y.shape) == (4, 0, 3) and tuple(v.shape) == (0, 3)
 
 
-@pytest.mark.parametrize("bad", [True, 2.0, "2", None, [2]], ids=["bool", "float", "str", "None", "list"])
+@pytest.mark.parametrize(
+    "bad", [True, 2.0, "2", None, [2]], ids=["bool", "float", "str", "None", "list"]
+)
 def test_split_size_of_wrong_type_is_type_error(backend, bad):
     x = backend.asarray(np.ones((4, 2)))
     with pytest.raises(TypeError, match=r"`split_size` must be a positive int; got"):
@@ -135,7 +149,9 @@ def test_state_not_a_tuple_for_module_list_is_type_error(backend, name):
 @pytest.mark.parametrize("name", MULTI_STEP)
 def test_stateful_module_must_return_pair(backend, name):
     x = backend.asarray(np.ones((3, 2)))
-    with pytest.raises(TypeError, match=r"must return a `\(y, state\)` pair; got tuple of length 3"):
+    with pytest.raises(
+        TypeError, match=r"must return a `\(y, state\)` pair; got tuple of length 3"
+    ):
         MULTI_STEP[name](x, lambda x, s: (x, s, s), state=backend.asarray(np.zeros(2)))
 
 
@@ -145,7 +161,9 @@ def test_seq_to_ann_empty_tuple_is_value_error():
 
 
 @pytest.mark.parametrize("name", ["seq_to_ann", "t_last_seq_to_ann"])
-@pytest.mark.parametrize("kinds", [("torch", "numpy"), ("jax", "numpy"), ("numpy", "torch"), ("jax", "torch")])
+@pytest.mark.parametrize(
+    "kinds", [("torch", "numpy"), ("jax", "numpy"), ("numpy", "torch"), ("jax", "torch")]
+)
 def test_tuple_mixing_array_kinds_is_type_error(name, kinds):
     first, second = (MAKERS[k]() for k in kinds)
     x = np.ones((3, 2, 2))
@@ -206,20 +224,27 @@ def test_exception_in_last_chunk_propagates(backend):
         return xc, s
 
     with pytest.raises(Boom) as info:
-        ds.chunk_multi_step_forward(3, backend.asarray(np.ones((7, 2))), module, state=backend.asarray(np.zeros(2)))
+        ds.chunk_multi_step_forward(
+            3, backend.asarray(np.ones((7, 2))), module, state=backend.asarray(np.zeros(2))
+        )
     assert info.value is error
 
 
 @pytest.mark.parametrize("name", ALL)
 def test_inputs_never_modified(backend, name):
     x = np.linspace(-1, 1, 24).reshape(4, 3, 2)
-    xb, v0 = backend.asarray(x), backend.asarray(np.full((3, 2), 0.5) if "t_last" not in name else np.full((4, 3), 0.5))
+    xb, v0 = (
+        backend.asarray(x),
+        backend.asarray(np.full((3, 2), 0.5) if "t_last" not in name else np.full((4, 3), 0.5)),
+    )
 
     def step(x, v):
         return x * 2 + v, v + x
 
     if name in MULTI_STEP:
-        module = step if name != "chunk" else (lambda xc, s: ds.multi_step_forward(xc, step, state=s))
+        module = (
+            step if name != "chunk" else (lambda xc, s: ds.multi_step_forward(xc, step, state=s))
+        )
         MULTI_STEP[name](xb, module, state=v0)
         np.testing.assert_array_equal(backend.to_numpy(v0), np.full(tuple(v0.shape), 0.5))
     ALL[name](xb, lambda a: a * 3)

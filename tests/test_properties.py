@@ -11,7 +11,6 @@ from hypothesis import given
 import dualstep as ds
 
 
-
 def _state(case, x: np.ndarray, dtype) -> object:
     return None if case.initial_state is None else case.initial_state(x.shape[1:], dtype)
 
@@ -53,12 +52,7 @@ def test_multi_step_matches_oracle(backend, case, x):
     )
     assert_close(backend.tree_numpy(got_y), want_y, dtype=x.dtype)
     if stateful:
-        np.testing.assert_equal(
-            [a is None for a in _flat(got_s)], [a is None for a in _flat(want_s)]
-        )
-        for g, w in zip(_flat(backend.tree_numpy(got_s)), _flat(want_s)):
-            if w is not None:
-                assert_close(g, w, dtype=x.dtype)
+        _assert_state_close(backend.tree_numpy(got_s), want_s, x.dtype)
     np.testing.assert_array_equal(backend.to_numpy(xb), x)  # input untouched
 
 
@@ -73,9 +67,7 @@ def test_t_last_matches_oracle(backend, case, x):
     got_y, got_s = _split(_call(ds.t_last_multi_step_forward, xt, case.step, state=state), stateful)
     assert_close(_moveaxis(backend.tree_numpy(got_y), -1, 0), want_y, dtype=x.dtype)
     if stateful:
-        for g, w in zip(_flat(backend.tree_numpy(got_s)), _flat(want_s)):
-            if w is not None:
-                assert_close(g, w, dtype=x.dtype)
+        _assert_state_close(backend.tree_numpy(got_s), want_s, x.dtype)
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
@@ -87,12 +79,12 @@ def test_chunk_matches_unchunked_for_every_split(backend, case, x):
     module = _chunk_module(case.step, stateful)
     for split in range(1, x.shape[0] + 3):
         state = backend.tree(_state(case, x, x.dtype))
-        got_y, got_s = _split(_call(ds.chunk_multi_step_forward, split, xb, module, state=state), stateful)
+        got_y, got_s = _split(
+            _call(ds.chunk_multi_step_forward, split, xb, module, state=state), stateful
+        )
         assert_close(backend.tree_numpy(got_y), want_y, dtype=x.dtype)
         if stateful:
-            for g, w in zip(_flat(backend.tree_numpy(got_s)), _flat(want_s)):
-                if w is not None:
-                    assert_close(g, w, dtype=x.dtype)
+            _assert_state_close(backend.tree_numpy(got_s), want_s, x.dtype)
 
 
 @given(x=sequences())
@@ -103,6 +95,22 @@ def test_seq_to_ann_equals_multi_step_for_stateless(backend, x):
     assert_close(got, want, dtype=x.dtype)
     got_t = ds.t_last_seq_to_ann_forward(backend.asarray(np.moveaxis(x, 0, -1)), step)
     assert_close(np.moveaxis(backend.to_numpy(got_t), -1, 0), want, dtype=x.dtype)
+
+
+def _assert_state_close(got, want, dtype) -> None:
+    """Same nesting, ``None`` entries in the same places, leaves close."""
+    assert _structure(got) == _structure(want)
+    for g, w in zip(_flat(got), _flat(want), strict=True):
+        if w is not None:
+            assert_close(g, w, dtype=dtype)
+
+
+def _structure(tree):
+    if isinstance(tree, (tuple, list)):
+        return tuple(_structure(item) for item in tree)
+    if isinstance(tree, dict):
+        return {key: _structure(item) for key, item in tree.items()}
+    return None if tree is None else "leaf"
 
 
 def _flat(tree) -> list:
@@ -120,14 +128,15 @@ def test_jax_equals_torch(torch_backend, jax_backend, case, x):
     outs = []
     for b in (torch_backend, jax_backend):
         state = b.tree(_state(case, x, x.dtype))
-        outs.append(b.tree_numpy(_call(ds.multi_step_forward, b.asarray(x), case.step, state=state)))
+        outs.append(
+            b.tree_numpy(_call(ds.multi_step_forward, b.asarray(x), case.step, state=state))
+        )
     stateful = case.initial_state is not None
     ty, ts = _split(outs[0], stateful)
     jy, js = _split(outs[1], stateful)
     assert_close(jy, ty)
-    for g, w in zip(_flat(js), _flat(ts)):
-        if w is not None:
-            assert_close(g, w)
+    if stateful:
+        _assert_state_close(js, ts, x.dtype)
 
 
 @pytest.mark.parametrize("function", ["multi_step", "t_last", "chunk"])
@@ -148,7 +157,9 @@ def test_jax_grad_equals_torch_autograd(torch_backend, jax_backend, case, functi
             xs = ops.moveaxis(xs, 0, -1)
             y = _call(ds.t_last_multi_step_forward, xs, case.step, state=s)
         elif function == "chunk":
-            y = _call(ds.chunk_multi_step_forward, 3, xs, _chunk_module(case.step, stateful), state=s)
+            y = _call(
+                ds.chunk_multi_step_forward, 3, xs, _chunk_module(case.step, stateful), state=s
+            )
         else:
             y = _call(ds.multi_step_forward, xs, case.step, state=s)
         y, final = _split(y, stateful)

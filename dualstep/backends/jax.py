@@ -79,7 +79,9 @@ def _scan_time_last(x_seq: Any, modules: Any, state: Any) -> Any:
 
 
 def t_last_multi_step_forward(x_seq: Any, modules: Any, state: Any) -> Any:
-    return _run("t_last_multi_step", lambda x, s: _scan_time_last(x, modules, s), x_seq, modules, state)
+    return _run(
+        "t_last_multi_step", lambda x, s: _scan_time_last(x, modules, s), x_seq, modules, state
+    )
 
 
 def _chunks(split_size: int, x_seq: Any, modules: Any, state: Any) -> Any:
@@ -106,7 +108,11 @@ def _chunks(split_size: int, x_seq: Any, modules: Any, state: Any) -> Any:
 
 def chunk_multi_step_forward(split_size: int, x_seq: Any, modules: Any, state: Any) -> Any:
     return _run(
-        ("chunk", split_size), lambda x, s: _chunks(split_size, x, modules, s), x_seq, modules, state
+        ("chunk", split_size),
+        lambda x, s: _chunks(split_size, x, modules, s),
+        x_seq,
+        modules,
+        state,
     )
 
 

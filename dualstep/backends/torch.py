@@ -40,9 +40,7 @@ def t_last_multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> 
     return _result(ys, final, state, _stack_last)
 
 
-def chunk_multi_step_forward(
-    split_size: int, x_seq: torch.Tensor, modules: Any, state: Any
-) -> Any:
+def chunk_multi_step_forward(split_size: int, x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     ys, final = run_steps(torch.split(x_seq, split_size), modules, state)
     return _result(ys, final, state, _cat_first)
 

@@ -1,0 +1,161 @@
+"""JAX lowering: one scan, a compile cache for eager calls, composition with jit/vmap/grad."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+
+import dualstep as ds
+from dualstep.testing import lif_step
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+lax = jax.lax
+jax_backend = pytest.importorskip("dualstep.backends.jax")
+
+
+def _counting(step):
+    """Wrap `step` so the number of Python calls (= traces under JAX) is recorded."""
+    calls = []
+
+    def wrapped(*args):
+        calls.append(1)
+        return step(*args)
+
+    return wrapped, calls
+
+
+def _calls(step):
+    """One eager call per function, with modules built once (as a user would)."""
+
+    def chunk_module(xc, s):
+        return ds.multi_step_forward(xc, step, state=s)
+
+    def first_output(a):
+        return step(a, a)[0]
+
+    def zeros(x):
+        return jnp.zeros(x.shape[1:])
+
+    return {
+        "multi_step": lambda x: ds.multi_step_forward(x, step, state=zeros(x)),
+        "t_last": lambda x: ds.t_last_multi_step_forward(
+            jnp.moveaxis(x, 0, -1), step, state=zeros(x)
+        ),
+        "chunk": lambda x: ds.chunk_multi_step_forward(3, x, chunk_module, state=zeros(x)),
+        "t_last_seq_to_ann": lambda x: ds.t_last_seq_to_ann_forward(x, first_output),
+    }
+
+
+@pytest.mark.parametrize("name", ["multi_step", "t_last", "chunk", "t_last_seq_to_ann"])
+def test_eager_repeat_call_does_not_retrace(name):
+    step, calls = _counting(lif_step())
+    call = _calls(step)[name]
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(7, 2, 3)), jnp.float32)
+    first = call(x)
+    traced = len(calls)
+    assert traced > 0
+    second = call(x + 0.0)
+    assert len(calls) == traced, "a repeat eager call with the same step and shapes retraced"
+    jax.tree.map(np.testing.assert_array_equal, first, second)
+    call(jnp.ones((7, 4, 3)))  # a new shape traces again
+    assert len(calls) > traced
+
+
+def test_multi_step_is_one_scan_over_time():
+    x = jnp.ones((9, 2, 3))
+    jaxpr = jax.make_jaxpr(lambda x, v: ds.multi_step_forward(x, lif_step(), state=v))(
+        x, jnp.zeros((2, 3))
+    )
+    scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    assert len(scans) == 1 and scans[0].params["length"] == 9
+
+
+@pytest.mark.parametrize(
+    ("steps", "split", "scan_length", "remainder"),
+    [(7, 3, 2, True), (9, 3, 3, False), (2, 5, None, True)],
+)
+def test_chunk_is_one_scan_over_full_chunks_plus_remainder(steps, split, scan_length, remainder):
+    calls = []
+
+    def chunk_module(xc, s):
+        calls.append(xc.shape[0])
+        return jnp.cumsum(xc, 0) + s, s + xc.sum(0)
+
+    jaxpr = jax.make_jaxpr(
+        lambda x, s: ds.chunk_multi_step_forward(split, x, chunk_module, state=s)
+    )(jnp.ones((steps, 2)), jnp.zeros(2))
+    scans = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+    assert [e.params["length"] for e in scans] == ([scan_length] if scan_length else [])
+    assert calls == ([split] if scan_length else []) + ([steps % split] if remainder else [])
+
+
+def test_inside_jit_vmap_and_grad():
+    step = lif_step(spike="sigmoid")
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(4, 6, 2, 3)), jnp.float32)
+    v0 = jnp.zeros((2, 3))
+    eager = [ds.multi_step_forward(xi, step, state=v0)[0] for xi in x]
+    batched = jax.jit(jax.vmap(lambda xi: ds.multi_step_forward(xi, step, state=v0)[0]))(x)
+    np.testing.assert_allclose(batched, jnp.stack(eager), rtol=1e-6, atol=1e-6)
+
+    def loss(v):
+        return ds.multi_step_forward(x[0], step, state=v)[0].sum()
+
+    def plain_loss(v):
+        ys = []
+        for t in range(x.shape[1]):
+            y, v = step(x[0, t], v)
+            ys.append(y)
+        return jnp.stack(ys).sum()
+
+    np.testing.assert_allclose(
+        jax.jit(jax.grad(loss))(v0), jax.grad(plain_loss)(v0), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_step_closing_over_outer_tracer_under_grad():
+    x = jnp.ones((5, 3))
+
+    def loss(w):
+        y, _ = ds.multi_step_forward(
+            x, lambda xt, v: (jnp.tanh(w * xt + v), v + 1), state=jnp.zeros(3)
+        )
+        return y.sum()
+
+    def plain(w):
+        return sum(jnp.tanh(w * x[t] + t).sum() for t in range(5))
+
+    np.testing.assert_allclose(jax.grad(loss)(0.3), jax.grad(plain)(0.3), rtol=1e-5)
+
+
+def test_cache_is_bounded(monkeypatch):
+    monkeypatch.setattr(jax_backend, "CACHE_SIZE", 4)
+    x = jnp.ones((3, 2))
+    for k in range(10):
+        y = ds.multi_step_forward(x, lambda a, k=k: a * k)
+        np.testing.assert_array_equal(y, x * k)
+    assert len(jax_backend._cache) <= 4
+
+
+def test_unhashable_module_still_works():
+    class Scale:
+        __hash__ = None
+
+        def __call__(self, a):
+            return a * 2
+
+    x = jnp.arange(6.0).reshape(3, 2)
+    np.testing.assert_array_equal(ds.multi_step_forward(x, Scale()), x * 2)
+
+
+def test_cache_keeps_no_reference_to_user_arrays():
+    x = jnp.ones((4, 2))
+    v = jnp.zeros(2)
+    refs = [weakref.ref(x), weakref.ref(v)]
+    ds.multi_step_forward(x, lif_step(), state=v)
+    del x, v
+    gc.collect()
+    assert all(r() is None for r in refs)
