@@ -59,11 +59,10 @@ def _check_state(state: Any, modules: Any, argument: str) -> Any:
     return tuple(state)
 
 
-def _check_sequence(x_seq: Any, layout: str, time_axis: int | None):
-    """Dispatch on `x_seq`, check its rank against `layout` and, for `time_axis`, that T > 0."""
+def _check_sequence(x_seq: Any, min_ndim: int, layout: str, time_axis: int | None):
+    """Dispatch on `x_seq`, check its rank and, when `time_axis` is given, that T > 0."""
     backend = backend_for(x_seq)
     shape = tuple(x_seq.shape)
-    min_ndim = layout.count(",") + 1 - layout.count("...")
     if len(shape) < min_ndim:
         raise ValueError(
             f"`x_seq` must have at least {min_ndim} dimension(s) ({layout}); got shape {shape}"
@@ -86,19 +85,20 @@ def _check_split_size(split_size: Any) -> int:
 
 def _check_seq_to_ann(x_seq: Any, leading: int):
     """Dispatch a stateless call; a tuple `x_seq`'s arrays share their time (and batch) axes."""
-    layout, time_axis = ("[T, batch_size, ...]", None) if leading == 0 else ("[..., T]", -1)
+    # For seq_to_ann T == 0 is fine (the flat batch is empty); the time-last map needs T > 0.
+    rank = (2, "[T, batch_size, ...]", None) if leading == 0 else (1, "[..., T]", -1)
     if not isinstance(x_seq, tuple):
-        return _check_sequence(x_seq, layout, time_axis)
+        return _check_sequence(x_seq, *rank)
     if len(x_seq) == 0:
         raise ValueError("`x_seq` must be an array or a non-empty tuple of arrays; got ()")
-    backend = _check_sequence(x_seq[0], layout, time_axis)
+    backend = _check_sequence(x_seq[0], *rank)
     for i, item in enumerate(x_seq[1:], start=1):
         if backend_for(item, f"x_seq[{i}]") is not backend:
             raise TypeError(
                 f"`x_seq[{i}]` must be the same kind of array as `x_seq[0]` "
                 f"({type(x_seq[0]).__qualname__}); got {type(item).__qualname__}"
             )
-        _check_sequence(item, layout, time_axis)
+        _check_sequence(item, *rank)
     shapes = [tuple(item.shape) for item in x_seq]
     key = slice(0, 2) if leading == 0 else slice(-1, None)
     if any(s[key] != shapes[0][key] for s in shapes[1:]):
@@ -153,7 +153,7 @@ def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None
     >>> y.tolist(), v.tolist()
     ([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], [3.0, 3.0])
     """
-    backend = _check_sequence(x_seq, "[T, ...]", 0)
+    backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
     _check_modules(single_step_module, "single_step_module")
     state = _check_state(state, single_step_module, "single_step_module")
     return backend.multi_step_forward(x_seq, single_step_module, state)
@@ -192,7 +192,7 @@ def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any
     array([[ 0.,  1.,  3.],
            [ 3.,  7., 12.]])
     """
-    backend = _check_sequence(x_seq, "[..., T]", -1)
+    backend = _check_sequence(x_seq, 1, "[..., T]", -1)
     _check_modules(single_step_module, "single_step_module")
     state = _check_state(state, single_step_module, "single_step_module")
     return backend.t_last_multi_step_forward(x_seq, single_step_module, state)
@@ -242,7 +242,7 @@ def chunk_multi_step_forward(
     array([1., 2., 3., 4., 5.])
     """
     split_size = _check_split_size(split_size)
-    backend = _check_sequence(x_seq, "[T, ...]", 0)
+    backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
     _check_modules(multi_step_module, "multi_step_module")
     state = _check_state(state, multi_step_module, "multi_step_module")
     return backend.chunk_multi_step_forward(split_size, x_seq, multi_step_module, state)

@@ -215,6 +215,15 @@ def test_exception_at_a_later_step_propagates(kind, step):
     assert info.value is error
 
 
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+@pytest.mark.parametrize("chunk", [0, 1, 2])
+def test_exception_in_any_chunk_propagates(kind, chunk):
+    module, error = _failing_at_call(chunk)
+    with pytest.raises(Boom) as info:
+        ds.chunk_multi_step_forward(3, MAKERS[kind]().asarray(np.ones((7, 2))), module)
+    assert info.value is error
+
+
 def test_exception_in_last_chunk_propagates(backend):
     error = Boom("short chunk")
 

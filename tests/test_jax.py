@@ -159,3 +159,30 @@ def test_cache_keeps_no_reference_to_user_arrays():
     del x, v
     gc.collect()
     assert all(r() is None for r in refs)
+
+
+def test_all_five_under_jit_and_vmap():
+    step = lif_step()
+    x = jnp.asarray(np.random.default_rng(2).integers(-16, 17, size=(3, 7, 2, 4)) / 8, jnp.float32)
+
+    def chunk_module(xc, s):
+        return ds.multi_step_forward(xc, step, state=s)
+
+    def all_five(xi):
+        v0 = jnp.zeros(xi.shape[1:])
+        return (
+            ds.multi_step_forward(xi, step, state=v0)[0],
+            jnp.moveaxis(
+                ds.t_last_multi_step_forward(jnp.moveaxis(xi, 0, -1), step, state=v0)[0], -1, 0
+            ),
+            ds.chunk_multi_step_forward(3, xi, chunk_module, state=v0)[0],
+            ds.seq_to_ann_forward(xi, jnp.tanh),
+            jnp.moveaxis(ds.t_last_seq_to_ann_forward(jnp.moveaxis(xi, 0, -1), jnp.tanh), -1, 0),
+        )
+
+    batched = jax.jit(jax.vmap(all_five))(x)
+    for i, xi in enumerate(np.asarray(x)):
+        eager = [ds.multi_step_forward(xi, step, state=np.zeros(xi.shape[1:], np.float32))[0]] * 3
+        eager += [np.tanh(xi)] * 2
+        for got, want in zip(batched, eager, strict=True):
+            np.testing.assert_allclose(np.asarray(got[i]), want, rtol=1e-6, atol=1e-6)
