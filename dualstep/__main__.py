@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import importlib
 import statistics
 import sys
@@ -92,7 +93,7 @@ def check(steps: int, batch: int, features: int, dtype: str, repeat: int) -> lis
             err = float(np.max(np.abs(y.astype(np.float64) - oracle[name]))) if y.size else 0.0
             ok = y.dtype == np.dtype(dtype) and y.shape == oracle[name].shape
             ok = ok and err <= TOLERANCE[dtype]
-            seconds = _median_seconds(lambda fn=fn, args=args: fn(*args), block, repeat)
+            seconds = _median_seconds(functools.partial(fn, *args), block, repeat)
             rows.append(
                 {
                     "backend": backend,
@@ -127,7 +128,7 @@ def _jax_x64(enable: bool) -> Iterator[None]:
     if not enable:
         yield
         return
-    old = jax.config.jax_enable_x64
+    old = jax.config.read("jax_enable_x64")
     jax.config.update("jax_enable_x64", True)
     try:
         yield

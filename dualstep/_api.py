@@ -328,5 +328,5 @@ def t_last_seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
 
 
 for _f in (multi_step_forward, t_last_multi_step_forward, chunk_multi_step_forward):
-    _f.__doc__ = _f.__doc__.replace("{state_rule}", _STATE_RULE.strip("\n"))
+    _f.__doc__ = (_f.__doc__ or "").replace("{state_rule}", _STATE_RULE.strip("\n"))
 del _f

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import jax
@@ -43,7 +43,7 @@ def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
     return fn
 
 
-def _run(name: str, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
+def _run(name: Hashable, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
     """Call ``impl(x_seq, *args)``: directly under a trace, else through the compile cache."""
     if isinstance(x_seq, jax.core.Tracer) or (
         isinstance(x_seq, tuple) and any(isinstance(a, jax.core.Tracer) for a in x_seq)

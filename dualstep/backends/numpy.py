@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,7 +44,9 @@ def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     steps = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[-1]
-    ys = [
-        apply_modules(map_outputs(x_seq, lambda a, t=t: a[..., t]), modules) for t in range(steps)
-    ]
+    ys = [apply_modules(map_outputs(x_seq, _select_last(t)), modules) for t in range(steps)]
     return stack_outputs(ys, _stack_last)
+
+
+def _select_last(t: int) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda a: a[..., t]
