@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import numpy as np
@@ -62,17 +63,35 @@ def _check_state(state: Any, modules: Any, argument: str) -> Any:
 def _check_sequence(x_seq: Any, min_ndim: int, layout: str, time_axis: int | None):
     """Dispatch on `x_seq`, check its rank and, when `time_axis` is given, that T > 0."""
     backend = backend_for(x_seq)
-    shape = tuple(x_seq.shape)
-    if len(shape) < min_ndim:
+    if x_seq.ndim < min_ndim:
         raise ValueError(
-            f"`x_seq` must have at least {min_ndim} dimension(s) ({layout}); got shape {shape}"
+            f"`x_seq` must have at least {min_ndim} dimension(s) ({layout}); "
+            f"got shape {tuple(x_seq.shape)}"
         )
-    if time_axis is not None and shape[time_axis] == 0:
+    if time_axis is not None and x_seq.shape[time_axis] == 0:
         raise ValueError(
             f"`x_seq` must have at least one time step (T >= 1 on axis {time_axis}); "
-            f"got shape {shape}"
+            f"got shape {tuple(x_seq.shape)}"
         )
     return backend
+
+
+def _check_checkpoint(checkpoint: Any, modules: Any) -> None:
+    if not isinstance(checkpoint, bool):
+        raise TypeError(f"`checkpoint` must be a bool; got {_describe(checkpoint)}")
+    sj_base = sys.modules.get("spikingjelly.activation_based.base")
+    if not checkpoint or sj_base is None:
+        return
+    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
+        # torch modules are searched through their submodules (a MemoryModule in a Sequential).
+        for sub in module.modules() if hasattr(module, "named_modules") else (module,):
+            if isinstance(sub, sj_base.MemoryModule):
+                raise ValueError(
+                    "`checkpoint=True` recomputes each chunk in the backward pass, which would "
+                    "advance the hidden memory of a SpikingJelly memory module twice; pass the "
+                    "state explicitly with `state=` or use checkpoint=False; got "
+                    f"{type(sub).__qualname__} in `multi_step_module`"
+                )
 
 
 def _check_split_size(split_size: Any) -> int:
@@ -83,10 +102,14 @@ def _check_split_size(split_size: Any) -> int:
     return int(split_size)
 
 
+_SEQ_RANK = (2, "[T, batch_size, ...]", None)
+_T_LAST_RANK = (1, "[..., T]", -1)
+
+
 def _check_seq_to_ann(x_seq: Any, leading: int):
     """Dispatch a stateless call; a tuple `x_seq`'s arrays share their time (and batch) axes."""
     # For seq_to_ann T == 0 is fine (the flat batch is empty); the time-last map needs T > 0.
-    rank = (2, "[T, batch_size, ...]", None) if leading == 0 else (1, "[..., T]", -1)
+    rank = _SEQ_RANK if leading == 0 else _T_LAST_RANK
     if not isinstance(x_seq, tuple):
         return _check_sequence(x_seq, *rank)
     if len(x_seq) == 0:
@@ -199,7 +222,12 @@ def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any
 
 
 def chunk_multi_step_forward(
-    split_size: int, x_seq: Any, multi_step_module: Any, *, state: Any = None
+    split_size: int,
+    x_seq: Any,
+    multi_step_module: Any,
+    *,
+    state: Any = None,
+    checkpoint: bool = False,
 ) -> Any:
     """Feed a ``[T, ...]`` sequence to multi-step module(s) in chunks of `split_size` steps.
 
@@ -211,6 +239,17 @@ def chunk_multi_step_forward(
     With `state`, a valid chunk module is
     ``lambda x_chunk, s: multi_step_forward(x_chunk, step, state=s)``.
 
+    Without gradients (torch under ``torch.no_grad()``) the chunk outputs are written into one
+    preallocated result once the first chunk tells its shape, instead of being concatenated at
+    the end; values and layout are the same.
+
+    With ``checkpoint=True`` each chunk keeps only its inputs for the backward pass and is
+    recomputed there (``torch.utils.checkpoint`` with ``use_reentrant=False`` on torch,
+    ``jax.checkpoint`` on JAX; no effect on NumPy), trading compute for the memory of long
+    sequences. Recomputing a chunk must not change anything, so it suits explicit `state` and
+    stateless modules; a module that keeps hidden memory would advance it twice. SpikingJelly
+    memory modules (neurons) are detected and rejected; pass their state explicitly instead.
+
     Parameters
     ----------
     split_size : int
@@ -219,6 +258,8 @@ def chunk_multi_step_forward(
     multi_step_module : callable or list/tuple of callables
         Multi-step module(s), each taking and returning a ``[t, ...]`` chunk.
     state : array, pytree of arrays, or tuple with one entry per module, optional
+    checkpoint : bool, default False
+        Recompute each chunk in the backward pass instead of storing its activations.
 
     Returns
     -------
@@ -228,10 +269,11 @@ def chunk_multi_step_forward(
     Raises
     ------
     TypeError
-        `split_size` is not an integer (``bool``, ``float``, ``str`` and ``None`` included), plus
-        the cases of :func:`multi_step_forward`.
+        `split_size` is not an integer (``bool``, ``float``, ``str`` and ``None`` included);
+        `checkpoint` is not a bool; plus the cases of :func:`multi_step_forward`.
     ValueError
-        ``split_size <= 0``, plus the cases of :func:`multi_step_forward`.
+        ``split_size <= 0``; ``checkpoint=True`` with a SpikingJelly memory module; plus the
+        cases of :func:`multi_step_forward`.
 
     Examples
     --------
@@ -245,7 +287,8 @@ def chunk_multi_step_forward(
     backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
     _check_modules(multi_step_module, "multi_step_module")
     state = _check_state(state, multi_step_module, "multi_step_module")
-    return backend.chunk_multi_step_forward(split_size, x_seq, multi_step_module, state)
+    _check_checkpoint(checkpoint, multi_step_module)
+    return backend.chunk_multi_step_forward(split_size, x_seq, multi_step_module, state, checkpoint)
 
 
 def seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:

@@ -53,14 +53,25 @@ def _run(name: Hashable, impl: Callable, x_seq: Any, modules: Any, *args: Any) -
     return _cached_jit(key, lambda: impl)(x_seq, *args)
 
 
-def _scan(x_seq: Any, modules: Any, state: Any) -> Any:
+def _step(modules: Any, stateful: bool, remat: bool) -> Callable:
+    """One call of the module(s): ``x -> y`` or ``(x, s) -> (y, s)``, rematerialised if asked."""
+    fn: Callable
+    if stateful:
+        fn = lambda x, s: apply_stateful(x, s, modules)  # noqa: E731
+    else:
+        fn = lambda x: apply_modules(x, modules)  # noqa: E731
+    return jax.checkpoint(fn) if remat else fn
+
+
+def _scan(x_seq: Any, modules: Any, state: Any, remat: bool = False) -> Any:
     """Scan the module(s) over axis 0; ``(y_seq, final_state)`` or ``y_seq``."""
+    step = _step(modules, state is not None, remat)
     if state is None:
-        _, ys = lax.scan(lambda c, x: (c, apply_modules(x, modules)), None, x_seq)
+        _, ys = lax.scan(lambda c, x: (c, step(x)), None, x_seq)
         return ys
 
     def body(s: Any, x: Any) -> tuple[Any, Any]:
-        y, s = apply_stateful(x, s, modules)
+        y, s = step(x, s)
         return s, y
 
     final, ys = lax.scan(body, state, x_seq)
@@ -84,7 +95,7 @@ def t_last_multi_step_forward(x_seq: Any, modules: Any, state: Any) -> Any:
     )
 
 
-def _chunks(split_size: int, x_seq: Any, modules: Any, state: Any) -> Any:
+def _chunks(split_size: int, x_seq: Any, modules: Any, state: Any, remat: bool) -> Any:
     """One scan over the full chunks, then one call for the shorter remainder."""
     steps = x_seq.shape[0]
     n_full, rest = divmod(steps, split_size)
@@ -92,28 +103,28 @@ def _chunks(split_size: int, x_seq: Any, modules: Any, state: Any) -> Any:
     parts = []
     if n_full:
         body_x = x_seq[: n_full * split_size].reshape((n_full, split_size, *x_seq.shape[1:]))
-        out = _scan(body_x, modules, state)
+        out = _scan(body_x, modules, state, remat)
         ys, state = out if stateful else (out, None)
         parts.append(map_outputs(ys, lambda a: a.reshape((n_full * split_size, *a.shape[2:]))))
     if rest:
         tail = x_seq[n_full * split_size :]
+        step = _step(modules, stateful, remat)
         if stateful:
-            y, state = apply_stateful(tail, state, modules)
+            y, state = step(tail, state)
         else:
-            y = apply_modules(tail, modules)
+            y = step(tail)
         parts.append(y)
     y_seq = parts[0] if len(parts) == 1 else stack_outputs(parts, jnp.concatenate)
     return (y_seq, state) if stateful else y_seq
 
 
-def chunk_multi_step_forward(split_size: int, x_seq: Any, modules: Any, state: Any) -> Any:
-    return _run(
-        ("chunk", split_size),
-        lambda x, s: _chunks(split_size, x, modules, s),
-        x_seq,
-        modules,
-        state,
-    )
+def chunk_multi_step_forward(
+    split_size: int, x_seq: Any, modules: Any, state: Any, checkpoint: bool
+) -> Any:
+    def impl(x: Any, s: Any) -> Any:
+        return _chunks(split_size, x, modules, s, checkpoint)
+
+    return _run(("chunk", split_size, checkpoint), impl, x_seq, modules, state)
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:

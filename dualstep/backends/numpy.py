@@ -29,7 +29,10 @@ def t_last_multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> An
     return _result(ys, final, state, _stack_last)
 
 
-def chunk_multi_step_forward(split_size: int, x_seq: np.ndarray, modules: Any, state: Any) -> Any:
+def chunk_multi_step_forward(
+    split_size: int, x_seq: np.ndarray, modules: Any, state: Any, checkpoint: bool
+) -> Any:
+    # `checkpoint` has nothing to save on NumPy: there is no backward pass.
     chunks = (x_seq[i : i + split_size] for i in range(0, x_seq.shape[0], split_size))
     ys, final = run_steps(chunks, modules, state)
     return _result(ys, final, state, np.concatenate)

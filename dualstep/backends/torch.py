@@ -9,8 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
-from .._modules import apply_modules, map_outputs, run_steps, stack_outputs
+from .._modules import apply_modules, apply_stateful, map_outputs, run_steps, stack_outputs
 
 
 def _stack_first(tensors: list) -> torch.Tensor:
@@ -40,9 +41,83 @@ def t_last_multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> 
     return _result(ys, final, state, _stack_last)
 
 
-def chunk_multi_step_forward(split_size: int, x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
-    ys, final = run_steps(torch.split(x_seq, split_size), modules, state)
+def chunk_multi_step_forward(
+    split_size: int, x_seq: torch.Tensor, modules: Any, state: Any, checkpoint: bool
+) -> Any:
+    chunks = torch.split(x_seq, split_size)
+    if not torch.is_grad_enabled():
+        # Nothing to save for backward, so checkpointing is moot and outputs can be preallocated.
+        return _chunks_preallocated(chunks, x_seq.shape[0], modules, state)
+    if checkpoint:
+        ys, final = _chunks_checkpointed(chunks, modules, state)
+    else:
+        ys, final = run_steps(chunks, modules, state)
     return _result(ys, final, state, _cat_first)
+
+
+def _chunks_checkpointed(chunks: Any, modules: Any, state: Any) -> tuple[list, Any]:
+    ys = []
+    for xc in chunks:
+        if state is None:
+            ys.append(checkpoint_fn(apply_modules, xc, modules, use_reentrant=False))
+        else:
+            y, state = checkpoint_fn(apply_stateful, xc, state, modules, use_reentrant=False)
+            ys.append(y)
+    return ys, state
+
+
+def _chunks_preallocated(chunks: Any, steps: int, modules: Any, state: Any) -> Any:
+    """Write each chunk's output into one result allocated from the first chunk's output.
+
+    Falls back to concatenation (same values, same errors as ``torch.cat``) as soon as an output
+    does not fit: not aligned with its chunk, another trailing shape, dtype or device, or a
+    first output that is not contiguous (``cat`` might then pick another layout).
+    """
+    out: tuple | None = None
+    offset = 0
+    pending: list = []  # outputs to concatenate, once preallocation gave up
+    for xc in chunks:
+        if state is None:
+            y = apply_modules(xc, modules)
+        else:
+            y, state = apply_stateful(xc, state, modules)
+        items = y if isinstance(y, tuple) else (y,)
+        if out is None and not pending:
+            out = _allocate(items, xc.shape[0], steps)
+        if out is not None and _fits(items, out, xc.shape[0]):
+            for dst, src in zip(out, items, strict=True):
+                dst[offset : offset + xc.shape[0]].copy_(src)
+            offset += xc.shape[0]
+            continue
+        if out is not None:
+            written = tuple(o[:offset] for o in out)
+            pending.append(written if isinstance(y, tuple) else written[0])
+            out = None
+        pending.append(y)
+    if out is not None:
+        y_seq = out if isinstance(y, tuple) else out[0]
+    else:
+        y_seq = stack_outputs(pending, _cat_first)
+    return y_seq if state is None else (y_seq, state)
+
+
+def _allocate(items: tuple, length: int, steps: int) -> tuple | None:
+    ok = all(
+        isinstance(a, torch.Tensor) and a.ndim >= 1 and a.shape[0] == length and a.is_contiguous()
+        for a in items
+    )
+    return tuple(a.new_empty((steps, *a.shape[1:])) for a in items) if ok else None
+
+
+def _fits(items: tuple, out: tuple, length: int) -> bool:
+    return len(items) == len(out) and all(
+        isinstance(a, torch.Tensor)
+        and a.shape[0] == length
+        and a.shape[1:] == o.shape[1:]
+        and a.dtype == o.dtype
+        and a.device == o.device
+        for a, o in zip(items, out, strict=True)
+    )
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:

@@ -1,0 +1,210 @@
+"""The fast chunk paths equal the plain path: preallocated output, checkpointed chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dualstep as ds
+from dualstep.testing import lif_step
+
+torch = pytest.importorskip("torch")
+torch_backend = pytest.importorskip("dualstep.backends.torch")
+
+
+def _lif_chunk(xc, v):
+    return ds.multi_step_forward(xc, lif_step(spike="sigmoid"), state=v)
+
+
+class _Net(torch.nn.Module):
+    """Linear then a smooth LIF with explicit state: a differentiable multi-step module."""
+
+    def __init__(self, n=6):
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(n, n)
+
+    def forward(self, xc, v):
+        return _lif_chunk(ds.seq_to_ann_forward(xc, self.linear), v)
+
+
+# --- preallocated output under no_grad -------------------------------------------------------
+
+
+def _no_cat(monkeypatch):
+    def fail(tensors):
+        raise AssertionError("the preallocated path concatenated")
+
+    monkeypatch.setattr(torch_backend, "_cat_first", fail)
+
+
+@pytest.mark.parametrize("split_size", [1, 2, 3, 7, 9])
+def test_no_grad_preallocates_and_equals_cat(monkeypatch, split_size):
+    x = torch.randn(7, 3, 4)
+    with torch.no_grad():
+        want = torch.cat([torch.tanh(c) * 2 for c in torch.split(x, split_size)])
+        _no_cat(monkeypatch)
+        got = ds.chunk_multi_step_forward(split_size, x, lambda c: torch.tanh(c) * 2)
+    assert torch.equal(got, want) and got.stride() == want.stride()
+    assert not got.requires_grad
+
+
+def test_no_grad_preallocated_with_state_and_tuple_output(monkeypatch):
+    x = torch.randn(9, 2, 3)
+    v0 = torch.zeros(2, 3)
+    step = lif_step(with_v=True)
+
+    def module(xc, v):
+        return ds.multi_step_forward(xc, step, state=v)
+
+    (want_s, want_v), want_final = ds.multi_step_forward(x, step, state=v0)
+    _no_cat(monkeypatch)
+    with torch.no_grad():
+        (got_s, got_v), got_final = ds.chunk_multi_step_forward(4, x, module, state=v0)
+    assert torch.equal(got_s, want_s) and torch.equal(got_v, want_v)
+    assert torch.equal(got_final, want_final)
+
+
+def test_no_grad_falls_back_when_output_not_time_aligned():
+    x = torch.arange(7.0).reshape(7, 1)
+    with torch.no_grad():
+        got = ds.chunk_multi_step_forward(3, x, lambda c: c.sum(0, keepdim=True))
+    assert torch.equal(got, torch.tensor([[3.0], [12.0], [6.0]]))
+
+
+def test_no_grad_falls_back_when_dtype_changes_midway():
+    x = torch.ones(6, 2)
+    calls = []
+
+    def module(c):
+        calls.append(1)
+        return c if len(calls) == 1 else c.double()
+
+    with torch.no_grad():
+        got = ds.chunk_multi_step_forward(2, x, module)
+    want = torch.cat([x[:2], x[2:4].double(), x[4:].double()])
+    assert torch.equal(got, want) and got.dtype == want.dtype
+
+
+def test_no_grad_mismatched_trailing_shape_raises_like_cat():
+    x = torch.ones(4, 2)
+    calls = []
+
+    def module(c):
+        calls.append(1)
+        return c if len(calls) == 1 else torch.ones(c.shape[0], 3)
+
+    with torch.no_grad(), pytest.raises(RuntimeError, match="Sizes of tensors must match"):
+        ds.chunk_multi_step_forward(2, x, module)
+
+
+def test_no_grad_matches_spikingjelly_multi_step_neuron():
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    functional = pytest.importorskip("spikingjelly.activation_based.functional")
+    import copy
+
+    ours = neuron.IFNode(step_mode="m")
+    theirs = copy.deepcopy(ours)
+    x = torch.randn(10, 3, 5) * 2
+    with torch.no_grad():
+        got = ds.chunk_multi_step_forward(3, x, ours)
+        want = functional.chunk_multi_step_forward(3, x, theirs)
+    assert torch.equal(got, want) and got.stride() == want.stride()
+    assert torch.equal(ours.v, theirs.v)
+
+
+# --- checkpoint=True --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stateful", [True, False])
+def test_torch_checkpoint_gradients_equal_plain(stateful):
+    net = _Net()
+    x = torch.randn(11, 3, 6)
+    v0 = torch.full((3, 6), 0.1)
+
+    def run(checkpoint):
+        net.zero_grad()
+        xg, vg = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        if stateful:
+            y, v = ds.chunk_multi_step_forward(4, xg, net, state=vg, checkpoint=checkpoint)
+            loss = (y * torch.linspace(-1, 1, 6)).sum() + (v**2).sum()
+        else:
+            y = ds.chunk_multi_step_forward(
+                4, xg, lambda c: torch.tanh(net.linear(c)), checkpoint=checkpoint
+            )
+            loss = (y * torch.linspace(-1, 1, 6)).sum()
+        loss.backward()
+        return y.detach(), xg.grad, vg.grad, net.linear.weight.grad.clone()
+
+    plain, ckpt = run(False), run(True)
+    for a, b in zip(plain, ckpt, strict=True):
+        if a is not None or b is not None:
+            torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_torch_checkpoint_recomputes_each_chunk():
+    calls = []
+
+    def module(c, v):
+        calls.append(c.shape[0])
+        return _lif_chunk(c, v)
+
+    x = torch.randn(7, 2, requires_grad=True)
+    y, _ = ds.chunk_multi_step_forward(3, x, module, state=torch.zeros(2), checkpoint=True)
+    assert calls == [3, 3, 1]
+    y.sum().backward()
+    assert sorted(calls) == sorted([3, 3, 1] * 2)
+
+
+def test_checkpoint_rejects_spikingjelly_memory_modules():
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    net = torch.nn.Sequential(torch.nn.Linear(3, 3), neuron.LIFNode(step_mode="m"))
+    with pytest.raises(
+        ValueError, match=r"`checkpoint=True` .* got LIFNode in `multi_step_module`"
+    ):
+        ds.chunk_multi_step_forward(2, torch.ones(4, 1, 3), net, checkpoint=True)
+    ds.chunk_multi_step_forward(2, torch.ones(4, 1, 3), net)  # fine without checkpointing
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None])
+def test_checkpoint_must_be_bool(backend, bad):
+    with pytest.raises(TypeError, match=r"`checkpoint` must be a bool; got"):
+        ds.chunk_multi_step_forward(
+            2, backend.asarray(np.ones((4, 2))), lambda c: c, checkpoint=bad
+        )
+
+
+def test_checkpoint_values_equal_on_every_backend(backend):
+    x = np.linspace(-2, 2, 42).reshape(7, 2, 3)
+    want, want_v = ds.chunk_multi_step_forward(3, x, _lif_chunk, state=np.zeros((2, 3)))
+    got, got_v = ds.chunk_multi_step_forward(
+        3, backend.asarray(x), _lif_chunk, state=backend.asarray(np.zeros((2, 3))), checkpoint=True
+    )
+    np.testing.assert_allclose(backend.to_numpy(got), want, rtol=1e-12)
+    np.testing.assert_allclose(backend.to_numpy(got_v), want_v, rtol=1e-12)
+
+
+@pytest.mark.parametrize("stateful", [True, False])
+def test_jax_checkpoint_gradients_equal_plain(stateful):
+    jax = pytest.importorskip("jax")
+    jnp = jax.numpy
+    w = jnp.asarray(np.random.default_rng(0).normal(size=(6, 6)), jnp.float32)
+    x = jnp.asarray(np.random.default_rng(1).normal(size=(11, 3, 6)), jnp.float32)
+    weights = jnp.linspace(-1, 1, 6)
+
+    def loss(w, x, checkpoint):
+        if stateful:
+            module = lambda c, v: _lif_chunk(c @ w, v)  # noqa: E731
+            y, v = ds.chunk_multi_step_forward(
+                4, x, module, state=jnp.full((3, 6), 0.1), checkpoint=checkpoint
+            )
+            return (y * weights).sum() + (v**2).sum()
+        y = ds.chunk_multi_step_forward(4, x, lambda c: jnp.tanh(c @ w), checkpoint=checkpoint)
+        return (y * weights).sum()
+
+    plain = jax.grad(loss, argnums=(0, 1))(w, x, False)
+    ckpt = jax.grad(loss, argnums=(0, 1))(w, x, True)
+    for a, b in zip(plain, ckpt, strict=True):
+        np.testing.assert_allclose(b, a, rtol=1e-6, atol=1e-6)
+    jaxpr = str(jax.make_jaxpr(lambda w, x: loss(w, x, True))(w, x))
+    assert "checkpoint" in jaxpr or "remat" in jaxpr
