@@ -158,7 +158,9 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
 
     systems.append(System("torch Python loop", torch_loop, "torch"))
     systems.append(
-        System("dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch")
+        System(
+            "dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch"
+        )
     )
     if compile_torch:
         compiled = torch.compile(
@@ -187,7 +189,9 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
             return jax.numpy.stack(ys), v
 
         systems += [
-            System("dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"),
+            System(
+                "dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"
+            ),
             System("dualstep JAX in jit", lambda: jitted(xj, vj), "jax"),
             System("hand-written jit(lax.scan)", lambda: hand_scan(xj, vj), "jax"),
             System("JAX Python loop", jax_loop, "jax"),
@@ -243,7 +247,9 @@ def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[Sy
 
     systems.append(System("torch Python loop", torch_loop, "torch"))
     systems.append(
-        System("dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch")
+        System(
+            "dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch"
+        )
     )
     if compile_torch:
         compiled = torch.compile(
@@ -268,7 +274,9 @@ def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[Sy
             return ys, v
 
         systems += [
-            System("dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"),
+            System(
+                "dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"
+            ),
             System("dualstep JAX in jit", lambda: jitted(xj, vj), "jax"),
             System("hand-written jit(lax.scan)", lambda: hand_scan(xj, vj), "jax"),
         ]
@@ -289,7 +297,7 @@ def seq_to_ann_systems(layer: str, size: tuple, device: str) -> list[System]:
         module = torch.nn.Linear(n, n)
     else:
         c = 4 if n <= 64 else 8
-        side = int(round((n / c) ** 0.5))
+        side = round((n / c) ** 0.5)
         shape = (t, b, c, side, side)
         module = torch.nn.Conv2d(c, c, 3, padding=1)
     module = module.to(dev).requires_grad_(False)
@@ -300,10 +308,18 @@ def seq_to_ann_systems(layer: str, size: tuple, device: str) -> list[System]:
     if sj is not None:
         functional, _ = sj
         systems.append(
-            System("SpikingJelly seq_to_ann_forward", lambda: functional.seq_to_ann_forward(x, module), "torch")
+            System(
+                "SpikingJelly seq_to_ann_forward",
+                lambda: functional.seq_to_ann_forward(x, module),
+                "torch",
+            )
         )
     systems.append(
-        System("torch flatten-call-unflatten", lambda: module(x.flatten(0, 1)).unflatten(0, shape[:2]), "torch")
+        System(
+            "torch flatten-call-unflatten",
+            lambda: module(x.flatten(0, 1)).unflatten(0, shape[:2]),
+            "torch",
+        )
     )
     systems.append(System("dualstep torch", lambda: ds.seq_to_ann_forward(x, module), "torch"))
     xj = _jax_put(x_np, device)
@@ -379,7 +395,11 @@ def chunk_systems(size: tuple, device: str) -> list[System]:
 
         jitted = jax.jit(lambda x, v: ds.chunk_multi_step_forward(SPLIT, x, j_chunk, state=v))
         systems += [
-            System("dualstep JAX eager", lambda: ds.chunk_multi_step_forward(SPLIT, xj, j_chunk, state=vj), "jax"),
+            System(
+                "dualstep JAX eager",
+                lambda: ds.chunk_multi_step_forward(SPLIT, xj, j_chunk, state=vj),
+                "jax",
+            ),
             System("dualstep JAX in jit", lambda: jitted(xj, vj), "jax"),
         ]
     return systems
