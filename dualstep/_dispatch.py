@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from types import ModuleType
 
@@ -29,6 +28,17 @@ def _kind_of(x: object) -> str | None:
     return None
 
 
+def _load(name: str) -> ModuleType:
+    # Import statements, not importlib: torch.compile can trace these on a cold cache.
+    if name == "torch":
+        from .backends import torch as backend
+    elif name == "jax":
+        from .backends import jax as backend
+    else:
+        from .backends import numpy as backend
+    return backend
+
+
 def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
     """Return the backend module that handles `x`, or raise TypeError naming `argument`.
 
@@ -42,6 +52,6 @@ def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
                 f"`{argument}` must be a {SUPPORTED}; "
                 f"got {type(x).__module__}.{type(x).__qualname__}"
             )
-        backend = importlib.import_module(f"dualstep.backends.{name}")
+        backend = _load(name)
         _cache[type(x)] = backend
     return backend
