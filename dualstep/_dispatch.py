@@ -31,12 +31,16 @@ def _kind_of(x: object) -> str | None:
 def _load(name: str) -> ModuleType:
     # Import statements, not importlib: torch.compile can trace these on a cold cache.
     if name == "torch":
-        from .backends import torch as backend
-    elif name == "jax":
-        from .backends import jax as backend
-    else:
-        from .backends import numpy as backend
-    return backend
+        from .backends import torch as torch_backend
+
+        return torch_backend
+    if name == "jax":
+        from .backends import jax as jax_backend
+
+        return jax_backend
+    from .backends import numpy as numpy_backend
+
+    return numpy_backend
 
 
 def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
