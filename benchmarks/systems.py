@@ -100,14 +100,14 @@ def _sj_neuron(neuron, kind: str, step_mode: str):
     return neuron.LIFNode(tau=TAU, v_threshold=V_TH, v_reset=0.0, step_mode=step_mode)
 
 
-def _fresh(module):
-    """Call `module` from reset memory each time, so every timed call does the same work."""
+def _reset_then(module, call):
+    """Reset `module`'s memory, then `call()`: every timed call does the same work."""
 
-    def call(x):
+    def run():
         module.reset()
-        return module(x)
+        return call()
 
-    return call
+    return run
 
 
 # --- workloads ----------------------------------------------------------------------------------
@@ -135,16 +135,18 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
         systems.append(
             System(
                 "SpikingJelly multi_step_forward",
-                lambda: (single.reset(), functional.multi_step_forward(x, single)),
+                _reset_then(single, lambda: functional.multi_step_forward(x, single)),
                 "torch",
             )
         )
-        systems.append(System("SpikingJelly multi-step neuron", lambda: _fresh(multi)(x), "torch"))
+        systems.append(
+            System("SpikingJelly multi-step neuron", _reset_then(multi, lambda: multi(x)), "torch")
+        )
         ours = _sj_neuron(neuron, kind, "s").to(dev)
         systems.append(
             System(
                 "dualstep torch, module (SJ neuron)",
-                lambda: (ours.reset(), ds.multi_step_forward(x, ours)),
+                _reset_then(ours, lambda: ds.multi_step_forward(x, ours)),
                 "torch",
             )
         )
@@ -225,7 +227,7 @@ def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[Sy
         systems.append(
             System(
                 "SpikingJelly multi_step_forward",
-                lambda: (single.reset(), functional.multi_step_forward(x, net)),
+                _reset_then(single, lambda: functional.multi_step_forward(x, net)),
                 "torch",
             )
         )
@@ -233,7 +235,7 @@ def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[Sy
         systems.append(
             System(
                 "dualstep torch, module (SJ neuron)",
-                lambda: (ours.reset(), ds.multi_step_forward(x, [linear, ours])),
+                _reset_then(ours, lambda: ds.multi_step_forward(x, [linear, ours])),
                 "torch",
             )
         )

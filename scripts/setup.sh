@@ -8,6 +8,6 @@ PYTHON="${PYTHON:-python3}"
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
 # The CPU build of torch first: an open range would pull a multi-GB CUDA build.
 pip install torch==2.13.0
-pip install -e '.[all,test,dev]'
+pip install -e '.[all,test,dev,bench]'
 # SpikingJelly, which the compatibility tests compare with, without its heavy dependencies.
 pip install --no-deps spikingjelly==2.0.0 loguru tqdm
