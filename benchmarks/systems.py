@@ -150,6 +150,21 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
                 "torch",
             )
         )
+        if compile_torch:
+            node = _sj_neuron(neuron, kind, "s").to(dev)
+
+            def module_path(x):
+                node.reset()
+                return ds.multi_step_forward(x, node)
+
+            compiled_module = torch.compile(module_path, fullgraph=True)
+            systems.append(
+                System(
+                    "dualstep torch.compile, module (SJ neuron)",
+                    lambda: compiled_module(x),
+                    "torch",
+                )
+            )
 
     def torch_loop():
         v, ys = v0, []
