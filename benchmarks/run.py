@@ -147,6 +147,10 @@ def run(quick: bool, device: str, progress: Callable[[str], None]) -> dict:
     rows = []
     for i, (workload, size, build) in enumerate(workloads, start=1):
         progress(f"[{i:>2}/{len(workloads)}] {workload} {_label(size)}")
+        if "torch" in sys.modules:
+            # Each workload compiles its own functions; dynamo's per-code recompile limit
+            # would otherwise be reached by the same benchmark code over many sizes.
+            sys.modules["torch"]._dynamo.reset()
         built = build()
         times = time_side_by_side([s.fn for s in built], budget * len(built))
         for system, seconds in zip(built, times, strict=True):
