@@ -110,6 +110,54 @@ def _reset_then(module, call):
     return run
 
 
+def _torch_state_systems(x, v0, t_step, compile_torch: bool) -> list[System]:
+    """A torch loop, dualstep's `state=` path and its torch.compile, for one step function."""
+    import torch
+
+    def torch_loop():
+        v, ys = v0, []
+        for xt in x:
+            y, v = t_step(xt, v)
+            ys.append(y)
+        return torch.stack(ys), v
+
+    systems = [
+        System("torch Python loop", torch_loop, "torch"),
+        System(
+            "dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch"
+        ),
+    ]
+    if compile_torch:
+        compiled = torch.compile(
+            lambda x, v: ds.multi_step_forward(x, t_step, state=v), fullgraph=True
+        )
+        systems.append(System("dualstep torch.compile", lambda: compiled(x, v0), "torch"))
+    return systems
+
+
+def _jax_state_systems(xj, vj, j_step) -> list[System]:
+    """dualstep JAX eager and inside jit, and a hand-written jitted lax.scan, for one step."""
+    import jax
+    from jax import lax
+
+    jitted = jax.jit(lambda x, v: ds.multi_step_forward(x, j_step, state=v))
+
+    @jax.jit
+    def hand_scan(x, v):
+        def body(v, xt):
+            y, v = j_step(xt, v)
+            return v, y
+
+        v, ys = lax.scan(body, v, x)
+        return ys, v
+
+    return [
+        System("dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"),
+        System("dualstep JAX in jit", lambda: jitted(xj, vj), "jax"),
+        System("hand-written jit(lax.scan)", lambda: hand_scan(xj, vj), "jax"),
+    ]
+
+
 # --- workloads ----------------------------------------------------------------------------------
 
 
@@ -117,7 +165,6 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
     """An IF or LIF neuron step over [T, B, N]; kind in {"if", "lif"}."""
     import jax
     import torch
-    from jax import lax
 
     t, b, n = size
     rng = np.random.default_rng(0)
@@ -166,37 +213,10 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
                 )
             )
 
-    def torch_loop():
-        v, ys = v0, []
-        for xt in x:
-            y, v = t_step(xt, v)
-            ys.append(y)
-        return torch.stack(ys), v
-
-    systems.append(System("torch Python loop", torch_loop, "torch"))
-    systems.append(
-        System(
-            "dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch"
-        )
-    )
-    if compile_torch:
-        compiled = torch.compile(
-            lambda x, v: ds.multi_step_forward(x, t_step, state=v), fullgraph=True
-        )
-        systems.append(System("dualstep torch.compile", lambda: compiled(x, v0), "torch"))
+    systems += _torch_state_systems(x, v0, t_step, compile_torch)
 
     xj, vj = _jax_put(x_np, device), _jax_put(np.zeros((b, n), np.float32), device)
     if xj is not None:
-        jitted = jax.jit(lambda x, v: ds.multi_step_forward(x, j_step, state=v))
-
-        @jax.jit
-        def hand_scan(x, v):
-            def body(v, xt):
-                y, v = j_step(xt, v)
-                return v, y
-
-            v, ys = lax.scan(body, v, x)
-            return ys, v
 
         def jax_loop():
             v, ys = vj, []
@@ -205,22 +225,14 @@ def neuron_systems(kind: str, size: tuple, device: str, compile_torch: bool) -> 
                 ys.append(y)
             return jax.numpy.stack(ys), v
 
-        systems += [
-            System(
-                "dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"
-            ),
-            System("dualstep JAX in jit", lambda: jitted(xj, vj), "jax"),
-            System("hand-written jit(lax.scan)", lambda: hand_scan(xj, vj), "jax"),
-            System("JAX Python loop", jax_loop, "jax"),
-        ]
+        systems += _jax_state_systems(xj, vj, j_step)
+        systems.append(System("JAX Python loop", jax_loop, "jax"))
     return systems
 
 
 def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[System]:
     """Linear(N, N) then a LIF neuron, per step."""
-    import jax
     import torch
-    from jax import lax
 
     t, b, n = size
     rng = np.random.default_rng(1)
@@ -255,24 +267,7 @@ def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[Sy
             )
         )
 
-    def torch_loop():
-        v, ys = v0, []
-        for xt in x:
-            y, v = t_step(xt, v)
-            ys.append(y)
-        return torch.stack(ys), v
-
-    systems.append(System("torch Python loop", torch_loop, "torch"))
-    systems.append(
-        System(
-            "dualstep torch, state=", lambda: ds.multi_step_forward(x, t_step, state=v0), "torch"
-        )
-    )
-    if compile_torch:
-        compiled = torch.compile(
-            lambda x, v: ds.multi_step_forward(x, t_step, state=v), fullgraph=True
-        )
-        systems.append(System("dualstep torch.compile", lambda: compiled(x, v0), "torch"))
+    systems += _torch_state_systems(x, v0, t_step, compile_torch)
 
     xj = _jax_put(x_np, device)
     if xj is not None:
@@ -283,20 +278,7 @@ def linear_lif_systems(size: tuple, device: str, compile_torch: bool) -> list[Sy
         def j_step(xt, v):
             return jax_lif(xt @ w + bias, v)
 
-        jitted = jax.jit(lambda x, v: ds.multi_step_forward(x, j_step, state=v))
-
-        @jax.jit
-        def hand_scan(x, v):
-            v, ys = lax.scan(lambda v, xt: j_step(xt, v)[::-1], v, x)
-            return ys, v
-
-        systems += [
-            System(
-                "dualstep JAX eager", lambda: ds.multi_step_forward(xj, j_step, state=vj), "jax"
-            ),
-            System("dualstep JAX in jit", lambda: jitted(xj, vj), "jax"),
-            System("hand-written jit(lax.scan)", lambda: hand_scan(xj, vj), "jax"),
-        ]
+        systems += _jax_state_systems(xj, vj, j_step)
     return systems
 
 
