@@ -65,6 +65,19 @@ def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any
     return ys, state
 
 
+def call_once(x: Any, state: Any, modules: Any) -> tuple[Any, Any]:
+    """One call: ``(y, new_state)``, or ``(y, None)`` when `state` is None (stateless)."""
+    if state is None:
+        return apply_modules(x, modules), None
+    return apply_stateful(x, state, modules)
+
+
+def stacked_result(ys: Sequence[Any], final: Any, state: Any, stack: Callable[[list], Any]) -> Any:
+    """The loop's return value: stacked outputs, with the final state when a state was given."""
+    y_seq = stack_outputs(ys, stack)
+    return y_seq if state is None else (y_seq, final)
+
+
 def stack_outputs(ys: Sequence[Any], stack: Callable[[list], Any]) -> Any:
     """Stack per-step outputs with `stack`; tuple outputs are stacked item by item."""
     first = ys[0]

@@ -25,13 +25,12 @@ _lock = threading.Lock()
 
 def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
     """A jitted `build()` reused for equal `key`s (LRU, at most CACHE_SIZE entries)."""
-    try:
-        hash(key)
-    except TypeError:
-        # Unhashable modules (e.g. pytrees holding arrays) cannot be keyed: run uncached.
-        return build()
     with _lock:
-        fn = _cache.get(key)
+        try:
+            fn = _cache.get(key)
+        except TypeError:
+            # Unhashable modules (e.g. pytrees holding arrays) cannot be keyed: run uncached.
+            return build()
         if fn is not None:
             _cache.move_to_end(key)
             return fn

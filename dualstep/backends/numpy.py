@@ -7,26 +7,21 @@ from typing import Any
 
 import numpy as np
 
-from .._modules import apply_modules, map_outputs, run_steps, stack_outputs
+from .._modules import apply_modules, map_outputs, run_steps, stack_outputs, stacked_result
 
 
 def _stack_last(arrays: list) -> np.ndarray:
     return np.stack(arrays, axis=-1)
 
 
-def _result(ys: list, final: Any, state: Any, stack: Any) -> Any:
-    y_seq = stack_outputs(ys, stack)
-    return y_seq if state is None else (y_seq, final)
-
-
 def multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
     ys, final = run_steps(x_seq, modules, state)
-    return _result(ys, final, state, np.stack)
+    return stacked_result(ys, final, state, np.stack)
 
 
 def t_last_multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
     ys, final = run_steps((x_seq[..., t] for t in range(x_seq.shape[-1])), modules, state)
-    return _result(ys, final, state, _stack_last)
+    return stacked_result(ys, final, state, _stack_last)
 
 
 def chunk_multi_step_forward(
@@ -35,7 +30,7 @@ def chunk_multi_step_forward(
     # `checkpoint` has nothing to save on NumPy: there is no backward pass.
     chunks = (x_seq[i : i + split_size] for i in range(0, x_seq.shape[0], split_size))
     ys, final = run_steps(chunks, modules, state)
-    return _result(ys, final, state, np.concatenate)
+    return stacked_result(ys, final, state, np.concatenate)
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:

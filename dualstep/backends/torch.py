@@ -11,7 +11,14 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint as checkpoint_fn
 
-from .._modules import apply_modules, apply_stateful, map_outputs, run_steps, stack_outputs
+from .._modules import (
+    apply_modules,
+    call_once,
+    map_outputs,
+    run_steps,
+    stack_outputs,
+    stacked_result,
+)
 
 
 def _stack_first(tensors: list) -> torch.Tensor:
@@ -26,19 +33,14 @@ def _cat_first(tensors: list) -> torch.Tensor:
     return torch.cat(tensors, dim=0)
 
 
-def _result(ys: list, final: Any, state: Any, stack: Any) -> Any:
-    y_seq = stack_outputs(ys, stack)
-    return y_seq if state is None else (y_seq, final)
-
-
 def multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     ys, final = run_steps(x_seq.unbind(0), modules, state)
-    return _result(ys, final, state, _stack_first)
+    return stacked_result(ys, final, state, _stack_first)
 
 
 def t_last_multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     ys, final = run_steps(x_seq.unbind(-1), modules, state)
-    return _result(ys, final, state, _stack_last)
+    return stacked_result(ys, final, state, _stack_last)
 
 
 def chunk_multi_step_forward(
@@ -52,17 +54,14 @@ def chunk_multi_step_forward(
         ys, final = _chunks_checkpointed(chunks, modules, state)
     else:
         ys, final = run_steps(chunks, modules, state)
-    return _result(ys, final, state, _cat_first)
+    return stacked_result(ys, final, state, _cat_first)
 
 
 def _chunks_checkpointed(chunks: Any, modules: Any, state: Any) -> tuple[list, Any]:
     ys = []
     for xc in chunks:
-        if state is None:
-            ys.append(checkpoint_fn(apply_modules, xc, modules, use_reentrant=False))
-        else:
-            y, state = checkpoint_fn(apply_stateful, xc, state, modules, use_reentrant=False)
-            ys.append(y)
+        y, state = checkpoint_fn(call_once, xc, state, modules, use_reentrant=False)
+        ys.append(y)
     return ys, state
 
 
@@ -77,10 +76,7 @@ def _chunks_preallocated(chunks: Any, steps: int, modules: Any, state: Any) -> A
     offset = 0
     pending: list = []  # outputs to concatenate, once preallocation gave up
     for xc in chunks:
-        if state is None:
-            y = apply_modules(xc, modules)
-        else:
-            y, state = apply_stateful(xc, state, modules)
+        y, state = call_once(xc, state, modules)
         items = y if isinstance(y, tuple) else (y,)
         if out is None and not pending:
             out = _allocate(items, xc.shape[0], steps)
