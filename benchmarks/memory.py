@@ -59,7 +59,10 @@ def chunk_inference(system: str) -> dict:
     return {"extra_peak_bytes": extra, "output_bytes": x.numel() * 4}
 
 
-def _torch_train(checkpoint: bool) -> dict:
+def _torch_train(checkpoint: bool, hold_output: bool) -> dict:
+    """Peak of one forward+backward. A training loop (``loss(y).backward()``) lets the output
+    go once the loss is computed; `hold_output` keeps it alive through the backward pass, so the
+    peak then includes the output and its gradient (2x the output's bytes) on any path."""
     import torch
 
     import dualstep as ds
@@ -77,12 +80,19 @@ def _torch_train(checkpoint: bool) -> dict:
     def chunk(xc, v):
         return ds.multi_step_forward(xc, lif, state=v)
 
-    def step():
-        linear.zero_grad(set_to_none=True)
+    def forward():
         y, _ = ds.chunk_multi_step_forward(
             TRAIN_SPLIT, x, chunk, state=torch.zeros(b, n), checkpoint=checkpoint
         )
-        y.mean().backward()
+        return y
+
+    def step():
+        linear.zero_grad(set_to_none=True)
+        if hold_output:
+            y = forward()
+            y.mean().backward()
+            return linear.weight.grad, y
+        forward().mean().backward()
         return linear.weight.grad
 
     step()  # warm-up
@@ -119,9 +129,9 @@ def _jax_train(checkpoint: bool) -> dict:
     return {"temp_bytes": int(analysis.temp_size_in_bytes)}
 
 
-def train(backend: str, checkpoint: str) -> dict:
+def train(backend: str, checkpoint: str, output: str = "released") -> dict:
     on = checkpoint == "on"
-    return _torch_train(on) if backend == "torch" else _jax_train(on)
+    return _torch_train(on, output == "held") if backend == "torch" else _jax_train(on)
 
 
 def jax_chunk_temp(split: str) -> dict:

@@ -46,16 +46,23 @@ def _load(name: str) -> ModuleType:
 def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
     """Return the backend module that handles `x`, or raise TypeError naming `argument`.
 
-    The answer is cached per ``type(x)``; unsupported types are not cached.
+    The answer is cached per ``type(x)``; unsupported types are not cached. While torch.compile
+    traces, the cache is neither read nor written: compiled code guards on what it reads, so a
+    cache that fills up after a cold trace would force a recompile.
     """
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.compiler.is_compiling():
+        return _resolve(x, argument)
     backend = _cache.get(type(x))
     if backend is None:
-        name = _kind_of(x)
-        if name is None:
-            raise TypeError(
-                f"`{argument}` must be a {SUPPORTED}; "
-                f"got {type(x).__module__}.{type(x).__qualname__}"
-            )
-        backend = _load(name)
-        _cache[type(x)] = backend
+        backend = _cache[type(x)] = _resolve(x, argument)
     return backend
+
+
+def _resolve(x: object, argument: str) -> ModuleType:
+    name = _kind_of(x)
+    if name is None:
+        raise TypeError(
+            f"`{argument}` must be a {SUPPORTED}; got {type(x).__module__}.{type(x).__qualname__}"
+        )
+    return _load(name)

@@ -38,6 +38,11 @@ def _no_cat(monkeypatch):
     monkeypatch.setattr(torch_backend, "_cat_first", fail)
 
 
+def _weights(y):
+    """Loss weights that differ at every element, so each chunk gets its own gradient."""
+    return torch.linspace(-1, 1, y.numel()).reshape(y.shape)
+
+
 @pytest.mark.parametrize("split_size", [1, 2, 3, 7, 9])
 def test_no_grad_preallocates_and_equals_cat(monkeypatch, split_size):
     x = torch.randn(7, 3, 4)
@@ -117,7 +122,7 @@ def test_no_grad_matches_spikingjelly_multi_step_neuron():
 
 
 @pytest.mark.parametrize("stateful", [True, False])
-def test_torch_checkpoint_gradients_equal_plain(stateful):
+def test_torch_checkpoint_gradients_equal_plain(monkeypatch, stateful):
     net = _Net()
     x = torch.randn(11, 3, 6)
     v0 = torch.full((3, 6), 0.1)
@@ -127,19 +132,76 @@ def test_torch_checkpoint_gradients_equal_plain(stateful):
         xg, vg = x.clone().requires_grad_(), v0.clone().requires_grad_()
         if stateful:
             y, v = ds.chunk_multi_step_forward(4, xg, net, state=vg, checkpoint=checkpoint)
-            loss = (y * torch.linspace(-1, 1, 6)).sum() + (v**2).sum()
+            loss = (y * _weights(y)).sum() + (v**2).sum()
         else:
             y = ds.chunk_multi_step_forward(
                 4, xg, lambda c: torch.tanh(net.linear(c)), checkpoint=checkpoint
             )
-            loss = (y * torch.linspace(-1, 1, 6)).sum()
+            loss = (y * _weights(y)).sum()
         loss.backward()
         return y.detach(), xg.grad, vg.grad, net.linear.weight.grad.clone()
 
-    plain, ckpt = run(False), run(True)
+    plain = run(False)
+    _no_cat(monkeypatch)  # the checkpointed path writes into a preallocated result
+    ckpt = run(True)
     for a, b in zip(plain, ckpt, strict=True):
         if a is not None or b is not None:
             torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def _grads(fn, *inputs):
+    """Output and gradients of a weighted sum of `fn`'s outputs (tuple outputs item by item)."""
+    out = fn(*inputs)
+    items = out if isinstance(out, tuple) else (out,)
+    loss = sum((y * _weights(y)).sum() for y in items)
+    return (*(y.detach() for y in items), *torch.autograd.grad(loss, inputs))
+
+
+def test_torch_checkpoint_tuple_output_gradients_equal_plain(monkeypatch):
+    step = lif_step(spike="sigmoid", with_v=True)
+
+    def run(checkpoint, x, v):
+        def module(c, s):
+            return ds.multi_step_forward(c * w, step, state=s)
+
+        (spikes, vs), final = ds.chunk_multi_step_forward(
+            3, x, module, state=v, checkpoint=checkpoint
+        )
+        return spikes, vs, final
+
+    w = torch.linspace(0.5, 2.0, 4).requires_grad_()  # a leaf the module closes over
+    x = torch.randn(8, 2, 4, requires_grad=True)
+    v = torch.zeros(2, 4, requires_grad=True)
+    want = _grads(lambda x, v, w: run(False, x, v), x, v, w)
+    _no_cat(monkeypatch)
+    got = _grads(lambda x, v, w: run(True, x, v), x, v, w)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
+def test_torch_checkpoint_falls_back_to_cat_when_output_not_contiguous():
+    x = torch.randn(7, 3, 4, requires_grad=True)
+
+    def module(c):
+        return torch.tanh(c).transpose(1, 2)  # time-aligned but not contiguous
+
+    want = _grads(lambda x: ds.chunk_multi_step_forward(3, x, module), x)
+    got = _grads(lambda x: ds.chunk_multi_step_forward(3, x, module, checkpoint=True), x)
+    for a, b in zip(want, got, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+
+
+def test_torch_checkpoint_gradient_reaches_a_non_leaf_the_module_closes_over():
+    # What the reentrant variant cannot do: torch.autograd.grad through a captured non-leaf.
+    base = torch.tensor(0.7, requires_grad=True)
+    x = torch.randn(6, 2, 3)
+
+    def run(checkpoint):
+        scale = base * 2
+        y = ds.chunk_multi_step_forward(4, x, lambda c: torch.sin(c * scale), checkpoint=checkpoint)
+        return torch.autograd.grad(y.square().sum(), base)[0]
+
+    torch.testing.assert_close(run(True), run(False), rtol=1e-6, atol=1e-6)
 
 
 def test_torch_checkpoint_recomputes_each_chunk():

@@ -6,6 +6,7 @@ same name computes (same ops in the same order), so results are bit-identical.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -49,40 +50,66 @@ def chunk_multi_step_forward(
     chunks = torch.split(x_seq, split_size)
     if not torch.is_grad_enabled():
         # Nothing to save for backward, so checkpointing is moot and outputs can be preallocated.
-        return _chunks_preallocated(chunks, x_seq.shape[0], modules, state)
+        return _chunks_preallocated(chunks, x_seq.shape[0], modules, state, call_once, _copy_into)
     if checkpoint:
-        ys, final = _chunks_checkpointed(chunks, modules, state)
-    else:
-        ys, final = run_steps(chunks, modules, state)
+        return _chunks_preallocated(
+            chunks, x_seq.shape[0], modules, state, _call_checkpointed, _Into.apply
+        )
+    ys, final = run_steps(chunks, modules, state)
     return stacked_result(ys, final, state, _cat_first)
 
 
-def _chunks_checkpointed(chunks: Any, modules: Any, state: Any) -> tuple[list, Any]:
-    ys = []
-    for xc in chunks:
-        y, state = checkpoint_fn(call_once, xc, state, modules, use_reentrant=False)
-        ys.append(y)
-    return ys, state
+def _call_checkpointed(xc: Any, state: Any, modules: Any) -> tuple[Any, Any]:
+    """One chunk whose activations are dropped and recomputed in the backward pass."""
+    return checkpoint_fn(call_once, xc, state, modules, use_reentrant=False)
 
 
-def _chunks_preallocated(chunks: Any, steps: int, modules: Any, state: Any) -> Any:
+def _copy_into(out: torch.Tensor, y: torch.Tensor, offset: int) -> torch.Tensor:
+    out[offset : offset + y.shape[0]].copy_(y)
+    return out
+
+
+class _Into(torch.autograd.Function):
+    """`_copy_into` for autograd: the gradient of the chunk is a view of the result's gradient.
+
+    ``torch.cat`` would need every chunk's output alive at once next to the result, and an
+    autograd-recorded slice copy clones the whole gradient once per chunk in the backward pass;
+    this writes each chunk as it comes, and its backward only slices.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, out: torch.Tensor, y: torch.Tensor, offset: int) -> torch.Tensor:
+        ctx.span = (offset, offset + y.shape[0])
+        ctx.mark_dirty(out)
+        return _copy_into(out, y, offset)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        start, stop = ctx.span
+        return grad, grad[start:stop], None
+
+
+def _chunks_preallocated(
+    chunks: Any, steps: int, modules: Any, state: Any, call: Callable, write: Callable
+) -> Any:
     """Write each chunk's output into one result allocated from the first chunk's output.
 
-    Falls back to concatenation (same values, same errors as ``torch.cat``) as soon as an output
-    does not fit: not aligned with its chunk, another trailing shape, dtype or device, or a
-    first output that is not contiguous (``cat`` might then pick another layout).
+    `call(xc, state, modules)` runs one chunk; `write(out, y, offset)` stores `y` at `offset`
+    and returns the result. Falls back to concatenation (same values, same errors as
+    ``torch.cat``) as soon as an output does not fit: not aligned with its chunk, another
+    trailing shape, dtype or device, or a first output that is not contiguous (``cat`` might
+    then pick another layout).
     """
     out: tuple | None = None
     offset = 0
     pending: list = []  # outputs to concatenate, once preallocation gave up
     for xc in chunks:
-        y, state = call_once(xc, state, modules)
+        y, state = call(xc, state, modules)
         items = y if isinstance(y, tuple) else (y,)
         if out is None and not pending:
             out = _allocate(items, xc.shape[0], steps)
         if out is not None and _fits(items, out, xc.shape[0]):
-            for dst, src in zip(out, items, strict=True):
-                dst[offset : offset + xc.shape[0]].copy_(src)
+            out = tuple(write(dst, src, offset) for dst, src in zip(out, items, strict=True))
             offset += xc.shape[0]
             continue
         if out is not None:
