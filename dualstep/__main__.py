@@ -1,45 +1,50 @@
-"""`python -m dualstep`: run the five functions on every installed backend against the oracle.
+"""`python -m dualstep` (or `dualstep`): check the five functions on every installed backend.
 
-An embedded example (LIF neurons on random input, an affine+tanh layer for the stateless
-functions) runs through all five functions on NumPy, torch and JAX, whichever are installed,
-and prints, per backend and function, the max abs difference from the NumPy float64 oracle, the
-median time per call and a verdict. Exits 1 if any backend disagrees with the oracle.
+Subcommands:
+
+- ``check`` (the default): an embedded example (LIF neurons on random input, an affine+tanh
+  layer for the stateless functions) runs through all five functions on NumPy, torch and JAX,
+  whichever are installed, and prints, per backend and function, the max abs difference from
+  the NumPy float64 oracle, the median time per call and a verdict (``--json``: the same rows as
+  JSON). Exits 1 if any backend disagrees with the oracle.
+- ``bench``: the quick benchmark suite (from a source checkout), with progress, writing the
+  table, JSON and plot.
+- ``info``: dualstep's version, the installed backends with their versions and devices.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import importlib
+import importlib.metadata
+import importlib.util
+import json
+import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import dualstep as ds
+from dualstep import interop
 from dualstep.testing import affine_tanh, lif_step
+from dualstep.testing._validate import BACKENDS, installed_backends, jax_x64
+
+CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
 
 SPLIT = 16
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 
-def _converters(name: str) -> tuple[Callable, Callable, Callable] | None:
-    """(to_backend, to_numpy, block) for an installed backend, or None."""
-    if name == "numpy":
-        return np.asarray, np.asarray, lambda y: y
-    try:
-        module = importlib.import_module(name)
-    except ImportError:
-        return None
-    if name == "torch":
-        return module.from_numpy, lambda t: t.detach().cpu().numpy(), lambda y: y
-    import jax
-
-    return module.numpy.asarray, np.asarray, jax.block_until_ready
+def _block(y: Any) -> Any:
+    """Wait for JAX's asynchronous dispatch, so a timing covers the work."""
+    ready = getattr(y, "block_until_ready", None)
+    return ready() if ready is not None else y
 
 
 def _calls() -> dict[str, Callable[[Any, Any, Any], Any]]:
@@ -62,12 +67,12 @@ def _calls() -> dict[str, Callable[[Any, Any, Any], Any]]:
     }
 
 
-def _median_seconds(fn: Callable[[], Any], block: Callable, repeat: int) -> float:
-    block(fn())  # warm-up: JAX compiles here
+def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
+    _block(fn())  # warm-up: JAX compiles here
     times = []
     for _ in range(repeat):
         start = time.perf_counter()
-        block(fn())
+        _block(fn())
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
@@ -80,20 +85,18 @@ def check(steps: int, batch: int, features: int, dtype: str, repeat: int) -> lis
     calls = _calls()
     oracle = {n: f(*(a.astype(np.float64) for a in inputs)) for n, f in calls.items()}
     rows = []
-    for backend in ("numpy", "torch", "jax"):
-        conv = _converters(backend)
-        if conv is None:
-            extra = "torch" if backend == "torch" else "jax"
-            print(f"{backend} is not installed: pip install 'dualstep[{extra}]'", file=sys.stderr)
+    installed = installed_backends()
+    for backend in BACKENDS:
+        if backend not in installed:
+            print(f"{backend} is not installed: pip install 'dualstep[{backend}]'", file=sys.stderr)
             continue
-        to_backend, to_numpy, block = conv
-        args = [to_backend(a) for a in inputs]
+        args = [CONVERT[backend](a) for a in inputs]
         for name, fn in calls.items():
-            y = to_numpy(fn(*args))
+            y = interop.to_numpy(fn(*args))
             err = float(np.max(np.abs(y.astype(np.float64) - oracle[name]))) if y.size else 0.0
             ok = y.dtype == np.dtype(dtype) and y.shape == oracle[name].shape
             ok = ok and err <= TOLERANCE[dtype]
-            seconds = _median_seconds(functools.partial(fn, *args), block, repeat)
+            seconds = _median_seconds(functools.partial(fn, *args), repeat)
             rows.append(
                 {
                     "backend": backend,
@@ -118,46 +121,108 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def _jax_x64(enable: bool) -> Iterator[None]:
-    """JAX float64 for the duration of the check, when JAX is installed; restored afterwards."""
-    try:
-        import jax
-    except ImportError:
-        enable = False
-    if not enable:
-        yield
-        return
-    old = jax.config.read("jax_enable_x64")
-    jax.config.update("jax_enable_x64", True)
-    try:
-        yield
-    finally:
-        jax.config.update("jax_enable_x64", old)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="dualstep", description=__doc__.splitlines()[0])
-    parser.add_argument("--T", type=int, default=64, help="time steps (default 64)")
-    parser.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    parser.add_argument("--features", type=int, default=256, help="neurons (default 256)")
-    parser.add_argument("--dtype", choices=sorted(TOLERANCE), default="float32")
-    parser.add_argument("--repeat", type=int, default=10, help="timed calls per cell")
-    args = parser.parse_args(argv)
-    for flag in ("T", "batch", "features", "repeat"):
-        if getattr(args, flag) < 1:
-            parser.error(f"--{flag} must be a positive integer; got {getattr(args, flag)}")
+def _check(args: argparse.Namespace) -> int:
+    with jax_x64(args.dtype == "float64"):
+        rows = check(args.T, args.batch, args.features, args.dtype, args.repeat)
+    failed = [r for r in rows if not r["ok"]]
+    if args.json:
+        print(json.dumps({"version": ds.__version__, "dtype": args.dtype, "rows": rows}, indent=1))
+        return 1 if failed else 0
     print(
         f"dualstep {ds.__version__}: LIF (tau=2) on random input, T={args.T}, "
         f"batch={args.batch}, features={args.features}, {args.dtype}; "
         "error against the NumPy float64 oracle"
     )
-    with _jax_x64(args.dtype == "float64"):
-        rows = check(args.T, args.batch, args.features, args.dtype, args.repeat)
     print(_table(rows))
-    failed = [r for r in rows if not r["ok"]]
     print(f"{len(rows) - len(failed)} agree, {len(failed)} disagree")
     return 1 if failed else 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    root = Path(ds.__file__).resolve().parents[1]  # the source tree, for a checkout
+    if not (root / "benchmarks" / "run.py").is_file():
+        print(
+            "the benchmark suite ships with dualstep's source tree, not with the package: "
+            "run `dualstep bench` from an editable install of a checkout (bash scripts/setup.sh)",
+            file=sys.stderr,
+        )
+        return 1
+    sys.path.insert(0, str(root))
+    run = importlib.import_module("benchmarks.run")  # by name: not part of the package
+    out = args.out or root / "benchmarks" / "results" / "quick"
+    return int(run.main(["--quick", "--device", args.device, "--out", str(out)]))
+
+
+def info() -> dict[str, Any]:
+    """dualstep's version, Python's, and each backend's version and devices (None if absent)."""
+    out: dict[str, Any] = {
+        "dualstep": ds.__version__,
+        "python": platform.python_version(),
+        "backends": {"numpy": {"version": np.__version__, "devices": ["cpu"]}},
+    }
+    installed = installed_backends()
+    for name in BACKENDS[1:]:
+        if name not in installed:
+            out["backends"][name] = None
+            continue
+        module = importlib.import_module(name)
+        if name == "torch":
+            devices = ["cpu"] + [f"cuda:{i}" for i in range(module.cuda.device_count())]
+        else:
+            devices = [str(d) for d in module.devices()]
+        out["backends"][name] = {"version": module.__version__, "devices": devices}
+    spec = importlib.util.find_spec("spikingjelly")
+    out["spikingjelly"] = importlib.metadata.version("spikingjelly") if spec else None
+    return out
+
+
+def _info(args: argparse.Namespace) -> int:
+    found = info()
+    if args.json:
+        print(json.dumps(found, indent=1))
+        return 0
+    print(f"dualstep {found['dualstep']} on Python {found['python']}")
+    for name, entry in found["backends"].items():
+        if entry is None:
+            print(f"  {name:<6} not installed: pip install 'dualstep[{name}]'")
+        else:
+            print(f"  {name:<6} {entry['version']:<12} devices: {', '.join(entry['devices'])}")
+    sj = found["spikingjelly"]
+    print(f"  spikingjelly {sj}" if sj else "  spikingjelly not installed (optional)")
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dualstep", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", metavar="{check,bench,info}")
+    check_args = commands.add_parser("check", help="validate every backend (the default)")
+    check_args.add_argument("--T", type=int, default=64, help="time steps (default 64)")
+    check_args.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
+    check_args.add_argument("--features", type=int, default=256, help="neurons (default 256)")
+    check_args.add_argument("--dtype", choices=sorted(TOLERANCE), default="float32")
+    check_args.add_argument("--repeat", type=int, default=10, help="timed calls per cell")
+    check_args.add_argument("--json", action="store_true", help="print the rows as JSON")
+    bench_args = commands.add_parser("bench", help="the quick benchmark suite (source checkout)")
+    bench_args.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    bench_args.add_argument(
+        "--out", help="output folder for .md/.json/.png (default benchmarks/results/quick)"
+    )
+    info_args = commands.add_parser("info", help="installed backends, versions and devices")
+    info_args.add_argument("--json", action="store_true", help="print as JSON")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in ("check", "bench", "info", "-h", "--help"):
+        argv.insert(0, "check")  # `dualstep --T 8` means `dualstep check --T 8`
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "check":
+        for flag in ("T", "batch", "features", "repeat"):
+            if getattr(args, flag) < 1:
+                parser.error(f"--{flag} must be a positive integer; got {getattr(args, flag)}")
+    return {"check": _check, "bench": _bench, "info": _info}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -7,8 +7,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
 
 from dualstep.testing import affine_tanh, if_step, lif_step
 
@@ -48,20 +46,3 @@ CASES = [
 ]
 CASE_IDS = [c.name for c in CASES]
 SMOOTH = [c for c in CASES if c.smooth]
-
-DTYPES = (np.float32, np.float64)
-
-
-@st.composite
-def sequences(draw, max_t: int = 16, min_batch: int = 1) -> np.ndarray:
-    """``[T, B, *features]`` on a dyadic grid (multiples of 1/8 in [-2, 2]).
-
-    On that grid IF and LIF (tau=2) compute exactly in float32 and float64, so spike times agree
-    across dtypes and backends and tolerances only absorb the smooth functions' rounding.
-    """
-    t = draw(st.integers(1, max_t))
-    b = draw(st.integers(min_batch, 4))
-    features = draw(st.lists(st.integers(1, 4), min_size=0, max_size=2))
-    dtype = draw(st.sampled_from(DTYPES))
-    grid = draw(hnp.arrays(np.int8, (t, b, *features), elements=st.integers(-16, 16)))
-    return (grid / 8).astype(dtype)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -42,3 +44,45 @@ def test_float64_check_restores_jax_config():
     before = jax.config.jax_enable_x64
     assert main_job.main([*ARGS, "--dtype", "float64"]) == 0
     assert jax.config.jax_enable_x64 == before
+
+
+def test_check_json_rows(capsys):
+    assert main_job.main(["check", *ARGS, "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["dtype"] == "float32" and len(found["rows"]) == 5 * len(INSTALLED)
+    assert {r["backend"] for r in found["rows"]} == set(INSTALLED)
+    assert all(r["ok"] and r["max_abs_error"] <= 1e-5 for r in found["rows"])
+
+
+def test_missing_backend_is_named_with_its_install_command(monkeypatch, capsys):
+    monkeypatch.setattr(main_job, "installed_backends", lambda: ("numpy",))
+    assert main_job.main(ARGS) == 0
+    captured = capsys.readouterr()
+    assert "jax is not installed: pip install 'dualstep[jax]'" in captured.err
+    assert "torch is not installed: pip install 'dualstep[torch]'" in captured.err
+    assert main_job.main(["info"]) == 0
+    assert "jax    not installed: pip install 'dualstep[jax]'" in capsys.readouterr().out
+
+
+def test_info_lists_backends_versions_and_devices(capsys):
+    assert main_job.main(["info", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["dualstep"] == main_job.ds.__version__
+    for name in INSTALLED:
+        entry = found["backends"][name]
+        assert entry["version"] == importlib.import_module(name).__version__
+        assert entry["devices"] and entry["devices"][0].startswith("cpu")
+
+
+def test_bench_runs_the_quick_suite(monkeypatch, tmp_path):
+    run = pytest.importorskip("benchmarks.run")
+    calls = []
+    monkeypatch.setattr(run, "main", lambda argv: calls.append(argv) or 0)
+    assert main_job.main(["bench", "--out", str(tmp_path)]) == 0
+    assert calls == [["--quick", "--device", "cpu", "--out", str(tmp_path)]]
+
+
+def test_bench_outside_a_checkout_says_where_the_suite_is(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(main_job.ds, "__file__", str(tmp_path / "dualstep" / "__init__.py"))
+    assert main_job.main(["bench"]) == 1
+    assert "ships with dualstep's source tree" in capsys.readouterr().err

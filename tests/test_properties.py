@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from cases import CASE_IDS, CASES, SMOOTH, sequences
+from cases import CASE_IDS, CASES, SMOOTH
 from conftest import assert_close
 from hypothesis import given, settings
 
 import dualstep as ds
+from dualstep.testing.strategies import sequences
 
 
 def _state(case, x: np.ndarray, dtype) -> object:

@@ -1,9 +1,14 @@
 """Public helpers for validating step functions across backends.
 
-Reference step functions written once against the array API; they run unchanged on torch, JAX
-and NumPy (and anything :mod:`array_api_compat` knows).
+- `assert_backends_close`: run a step function through the forward functions on every
+  installed backend against the NumPy float64 oracle; a `Report` of the errors.
+- Reference step functions written once against the array API (`affine_tanh`, `if_step`,
+  `lif_step`); they run unchanged on torch, JAX and NumPy.
+- :mod:`dualstep.testing.strategies`: hypothesis strategies for sequences and split sizes
+  (imported separately, as it needs hypothesis).
 """
 
 from ._steps import affine_tanh, if_step, lif_step
+from ._validate import Report, Row, assert_backends_close
 
-__all__ = ["affine_tanh", "if_step", "lif_step"]
+__all__ = ["Report", "Row", "affine_tanh", "assert_backends_close", "if_step", "lif_step"]

@@ -1,0 +1,257 @@
+"""Move arrays between torch, JAX and NumPy through DLPack, without copying where possible.
+
+`to_torch`, `to_jax` and `to_numpy` convert an array, or any nesting of tuples (named tuples
+included), lists and dicts of arrays; ``None`` and Python scalars pass through unchanged, as in
+a `state=` tuple. The dtype is kept (float16, bfloat16, float32, float64, the integer types,
+bool, complex) and so is the device where both sides have it.
+
+Memory is shared where the frameworks allow it: torch <-> JAX through DLPack (a CPU tensor sent
+to JAX and back is the original memory), torch -> NumPy through ``Tensor.numpy()`` and JAX ->
+NumPy as a read-only view. A shared buffer changes on both sides: JAX assumes its arrays never
+change, so do not modify a tensor in place while a JAX array made from it is in use.
+Copies are made where sharing is impossible: from NumPy to JAX (XLA wants its own alignment), a
+read-only NumPy array to torch (torch tensors are always writable), a CUDA tensor to NumPy, a
+buffer JAX cannot alias (for example an unaligned slice).
+
+`module_to_jax` and `module_from_jax` port a torch ``nn.Module``'s parameters and buffers to a
+dict of JAX arrays keyed by their names, and back; both copy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._dispatch import SUPPORTED, _kind_of
+
+__all__ = ["module_from_jax", "module_to_jax", "to_jax", "to_numpy", "to_torch"]
+
+_PASS_THROUGH = (type(None), bool, int, float, complex)
+
+
+def _map(tree: Any, convert: Callable[[Any, str, str], Any], path: str) -> Any:
+    if isinstance(tree, tuple):
+        items = [_map(v, convert, f"{path}[{i}]") for i, v in enumerate(tree)]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    if isinstance(tree, list):
+        return [_map(v, convert, f"{path}[{i}]") for i, v in enumerate(tree)]
+    if isinstance(tree, dict):
+        return {k: _map(v, convert, f"{path}[{k!r}]") for k, v in tree.items()}
+    if isinstance(tree, _PASS_THROUGH):
+        return tree
+    kind = _kind_of(tree)
+    if kind is None:
+        raise TypeError(
+            f"`{path}` must be a {SUPPORTED}, or a tuple/list/dict of them; "
+            f"got {type(tree).__module__}.{type(tree).__qualname__}"
+        )
+    return convert(tree, kind, path)
+
+
+def _bfloat16() -> Any:
+    try:
+        import ml_dtypes
+    except ImportError as e:  # installed with JAX
+        raise TypeError(
+            "NumPy needs ml_dtypes for bfloat16 (installed with JAX): pip install ml_dtypes"
+        ) from e
+    return ml_dtypes.bfloat16
+
+
+def _is_bfloat16(a: np.ndarray) -> bool:
+    return a.dtype.name == "bfloat16"
+
+
+def _numpy_to_torch(a: np.ndarray) -> Any:
+    import torch
+
+    if _is_bfloat16(a):  # DLPack from NumPy has no bfloat16: reinterpret the same bits
+        return _numpy_to_torch(a.view(np.int16)).view(torch.bfloat16)
+    if not a.flags.writeable:
+        return torch.tensor(a)  # torch has no read-only tensors
+    return torch.from_numpy(a)
+
+
+def _torch_to_numpy(t: Any) -> np.ndarray:
+    import torch
+
+    t = t.detach().cpu().resolve_conj().resolve_neg()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy().view(_bfloat16())
+    return t.numpy()
+
+
+_NEEDS_X64 = {"float64", "int64", "uint64", "complex128"}
+
+
+def _check_jax_dtype(name: str, path: str) -> None:
+    import jax
+
+    if name in _NEEDS_X64 and not jax.config.read("jax_enable_x64"):
+        raise ValueError(
+            f"`{path}` is {name}, which JAX would silently turn into a 32-bit type; "
+            "enable 64-bit JAX first: jax.config.update('jax_enable_x64', True)"
+        )
+
+
+def to_torch(tree: Any) -> Any:
+    """Convert arrays (or a nesting of tuples, lists and dicts of them) to torch tensors.
+
+    JAX arrays come through DLPack, sharing memory and device; NumPy arrays through
+    ``torch.from_numpy`` (shared; read-only arrays are copied). Tensors are returned as is.
+
+    Raises
+    ------
+    TypeError
+        A leaf that is not a torch, JAX or NumPy array, ``None`` or a Python scalar.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> a = np.arange(3.0)
+    >>> t = to_torch({"w": a, "b": None})["w"]
+    >>> t.data_ptr() == a.ctypes.data
+    True
+    """
+
+    def convert(x: Any, kind: str, path: str) -> Any:
+        if kind == "torch":
+            return x
+        if kind == "numpy":
+            return _numpy_to_torch(x)
+        import torch
+
+        return torch.from_dlpack(x)
+
+    return _map(tree, convert, "tree")
+
+
+def _to_jax_leaf(x: Any, kind: str, path: str) -> Any:
+    if kind == "jax":
+        return x
+    _check_jax_dtype(str(x.dtype).removeprefix("torch."), path)
+    import jax
+    import jax.dlpack
+
+    if kind == "numpy":
+        return jax.numpy.asarray(x)
+    try:
+        return jax.dlpack.from_dlpack(x.detach())
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(
+            f"`{path}` (a torch tensor on {x.device}) cannot be moved to JAX, whose "
+            f"devices are {jax.devices()}: {e}"
+        ) from e
+
+
+def to_jax(tree: Any) -> Any:
+    """Convert arrays (or a nesting of tuples, lists and dicts of them) to JAX arrays.
+
+    torch tensors come through DLPack, sharing memory and device (a tensor that requires grad
+    is detached first); NumPy arrays are copied (``jax.numpy.asarray``). JAX arrays are
+    returned as is.
+
+    Raises
+    ------
+    TypeError
+        A leaf that is not a torch, JAX or NumPy array, ``None`` or a Python scalar.
+    ValueError
+        A 64-bit array while ``jax_enable_x64`` is off (JAX would change its dtype), or a tensor
+        on a device JAX does not have.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> to_jax((np.ones(2, np.float32), 3))[0].dtype
+    dtype('float32')
+    """
+    return _map(tree, _to_jax_leaf, "tree")
+
+
+def to_numpy(tree: Any) -> Any:
+    """Convert arrays (or a nesting of tuples, lists and dicts of them) to NumPy arrays.
+
+    CPU tensors share memory (``Tensor.numpy()``, after ``detach``); CUDA tensors are copied to
+    the host. JAX arrays on the CPU become read-only views. bfloat16 maps to
+    ``ml_dtypes.bfloat16``, the type JAX uses.
+
+    Raises
+    ------
+    TypeError
+        A leaf that is not a torch, JAX or NumPy array, ``None`` or a Python scalar.
+
+    Examples
+    --------
+    >>> to_numpy([np.zeros(2), None])
+    [array([0., 0.]), None]
+    """
+
+    def convert(x: Any, kind: str, path: str) -> Any:
+        if kind == "numpy":
+            return x
+        if kind == "torch":
+            return _torch_to_numpy(x)
+        return np.asarray(x)
+
+    return _map(tree, convert, "tree")
+
+
+def module_to_jax(module: Any) -> dict[str, Any]:
+    """A copy of a torch module's parameters and buffers as JAX arrays, keyed by their names.
+
+    The names are those of ``named_parameters()`` then ``named_buffers()``
+    (``"0.weight"``, ``"bn.running_mean"``); dtypes and devices are kept. The arrays are
+    copies, so later training of the module does not change them.
+
+    Examples
+    --------
+    >>> import torch
+    >>> sorted(module_to_jax(torch.nn.Linear(3, 2)))
+    ['bias', 'weight']
+    """
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    return {name: _map(t.detach().clone(), _to_jax_leaf, name) for name, t in tensors.items()}
+
+
+def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
+    """Copy arrays keyed by name (as `module_to_jax` returns them) into a torch module.
+
+    Every parameter and buffer of `module` must be given, and nothing else; each array must
+    have its tensor's shape and dtype. Values are copied in place, so optimisers holding the
+    parameters keep working. Returns `module`.
+
+    Raises
+    ------
+    ValueError
+        Missing or unexpected names, or a shape or dtype that differs from the module's.
+
+    Examples
+    --------
+    >>> import torch
+    >>> a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    >>> torch.equal(module_from_jax(b, module_to_jax(a)).weight, a.weight)
+    True
+    """
+    import torch
+
+    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    missing, unexpected = tensors.keys() - params.keys(), params.keys() - tensors.keys()
+    if missing or unexpected:
+        raise ValueError(
+            f"`params` must have exactly the module's parameter and buffer names; "
+            f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
+        )
+    converted = {name: to_torch(params[name]) for name in tensors}
+    for name, t in tensors.items():
+        src = converted[name]
+        if src.shape != t.shape or src.dtype != t.dtype:
+            raise ValueError(
+                f"`params[{name!r}]` must have shape {tuple(t.shape)} and dtype {t.dtype}; "
+                f"got shape {tuple(src.shape)} and dtype {src.dtype}"
+            )
+    with torch.no_grad():
+        for name, t in tensors.items():
+            t.copy_(converted[name])
+    return module

@@ -1,0 +1,215 @@
+"""dualstep.interop: DLPack conversions keep values, dtypes, nesting and (where allowed) memory."""
+
+from __future__ import annotations
+
+import collections
+import warnings
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+ml_dtypes = pytest.importorskip("ml_dtypes")
+
+from dualstep.interop import module_from_jax, module_to_jax, to_jax, to_numpy, to_torch  # noqa: E402
+
+DTYPES_32 = ["float16", "bfloat16", "float32", "int8", "int16", "int32", "uint8", "bool"]
+DTYPES_64 = ["float64", "int64", "complex128"]
+
+
+def _np_dtype(name):
+    return np.dtype(ml_dtypes.bfloat16) if name == "bfloat16" else np.dtype(name)
+
+
+def _sample(name, shape=(3, 4)):
+    values = np.arange(np.prod(shape)).reshape(shape) % 5 - 2
+    return (values > 0 if name == "bool" else values).astype(_np_dtype(name))
+
+
+def _make(kind, a):
+    """`a` (NumPy) as a fresh array of `kind`."""
+    if kind == "numpy":
+        return a.copy()
+    if kind == "torch":  # cloned: torch's allocator aligns memory as XLA needs to alias it
+        if a.dtype == ml_dtypes.bfloat16:
+            return torch.from_numpy(a.view(np.int16)).clone().view(torch.bfloat16)
+        return torch.from_numpy(a).clone()
+    return jnp.asarray(a)
+
+
+def _dtype_name(x):
+    return str(x.dtype).removeprefix("torch.")
+
+
+def _ptr(x):
+    if isinstance(x, torch.Tensor):
+        return x.data_ptr()
+    if isinstance(x, np.ndarray):
+        return x.ctypes.data
+    return x.unsafe_buffer_pointer()
+
+
+CONVERT = {"numpy": to_numpy, "torch": to_torch, "jax": to_jax}
+TYPES = {"numpy": np.ndarray, "torch": torch.Tensor, "jax": jax.Array}
+KINDS = list(CONVERT)
+
+
+@pytest.mark.parametrize("source", KINDS)
+@pytest.mark.parametrize("target", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES_32)
+def test_values_and_dtype_kept_in_every_direction(source, target, dtype):
+    a = _sample(dtype)
+    got = CONVERT[target](_make(source, a))
+    assert isinstance(got, TYPES[target])
+    assert _dtype_name(got) == dtype and tuple(got.shape) == a.shape
+    np.testing.assert_array_equal(to_numpy(got).astype(np.float64), a.astype(np.float64))
+
+
+@pytest.mark.parametrize("source", KINDS)
+@pytest.mark.parametrize("target", KINDS)
+@pytest.mark.parametrize("dtype", DTYPES_64)
+def test_64_bit_dtypes_kept_with_x64(jax_x64, source, target, dtype):
+    a = _sample(dtype)
+    got = CONVERT[target](_make(source, a))
+    assert _dtype_name(got) == dtype
+    np.testing.assert_array_equal(to_numpy(got), a)
+
+
+@pytest.mark.parametrize("dtype", ["float64", "int64"])
+@pytest.mark.parametrize("source", ["numpy", "torch"])
+def test_64_bit_to_jax_without_x64_raises_instead_of_narrowing(source, dtype):
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("x64 is on")
+    with pytest.raises(ValueError, match=rf"`tree\[1\]` is {dtype}, .*jax_enable_x64"):
+        to_jax((None, _make(source, _sample(dtype))))
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32", "int32", "uint8", "bool"])
+def test_torch_jax_torch_round_trip_shares_the_original_memory(dtype):
+    t = _make("torch", _sample(dtype, (64, 8)))
+    j = to_jax(t)
+    back = to_torch(j)
+    assert _ptr(j) == _ptr(t) and _ptr(back) == _ptr(t)
+    assert back.dtype == t.dtype and torch.equal(back, t)
+
+
+def test_sharing_where_the_frameworks_allow_it():
+    t = torch.randn(16, 4)
+    assert _ptr(to_numpy(t)) == _ptr(t)  # Tensor.numpy()
+    a = np.ones((16, 4), np.float32)
+    assert _ptr(to_torch(a)) == _ptr(a)  # torch.from_numpy
+    j = jnp.arange(16.0)
+    view = to_numpy(j)
+    assert _ptr(view) == _ptr(j) and not view.flags.writeable
+
+
+def test_read_only_numpy_is_copied_to_torch_without_a_warning():
+    a = np.arange(4.0)
+    a.flags.writeable = False
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        t = to_torch(a)
+    assert _ptr(t) != _ptr(a) and torch.equal(t, torch.arange(4.0, dtype=torch.float64))
+    t += 1  # writable, and the read-only original is untouched
+    assert a[0] == 0
+
+
+def test_tensor_requiring_grad_is_detached():
+    t = torch.ones(3, requires_grad=True)
+    assert to_jax(t).tolist() == [1.0, 1.0, 1.0]
+    n = to_numpy(t * 2)
+    assert isinstance(n, np.ndarray) and n.tolist() == [2.0, 2.0, 2.0]
+
+
+def test_zero_sized_and_zero_dimensional_arrays():
+    for x in (torch.ones(0, 3), torch.tensor(2.5)):
+        for convert in CONVERT.values():
+            got = convert(x)
+            assert tuple(got.shape) == tuple(x.shape)
+            np.testing.assert_array_equal(to_numpy(got), x.numpy())
+
+
+def test_nesting_is_kept():
+    Pair = collections.namedtuple("Pair", "v i")
+    ones = np.ones(2, np.float32)
+    tree = {"state": (ones, None), "pair": Pair(ones[:1], 3), "list": [ones, 1.5]}
+    got = to_torch(tree)
+    assert list(got) == ["state", "pair", "list"]
+    assert isinstance(got["state"], tuple) and got["state"][1] is None
+    assert isinstance(got["pair"], Pair) and got["pair"].i == 3
+    assert isinstance(got["list"], list) and got["list"][1] == 1.5
+    assert all(isinstance(a, torch.Tensor) for a in (got["state"][0], got["pair"].v))
+    back = to_numpy(to_jax(got))
+    np.testing.assert_array_equal(back["list"][0], tree["list"][0])
+
+
+@pytest.mark.parametrize("convert", CONVERT.values(), ids=KINDS)
+def test_what_cannot_be_converted_raises_type_error_naming_it(convert):
+    want = r"`tree\['a'\]\[1\]` must be a torch.Tensor, .*; got builtins.str"
+    with pytest.raises(TypeError, match=want):
+        convert({"a": [np.ones(1, np.float32), "spikes"]})
+    with pytest.raises(TypeError, match=r"`tree` must be .*; got builtins.object"):
+        convert(object())
+
+
+# --- porting weights ------------------------------------------------------------------------
+
+
+def _net():
+    return torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+
+
+def test_module_to_jax_names_dtypes_and_copies(jax_x64):
+    torch.manual_seed(0)
+    net = _net()
+    params = module_to_jax(net)
+    assert list(params) == [
+        "0.weight",
+        "0.bias",
+        "1.weight",
+        "1.bias",
+        "1.running_mean",
+        "1.running_var",
+        "1.num_batches_tracked",
+    ]
+    assert all(isinstance(a, jax.Array) for a in params.values())
+    assert params["1.num_batches_tracked"].dtype == jnp.int64
+    np.testing.assert_array_equal(np.asarray(params["0.weight"]), net[0].weight.detach().numpy())
+    before = np.asarray(params["0.weight"]).copy()
+    with torch.no_grad():
+        net[0].weight.add_(1.0)  # training the module later must not change the snapshot
+    np.testing.assert_array_equal(np.asarray(params["0.weight"]), before)
+
+
+def test_module_round_trip_through_jax(jax_x64):
+    torch.manual_seed(0)
+    source, target = _net(), _net()
+    source(torch.randn(5, 4))  # move the BatchNorm running statistics
+    weight = target[0].weight
+    assert module_from_jax(target, module_to_jax(source)) is target
+    assert target[0].weight is weight  # copied in place: optimisers keep their parameters
+    want, got = source.state_dict(), target.state_dict()
+    assert list(got) == list(want)
+    for name in want:
+        assert torch.equal(got[name], want[name]), name
+
+
+def test_module_with_int64_buffers_needs_x64():
+    if jax.config.read("jax_enable_x64"):
+        pytest.skip("x64 is on")
+    with pytest.raises(ValueError, match=r"`1.num_batches_tracked` is int64"):
+        module_to_jax(_net())  # BatchNorm counts batches in int64
+    assert list(module_to_jax(torch.nn.Linear(2, 2))) == ["weight", "bias"]
+
+
+def test_module_from_jax_rejects_wrong_names_shapes_and_dtypes():
+    net = torch.nn.Linear(2, 2)
+    params = module_to_jax(net)
+    with pytest.raises(ValueError, match=r"missing \['bias'\], unexpected \['b'\]"):
+        module_from_jax(net, {"weight": params["weight"], "b": params["bias"]})
+    with pytest.raises(ValueError, match=r"`params\['bias'\]` must have shape \(2,\) and dtype"):
+        module_from_jax(net, {**params, "bias": jnp.zeros(3)})
+    with pytest.raises(ValueError, match=r"dtype torch.float32; got shape \(2,\) and dtype "):
+        module_from_jax(net, {**params, "bias": jnp.zeros(2, jnp.float16)})

@@ -1,0 +1,128 @@
+"""dualstep.testing.assert_backends_close: passes when backends agree, names where they do not."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from array_api_compat import array_namespace, is_jax_array, is_torch_array
+from cases import CASE_IDS, CASES
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dualstep.testing import Report, assert_backends_close, if_step, lif_step
+from dualstep.testing import _validate as validate
+from dualstep.testing.strategies import sequences, split_sizes
+
+pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+
+ALL = ("numpy", "torch", "jax")
+
+
+@pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
+@settings(max_examples=6)
+@given(x=sequences(max_t=8), data=st.data())
+def test_every_reference_case_agrees_on_every_backend(case, x, data):
+    state = None if case.initial_state is None else case.initial_state(x.shape[1:], x.dtype)
+    split = data.draw(split_sizes(x.shape[0] + 2))
+    report = assert_backends_close(case.step, x, state=state, split_size=split, backends=ALL)
+    functions = 3 if state is not None else 5
+    assert isinstance(report, Report) and report.ok
+    assert [r.backend for r in report.rows] == [b for b in ALL for _ in range(functions)]
+    assert all(r.dtype == str(x.dtype) for r in report.rows)
+
+
+def _sabotaged(backend_check, at_step, by=0.5):
+    """An IF step that is off by `by` at step `at_step` on the backend `backend_check` accepts."""
+    step = if_step()
+
+    def bad(x, s):
+        v, t = s
+        y, v = step(x, v)
+        if backend_check(x):
+            xp = array_namespace(x)
+            y = y + xp.astype(t == at_step, y.dtype) * by
+        return y, (v, t + 1)
+
+    return bad
+
+
+def _state(x):
+    return (np.zeros(x.shape[1:], x.dtype), np.zeros(x.shape[1:], x.dtype))
+
+
+def test_report_names_backend_function_and_first_diverging_step():
+    x = np.full((6, 2, 3), 0.25, np.float32)
+    step = _sabotaged(is_torch_array, at_step=3)
+    with pytest.raises(AssertionError) as info:
+        assert_backends_close(step, x, state=_state(x), backends=ALL)
+    message = str(info.value)
+    failing = [line.split() for line in message.splitlines() if line.endswith("FAIL")]
+    assert [(f[0], f[1], f[5]) for f in failing] == [
+        ("torch", "multi_step_forward", "3"),
+        ("torch", "t_last_multi_step_forward", "3"),
+        ("torch", "chunk_multi_step_forward", "3"),
+    ]
+    assert all(float(f[3]) == 0.5 for f in failing)  # max abs error at that step
+
+
+def test_report_flags_a_final_state_that_differs_when_outputs_agree():
+    x = np.full((4, 3), 0.25, np.float32)
+
+    def step(x, s):
+        bump = 1.0 if is_jax_array(x) else 0.0
+        return x * 2, s + x + bump * array_namespace(s).astype(s == 0.75, s.dtype)
+
+    with pytest.raises(AssertionError, match=r"jax +chunk_multi_step_forward .* final state +FAIL"):
+        assert_backends_close(step, x, state=np.zeros(3, np.float32), backends=ALL)
+
+
+def test_report_flags_a_dtype_change():
+    x = np.ones((3, 2), np.float32)
+
+    def step(x):
+        xp = array_namespace(x)
+        return xp.astype(x, xp.float16) if is_torch_array(x) else x
+
+    with pytest.raises(
+        AssertionError, match=r"torch +multi_step_forward +float16!=float32 .* dtype"
+    ):
+        assert_backends_close(step, x, functions=["multi_step_forward"], backends=ALL)
+
+
+def test_tolerances_default_by_dtype_and_can_be_widened():
+    x = np.full((5, 2), 0.5, np.float32)
+    step = _sabotaged(is_jax_array, at_step=1, by=1e-4)
+    with pytest.raises(AssertionError, match="jax"):
+        assert_backends_close(step, x, state=_state(x))
+    report = assert_backends_close(step, x, state=_state(x), atol=1e-3)
+    assert report.ok and max(r.max_abs_error for r in report.rows) == pytest.approx(1e-4, rel=1e-2)
+
+
+def test_float64_switches_jax_to_x64_only_for_the_call():
+    before = jax.config.read("jax_enable_x64")
+    x = np.linspace(-1, 2, 12).reshape(4, 3)
+    report = assert_backends_close(lif_step(), x, state=np.zeros(3), backends=["jax"])
+    assert {r.dtype for r in report.rows} == {"float64"}
+    assert jax.config.read("jax_enable_x64") == before
+
+
+def test_str_is_a_table_with_one_line_per_backend_and_function():
+    x = np.ones((2, 1), np.float32)
+    report = assert_backends_close(lambda a: a * 3, x, backends=["numpy", "torch"])
+    lines = str(report).splitlines()
+    assert lines[0].split()[:3] == ["backend", "function", "dtype"] and len(lines) == 11
+    assert all(line.endswith("ok") for line in lines[1:])
+
+
+def test_argument_errors(monkeypatch):
+    x = np.ones((2, 1))
+    with pytest.raises(ValueError, match=r"`backends` entries must be among .*; got 'mxnet'"):
+        assert_backends_close(lambda a: a, x, backends=["mxnet"])
+    with pytest.raises(ValueError, match=r"`functions` entries must be among .*; got 'scan'"):
+        assert_backends_close(lambda a: a, x, functions=["scan"])
+    with pytest.raises(ValueError, match=r"`seq_to_ann_forward` takes no `state`"):
+        assert_backends_close(if_step(), x, state=np.zeros(1), functions=["seq_to_ann_forward"])
+    monkeypatch.setattr(validate, "installed_backends", lambda: ("numpy", "torch"))
+    with pytest.raises(ValueError, match=r"jax is not installed: pip install 'dualstep\[jax\]'"):
+        assert_backends_close(lambda a: a, x, backends=["jax"])
