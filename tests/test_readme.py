@@ -11,20 +11,45 @@ README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
-def test_readme_has_torch_and_jax_examples():
-    assert len(BLOCKS) == 2
+def test_readme_has_torch_jax_and_porting_examples():
+    assert len(BLOCKS) == 3
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=["torch", "jax"])
+@pytest.mark.parametrize("block", BLOCKS, ids=["torch", "jax", "porting"])
 def test_readme_example_runs(block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
         pytest.importorskip(module)
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
-    if "y_long" in namespace:  # torch
+    if "report" in namespace:  # porting
+        assert namespace["report"].ok and len(namespace["report"].rows) == 9
+        assert set(namespace["params"]) == {"weight", "bias"}
+        assert namespace["state"]["count"] is None
+    elif "y_long" in namespace:  # torch
         assert tuple(namespace["y_seq"].shape) == (16, 8, 10)
         assert tuple(namespace["y_long"].shape) == (16, 8, 32)
     else:
         assert tuple(namespace["spikes"].shape) == (16, 8, 32)
         assert tuple(namespace["v_T"].shape) == (8, 32)
         assert 0.0 <= float(namespace["rate"]) <= 1.0
+
+
+def test_api_reference_names_every_public_name():
+    import dualstep
+    import dualstep.interop
+    import dualstep.testing
+
+    text = README.read_text().split("## API reference", 1)[1].split("\n## ", 1)[0]
+    modules = {"dualstep": dualstep, "dualstep.interop": dualstep.interop}
+    modules["dualstep.testing"] = dualstep.testing
+    names = [f"{m}.{n}" for m, module in modules.items() for n in module.__all__]
+    pytest.importorskip("hypothesis")
+    import dualstep.testing.strategies as strategies
+
+    names += [f"dualstep.testing.strategies.{n}" for n in strategies.__all__]
+    missing = [
+        n
+        for n in names
+        if n not in text and n.rsplit(".", 1)[1] not in re.findall(r"`(?:[\w.]+\.)?(\w+)", text)
+    ]
+    assert not missing
