@@ -213,3 +213,19 @@ def test_module_from_jax_rejects_wrong_names_shapes_and_dtypes():
         module_from_jax(net, {**params, "bias": jnp.zeros(3)})
     with pytest.raises(ValueError, match=r"dtype torch.float32; got shape \(2,\) and dtype "):
         module_from_jax(net, {**params, "bias": jnp.zeros(2, jnp.float16)})
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_tensors_keep_their_device():
+    t = torch.arange(6.0, device="cuda").reshape(2, 3)
+    host = to_numpy(t)  # NumPy lives on the host: a copy
+    assert isinstance(host, np.ndarray) and host.tolist() == t.cpu().tolist()
+    if any(d.platform == "gpu" for d in jax.devices()):
+        j = to_jax(t)
+        assert j.devices().pop().platform == "gpu"
+        back = to_torch(j)
+        assert back.device == t.device and back.data_ptr() == t.data_ptr()
+    else:
+        with pytest.raises(ValueError, match="cannot be moved to JAX"):
+            to_jax(t)

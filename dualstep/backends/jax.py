@@ -128,9 +128,13 @@ def chunk_multi_step_forward(
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     # No jit here: one call of the module on a reshaped batch gains nothing from compiling.
+    # Batch-major rows ([B, T] -> B*T): a batch-sharded input then stays sharded in contiguous
+    # blocks, where a T-major merge would make XLA gather it (and replicate the output). The
+    # module gets the same rows; XLA folds the transposes into its operations.
     t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
-    y = apply_modules(map_outputs(x_seq, lambda a: a.reshape((t * b, *a.shape[2:]))), modules)
-    return map_outputs(y, lambda a: a.reshape((t, b, *a.shape[1:])))
+    flat = map_outputs(x_seq, lambda a: jnp.swapaxes(a, 0, 1).reshape((b * t, *a.shape[2:])))
+    y = apply_modules(flat, modules)
+    return map_outputs(y, lambda a: jnp.swapaxes(a.reshape((b, t, *a.shape[1:])), 0, 1))
 
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:

@@ -1,0 +1,86 @@
+"""On a GPU: outputs stay on the input's device, no host sync in the time loop, CUDA == CPU.
+
+Every test here is skipped when no GPU is present (never failing for it); on a GPU machine run
+`bash scripts/gpu_check.sh`, which runs these and the quick benchmark on CUDA.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import dualstep as ds
+from dualstep.testing import lif_step
+
+torch = pytest.importorskip("torch")
+
+CUDA = torch.cuda.is_available()
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU"),
+]
+STEP = lif_step(spike="sigmoid")
+
+
+def _calls(checkpoint=False):
+    def chunk_module(xc, s):
+        return ds.multi_step_forward(xc, STEP, state=s)
+
+    def zeros(x):
+        return torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+
+    return {
+        "multi_step": lambda x: ds.multi_step_forward(x, STEP, state=zeros(x)),
+        "t_last": lambda x: ds.t_last_multi_step_forward(x.movedim(0, -1), STEP, state=zeros(x)),
+        "chunk": lambda x: ds.chunk_multi_step_forward(
+            3, x, chunk_module, state=zeros(x), checkpoint=checkpoint
+        ),
+        "seq_to_ann": lambda x: ds.seq_to_ann_forward(x, torch.tanh),
+        "t_last_seq_to_ann": lambda x: ds.t_last_seq_to_ann_forward(x.movedim(0, -1), torch.tanh),
+        "module_path": lambda x: ds.multi_step_forward(x, [torch.nn.Tanh(), torch.nn.ReLU()]),
+    }
+
+
+def _leaves(out):
+    return list(out) if isinstance(out, tuple) else [out]
+
+
+@pytest.mark.parametrize("mode", ["grad", "no_grad", "checkpoint"])
+@pytest.mark.parametrize("name", list(_calls()))
+def test_torch_cuda_stays_on_device_without_sync_and_matches_cpu(name, mode):
+    fn = _calls(checkpoint=mode == "checkpoint")[name]
+    x_cpu = torch.from_numpy(np.random.default_rng(0).normal(size=(8, 4, 5)) + 0.5).float()
+    x = x_cpu.cuda().requires_grad_(mode != "no_grad")
+    torch.cuda.synchronize()
+    with torch.set_grad_enabled(mode != "no_grad"):
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            out = fn(x)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        want = fn(x_cpu)
+    for got, ref in zip(_leaves(out), _leaves(want), strict=True):
+        assert got.device == x.device
+        torch.testing.assert_close(got.detach().cpu(), ref.detach(), rtol=1e-5, atol=1e-6)
+    if mode != "no_grad":
+        y = _leaves(out)[0]
+        (g,) = torch.autograd.grad(y.square().sum(), x)
+        xg = x_cpu.clone().requires_grad_()
+        (g_cpu,) = torch.autograd.grad(_leaves(fn(xg))[0].square().sum(), xg)
+        assert g.device == x.device
+        torch.testing.assert_close(g.cpu(), g_cpu, rtol=1e-4, atol=1e-5)
+
+
+def test_jax_gpu_matches_cpu():
+    jax = pytest.importorskip("jax")
+    gpus = [d for d in jax.devices() if d.platform == "gpu"]
+    if not gpus:
+        pytest.skip("JAX has no GPU here")
+    jnp = jax.numpy
+    x = np.random.default_rng(0).normal(size=(8, 4, 5)).astype(np.float32) + 0.5
+    v = np.zeros((4, 5), np.float32)
+    on_gpu = ds.multi_step_forward(jax.device_put(x, gpus[0]), STEP, state=jnp.asarray(v))
+    cpu = jax.devices("cpu")[0]
+    on_cpu = ds.multi_step_forward(jax.device_put(x, cpu), STEP, state=jax.device_put(v, cpu))
+    assert on_gpu[0].devices() == {gpus[0]}
+    np.testing.assert_allclose(np.asarray(on_gpu[0]), np.asarray(on_cpu[0]), rtol=1e-5, atol=1e-6)

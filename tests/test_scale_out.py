@@ -1,0 +1,156 @@
+"""Scale-out on existing engines, on this CPU: JAX batch sharding and torch DDP over gloo.
+
+Each runs in a fresh interpreter, so the virtual device count and the process group stay out of
+the rest of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+FUNCTIONS = ["multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann"]
+
+JAX_SHARDING = textwrap.dedent(
+    """
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import dualstep as ds
+    from dualstep.testing import affine_tanh, lif_step
+
+    assert len(jax.devices()) == 4
+    mesh = Mesh(np.array(jax.devices()), ("batch",))
+    step, dense = lif_step(), affine_tanh()
+
+    def chunk_module(xc, s):
+        return ds.multi_step_forward(xc, step, state=s)
+
+    # (function, input layout) with the batch axis sharded: [T, B, N] or [B, N, T]
+    calls = {
+        "multi_step": (lambda x, v: ds.multi_step_forward(x, step, state=v), P(None, "batch")),
+        "t_last": (lambda x, v: ds.t_last_multi_step_forward(x, step, state=v), P("batch")),
+        "chunk": (lambda x, v: ds.chunk_multi_step_forward(3, x, chunk_module, state=v),
+                  P(None, "batch")),
+        "seq_to_ann": (lambda x, v: ds.seq_to_ann_forward(x, dense), P(None, "batch")),
+        "t_last_seq_to_ann": (lambda x, v: ds.t_last_seq_to_ann_forward(x, dense), P("batch")),
+    }
+    rng = np.random.default_rng(0)
+    x_tbn = (rng.integers(-16, 17, (10, 8, 6)) / 8).astype(np.float32)
+    v = np.zeros((8, 6), np.float32)
+    collectives = ("all-gather", "all-reduce", "all-to-all", "collective-permute", "reduce-scatter")
+    for name, (fn, spec) in calls.items():
+        x = x_tbn if spec == P(None, "batch") else np.moveaxis(x_tbn, 0, -1).copy()
+        xs = jax.device_put(x, NamedSharding(mesh, spec))
+        vs = jax.device_put(v, NamedSharding(mesh, P("batch")))
+        jitted = jax.jit(fn)
+        out = jitted(xs, vs)
+        want = fn(jnp.asarray(x), jnp.asarray(v))  # unsharded, one device
+        for got, ref in zip(jax.tree.leaves(out), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+        y = jax.tree.leaves(out)[0]
+        assert y.sharding.is_equivalent_to(NamedSharding(mesh, spec), y.ndim), (name, y.sharding)
+        if isinstance(out, tuple):  # the final state keeps the state's batch sharding
+            final = out[1]
+            assert final.sharding.is_equivalent_to(vs.sharding, final.ndim), (name, final.sharding)
+        hlo = jitted.lower(xs, vs).compile().as_text()
+        found = [c for c in collectives if c in hlo]
+        assert not found, (name, found)
+        print(name, "ok")
+    """
+)
+
+
+def _run(script: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def test_jax_batch_sharding_is_kept_without_collectives():
+    pytest.importorskip("jax")
+    out = _run(JAX_SHARDING)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stdout.split() == [w for n in FUNCTIONS for w in (n, "ok")]
+
+
+DDP = textwrap.dedent(
+    """
+    import os, socket, sys, tempfile
+    import torch
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+    from torch.nn.parallel import DistributedDataParallel
+    import dualstep as ds
+    from dualstep.testing import lif_step
+
+    T, B, N, H = 6, 8, 5, 4
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.linear = torch.nn.Linear(N, H)
+            self.neuron = lif_step(spike="sigmoid")
+
+        def forward(self, x):
+            def step(xt, v):
+                return self.neuron(self.linear(xt), v)
+
+            v0 = torch.zeros(x.shape[1], H)
+            y, v = ds.multi_step_forward(x, step, state=v0)
+            return y.mean(0) + v
+
+    def data():
+        g = torch.Generator().manual_seed(1)
+        return torch.randn(T, B, N, generator=g) + 0.5, torch.rand(B, H, generator=g)
+
+    def loss_of(model, x, target):
+        return ((model(x) - target) ** 2).mean()
+
+    def worker(rank, world, port, path):
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("gloo", rank=rank, world_size=world)
+        model = Net()
+        ddp = DistributedDataParallel(model)
+        x, target = data()
+        part = slice(rank * B // world, (rank + 1) * B // world)  # this rank's batch shard
+        loss_of(ddp, x[:, part], target[part]).backward()
+        if rank == 0:
+            torch.save({n: p.grad for n, p in model.named_parameters()}, path)
+        dist.destroy_process_group()
+
+    if __name__ == "__main__":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        path = os.path.join(tempfile.mkdtemp(), "grads.pt")
+        mp.spawn(worker, args=(2, port, path), nprocs=2, join=True)
+        ddp_grads = torch.load(path)
+        model = Net()
+        x, target = data()
+        loss_of(model, x, target).backward()  # one process, the full batch
+        for name, p in model.named_parameters():
+            torch.testing.assert_close(ddp_grads[name], p.grad, rtol=1e-6, atol=1e-7)
+            assert p.grad.abs().sum() > 0, name
+            print(name, "ok")
+    """
+)
+
+
+def test_torch_ddp_gradients_equal_full_batch(tmp_path):
+    pytest.importorskip("torch")
+    script = tmp_path / "ddp_check.py"  # spawn re-imports the main module: it must be a file
+    script.write_text(DDP)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    assert out.stdout.split() == ["linear.weight", "ok", "linear.bias", "ok"]
