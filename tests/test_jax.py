@@ -186,3 +186,18 @@ def test_all_five_under_jit_and_vmap():
         eager += [np.tanh(xi)] * 2
         for got, want in zip(batched, eager, strict=True):
             np.testing.assert_allclose(np.asarray(got[i]), want, rtol=1e-6, atol=1e-6)
+
+
+def test_seq_to_ann_row_order_t_major_eager_batch_major_under_trace():
+    """Eager single-device calls flatten T-major like the other backends; under a trace the
+    merge is batch-major so a batch-sharded input stays sharded (test_scale_out)."""
+    x = np.arange(12.0).reshape(3, 2, 2)
+
+    def running(a):  # depends on the order of the rows it is given
+        return jnp.cumsum(a, axis=0)
+
+    t_major = np.cumsum(x.reshape(6, 2), 0).reshape(3, 2, 2)
+    b_major = np.swapaxes(np.cumsum(np.swapaxes(x, 0, 1).reshape(6, 2), 0).reshape(2, 3, 2), 0, 1)
+    np.testing.assert_array_equal(ds.seq_to_ann_forward(jnp.asarray(x), running), t_major)
+    jitted = jax.jit(lambda a: ds.seq_to_ann_forward(a, running))
+    np.testing.assert_array_equal(jitted(jnp.asarray(x)), b_major)

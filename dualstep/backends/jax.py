@@ -126,12 +126,24 @@ def chunk_multi_step_forward(
     return _run(("chunk", split_size, checkpoint), impl, x_seq, modules, state)
 
 
+def _merge_batch_major(x: Any) -> bool:
+    """Whether to flatten ``[T, B]`` batch-major (``[B, T] -> B*T``) rather than T-major.
+
+    A batch-sharded input stays sharded in contiguous blocks only when merged batch-major; a
+    T-major merge makes XLA gather it and replicate the output. Under a trace the sharding is
+    unknown, so batch-major; a concrete array on one device merges T-major (no transposes, about
+    10% faster for a large Linear on CPU).
+    """
+    return isinstance(x, jax.core.Tracer) or len(x.sharding.device_set) > 1
+
+
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     # No jit here: one call of the module on a reshaped batch gains nothing from compiling.
-    # Batch-major rows ([B, T] -> B*T): a batch-sharded input then stays sharded in contiguous
-    # blocks, where a T-major merge would make XLA gather it (and replicate the output). The
-    # module gets the same rows; XLA folds the transposes into its operations.
-    t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
+    first = x_seq[0] if isinstance(x_seq, tuple) else x_seq
+    t, b = first.shape[:2]
+    if not _merge_batch_major(first):
+        y = apply_modules(map_outputs(x_seq, lambda a: a.reshape((t * b, *a.shape[2:]))), modules)
+        return map_outputs(y, lambda a: a.reshape((t, b, *a.shape[1:])))
     flat = map_outputs(x_seq, lambda a: jnp.swapaxes(a, 0, 1).reshape((b * t, *a.shape[2:])))
     y = apply_modules(flat, modules)
     return map_outputs(y, lambda a: jnp.swapaxes(a.reshape((b, t, *a.shape[1:])), 0, 1))

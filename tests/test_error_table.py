@@ -1,0 +1,87 @@
+"""Every row of the README's table of rejected inputs, on every backend it applies to.
+
+The table is the documentation; this file holds one bad call per row and checks the exception
+type and the whole message against the row (``...`` matches the received value).
+"""
+
+from __future__ import annotations
+
+import pathlib
+import re
+
+import numpy as np
+import pytest
+from conftest import BACKENDS, MAKERS
+
+import dualstep as ds
+from dualstep.testing import lif_step
+
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+ROW = re.compile(r"^\| (\d+) \| .*? \| .*? \| `(\w+)` \| `` (.*) `` \|$")
+ROWS = {int(m[1]): (m[2], m[3]) for m in map(ROW.match, README.read_text().splitlines()) if m}
+
+
+def _ident(x):
+    return x
+
+
+def _other_kind(backend_name, a):
+    """`a` as an array of another backend than `backend_name`."""
+    if backend_name == "torch":
+        return np.asarray(a)
+    torch = pytest.importorskip("torch")
+    return torch.from_numpy(np.asarray(a))
+
+
+def _spikingjelly_memory_module(b):
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    x = b.asarray(np.ones((4, 2)))
+    return ds.chunk_multi_step_forward(2, x, neuron.LIFNode(step_mode="m"), checkpoint=True)
+
+
+def _seq(b, shape=(3, 2)):
+    return b.asarray(np.ones(shape))
+
+
+LIF = lif_step()
+BAD_CALLS = {
+    1: lambda b: ds.multi_step_forward((_seq(b), _seq(b)), _ident),
+    2: lambda b: ds.seq_to_ann_forward(_seq(b, (3,)), _ident),
+    3: lambda b: ds.t_last_multi_step_forward(_seq(b, (2, 0)), _ident),
+    4: lambda b: ds.seq_to_ann_forward((), _ident),
+    5: lambda b: ds.seq_to_ann_forward((_seq(b), _other_kind(b.name, np.ones((3, 2)))), _ident),
+    6: lambda b: ds.seq_to_ann_forward((_seq(b, (3, 2, 4)), _seq(b, (3, 1, 4))), _ident),
+    7: lambda b: ds.multi_step_forward(_seq(b), 3),
+    8: lambda b: ds.multi_step_forward(_seq(b), [_ident, 3]),
+    9: lambda b: ds.chunk_multi_step_forward(2.0, _seq(b), _ident),
+    10: lambda b: ds.chunk_multi_step_forward(0, _seq(b), _ident),
+    11: lambda b: ds.multi_step_forward(_seq(b), [_ident, LIF], state=b.asarray(np.zeros(2))),
+    12: lambda b: ds.multi_step_forward(_seq(b), [_ident, LIF], state=(None,)),
+    13: lambda b: ds.multi_step_forward(_seq(b), lambda x, s: x, state=b.asarray(np.zeros(2))),
+    14: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, checkpoint=1),
+    15: _spikingjelly_memory_module,
+}
+EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError}
+TORCH_ONLY = {15}
+CASES = [(n, b) for n in sorted(ROWS) for b in BACKENDS if n not in TORCH_ONLY or b == "torch"]
+
+
+def test_every_row_has_a_bad_call_and_every_bad_call_a_row():
+    assert len(ROWS) >= 15
+    assert sorted(ROWS) == sorted(BAD_CALLS)
+
+
+def _pattern(message: str) -> str:
+    return ".*".join(re.escape(part) for part in message.split("..."))
+
+
+@pytest.mark.parametrize(("row", "backend_name"), CASES)
+def test_row(row, backend_name, request):
+    backend = MAKERS[backend_name]()
+    if backend_name == "jax":
+        request.getfixturevalue("jax_x64")
+    kind, message = ROWS[row]
+    with pytest.raises(EXCEPTIONS[kind]) as info:
+        BAD_CALLS[row](backend)
+    assert type(info.value) is EXCEPTIONS[kind]
+    assert re.fullmatch(_pattern(message), str(info.value), re.S), str(info.value)
