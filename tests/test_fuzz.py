@@ -41,10 +41,11 @@ MODULES = {
     "empty list": [],
     "not callable": 3,
     "list with a non-callable": [_double, "x"],
-}
+}  # and on torch an nn.Module
 SPLITS = [1, 2, 3, 5, 0, -1, True, 2.0, "2", None, np.int64(2), np.uint8(3), np.int16(1)]
 SPLITS += [np.float32(2)]
 NOT_ARRAYS = [None, 3.0, "x", [1.0, 2.0]]
+DTYPES = ["float16", "float32", "float64", "int8", "int32", "int64", "uint8", "bool"]
 
 
 @st.composite
@@ -54,9 +55,10 @@ def calls(draw, backend):
         x = draw(st.sampled_from(NOT_ARRAYS))
     else:
         shape = tuple(draw(st.lists(st.integers(0, 3), min_size=0, max_size=4)))
-        dtype = draw(st.sampled_from(["float32", "float64", "int32", "bool"]))
+        dtype = draw(st.sampled_from(DTYPES))
         x = backend.asarray((np.arange(int(np.prod(shape))).reshape(shape) % 3).astype(dtype))
-    module_kind = draw(st.sampled_from([*MODULES, "stateful"]))
+    kinds = [*MODULES, "stateful"] + (["nn.Module"] if backend.name == "torch" else [])
+    module_kind = draw(st.sampled_from(kinds))
     split = draw(st.sampled_from(SPLITS))
     state_kind = draw(st.sampled_from(["none", "array", "tuple", "short tuple"]))
     return function, x, module_kind, split, state_kind
@@ -120,7 +122,12 @@ def _loop(function, x, module, state, backend):
 @given(data=st.data())
 def test_fuzzed_arguments(backend, data):
     function, x, module_kind, split, state_kind = data.draw(calls(backend))
-    module = _accumulate if module_kind == "stateful" else MODULES[module_kind]
+    if module_kind == "nn.Module":
+        import torch
+
+        module = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity())
+    else:
+        module = _accumulate if module_kind == "stateful" else MODULES[module_kind]
     if module_kind == "stateful" and function.endswith("seq_to_ann"):
         module = _double  # the stateless functions take stateless modules
     state = _state(function, x, state_kind, module_kind, backend)
