@@ -33,9 +33,7 @@ import numpy as np
 import dualstep as ds
 from dualstep import interop
 from dualstep.testing import affine_tanh, lif_step
-from dualstep.testing._validate import BACKENDS, installed_backends, jax_x64
-
-CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
+from dualstep.testing._validate import BACKENDS, CONVERT, installed_backends, jax_x64
 
 SPLIT = 16
 TOLERANCE = {"float32": 1e-5, "float64": 1e-12}

@@ -24,8 +24,7 @@ FUNCTIONS = (
 )
 _STATEFUL = FUNCTIONS[:3]
 BACKENDS = ("numpy", "torch", "jax")
-_CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
-_EXTRA = {"torch": "torch", "jax": "jax"}
+CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
 
 # (rtol, atol) by dtype name; integer and bool outputs must match exactly.
 TOLERANCES = {
@@ -97,7 +96,7 @@ def _check_backends(backends: Sequence[str] | None) -> tuple[str, ...]:
         if b not in BACKENDS:
             raise ValueError(f"`backends` entries must be among {BACKENDS}; got {b!r}")
         if b not in installed_backends():
-            raise ValueError(f"{b} is not installed: pip install 'dualstep[{_EXTRA[b]}]'")
+            raise ValueError(f"{b} is not installed: pip install 'dualstep[{b}]'")
     return backends
 
 
@@ -297,7 +296,7 @@ def assert_backends_close(
     split = split_size if split_size is not None else max(1, t // 3)
 
     def f64(tree: Any) -> Any:
-        return _map_leaves(tree, lambda a: a.astype(np.float64))
+        return interop._map(tree, lambda a, kind, path: a.astype(np.float64), "state")
 
     oracle_y, oracle_s = _run("multi_step_forward", step, f64(x), f64(state), split)
     native_y, native_s = _run("multi_step_forward", step, x, state, split)
@@ -312,7 +311,7 @@ def assert_backends_close(
     wide = any(np.dtype(a.dtype).itemsize == 8 for a in [x, *_leaves(state)])
     with jax_x64(wide and "jax" in backends):
         for backend in backends:
-            convert = _CONVERT[backend]
+            convert = CONVERT[backend]
             for function in functions:
                 y, final = _run(function, step, convert(x), convert(state), split)
                 rows.append(
@@ -332,13 +331,3 @@ def assert_backends_close(
     if not report.ok:
         raise AssertionError("backends disagree with the NumPy float64 oracle:\n" + str(report))
     return report
-
-
-def _map_leaves(tree: Any, fn: Callable[[Any], Any]) -> Any:
-    if isinstance(tree, tuple):
-        return tuple(_map_leaves(v, fn) for v in tree)
-    if isinstance(tree, list):
-        return [_map_leaves(v, fn) for v in tree]
-    if isinstance(tree, dict):
-        return {k: _map_leaves(v, fn) for k, v in tree.items()}
-    return None if tree is None else fn(tree)
