@@ -73,10 +73,9 @@ def torch_model() -> Any:
 def train_torch(model: Any, x: np.ndarray, labels: np.ndarray) -> list[float]:
     """Plain full-batch SGD in torch; returns the loss before each update."""
     import torch
-    from array_api_compat import array_namespace as namespace
 
     x_t, y_t = torch.from_numpy(x), torch.from_numpy(labels)
-    xp = namespace(x_t)
+    xp = array_namespace(x_t)
     step = lif_surrogate(lambda a: a.detach())
     optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
     losses = []
