@@ -115,23 +115,36 @@ def to_torch(tree: Any) -> Any:
     >>> t.data_ptr() == a.ctypes.data
     True
     """
+    return _map(tree, _to_torch_leaf, "tree")
 
-    def convert(x: Any, kind: str, path: str) -> Any:
-        if kind == "torch":
-            return x
-        if kind == "numpy":
-            return _numpy_to_torch(x)
-        import torch
 
-        return torch.from_dlpack(x)
+def _dtype_name(a: Any) -> str:
+    """The dtype's name, the same on every backend (``"float32"``, ``"bfloat16"``, ``"bool"``)."""
+    return str(a.dtype).removeprefix("torch.")
 
-    return _map(tree, convert, "tree")
+
+def _to_torch_leaf(x: Any, kind: str, path: str) -> Any:
+    if kind == "torch":
+        return x
+    if kind == "numpy":
+        return _numpy_to_torch(x)
+    import torch
+
+    return torch.from_dlpack(x)
+
+
+def _to_numpy_leaf(x: Any, kind: str, path: str) -> Any:
+    if kind == "numpy":
+        return x
+    if kind == "torch":
+        return _torch_to_numpy(x)
+    return np.asarray(x)
 
 
 def _to_jax_leaf(x: Any, kind: str, path: str) -> Any:
     if kind == "jax":
         return x
-    _check_jax_dtype(str(x.dtype).removeprefix("torch."), path)
+    _check_jax_dtype(_dtype_name(x), path)
     import jax
     import jax.dlpack
 
@@ -187,15 +200,7 @@ def to_numpy(tree: Any) -> Any:
     >>> to_numpy([np.zeros(2), None])
     [array([0., 0.]), None]
     """
-
-    def convert(x: Any, kind: str, path: str) -> Any:
-        if kind == "numpy":
-            return x
-        if kind == "torch":
-            return _torch_to_numpy(x)
-        return np.asarray(x)
-
-    return _map(tree, convert, "tree")
+    return _map(tree, _to_numpy_leaf, "tree")
 
 
 def module_to_jax(module: Any) -> dict[str, Any]:

@@ -149,17 +149,16 @@ def _leaves(tree: Any) -> list:
     return [] if tree is None else [tree]
 
 
-def _dtype_name(a: Any) -> str:
-    return str(a.dtype).removeprefix("torch.")
-
-
-def _errors(got: np.ndarray, want: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Absolute and relative error per element, in float64 (NaN where both are NaN: 0)."""
-    g, w = got.astype(np.float64), want.astype(np.float64)
+def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple[np.ndarray, ...]:
+    """Absolute and relative error per element in float64 (0 where both are NaN), and where
+    the absolute error exceeds ``atol + rtol * |want|`` for ``tolerance = (rtol, atol)``."""
+    g, w = interop.to_numpy(got).astype(np.float64), want.astype(np.float64)
     with np.errstate(invalid="ignore"):
         abs_err = np.where((g == w) | (np.isnan(g) & np.isnan(w)), 0.0, np.abs(g - w))
     abs_err = np.nan_to_num(abs_err, nan=np.inf)
-    return abs_err, abs_err / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
+    rtol, atol = tolerance
+    rel_err = abs_err / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
+    return abs_err, rel_err, abs_err > atol + rtol * np.abs(w)
 
 
 def _compare(
@@ -181,16 +180,14 @@ def _compare(
     if len(ys) != len(want_ys) or len(finals) != len(want_finals):
         return row(np.nan, np.nan, "structure", dtype)
     for got, want, expected_dtype in zip(ys + finals, want_ys + want_finals, dtypes, strict=True):
-        if _dtype_name(got) != expected_dtype:
-            return row(np.nan, np.nan, "dtype", f"{_dtype_name(got)}!={expected_dtype}")
+        if interop._dtype_name(got) != expected_dtype:
+            return row(np.nan, np.nan, "dtype", f"{interop._dtype_name(got)}!={expected_dtype}")
         if tuple(got.shape) != tuple(want.shape):
             return row(np.nan, np.nan, "shape", expected_dtype)
     worst_abs = worst_rel = 0.0
     first: tuple[int, float, float] | None = None
     for got, want, expected_dtype in zip(ys, want_ys, dtypes, strict=False):
-        rtol, atol = tolerance(expected_dtype)
-        abs_err, rel_err = _errors(interop.to_numpy(got), want)
-        bad = abs_err > atol + rtol * np.abs(want.astype(np.float64))
+        abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
         worst_abs = max(worst_abs, float(abs_err.max(initial=0.0)))
         worst_rel = max(worst_rel, float(rel_err.max(initial=0.0)))
         steps = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
@@ -200,9 +197,8 @@ def _compare(
     if first is not None:
         return row(first[1], first[2], first[0], dtype)
     for got, want, expected_dtype in zip(finals, want_finals, dtypes[len(ys) :], strict=True):
-        rtol, atol = tolerance(expected_dtype)
-        abs_err, rel_err = _errors(interop.to_numpy(got), want)
-        if (abs_err > atol + rtol * np.abs(want.astype(np.float64))).any():
+        abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
+        if bad.any():
             return row(float(abs_err.max()), float(rel_err.max()), "final state", dtype)
     return row(worst_abs, worst_rel, None, dtype)
 
@@ -301,7 +297,7 @@ def assert_backends_close(
     oracle_y, oracle_s = _run("multi_step_forward", step, f64(x), f64(state), split)
     native_y, native_s = _run("multi_step_forward", step, x, state, split)
     want_ys, want_finals = _leaves(oracle_y), _leaves(oracle_s)
-    dtypes = [_dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
+    dtypes = [interop._dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
     def tolerance(dtype: str) -> tuple[float, float]:
         r, a = TOLERANCES.get(dtype, (0.0, 0.0))
