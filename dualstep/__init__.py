@@ -7,14 +7,17 @@ from ._api import (
     t_last_multi_step_forward,
     t_last_seq_to_ann_forward,
 )
+from ._config import clear_jax_cache, set_jax_cache
 
 __version__ = "0.1.0"
 
 __all__ = [
     "__version__",
     "chunk_multi_step_forward",
+    "clear_jax_cache",
     "multi_step_forward",
     "seq_to_ann_forward",
+    "set_jax_cache",
     "t_last_multi_step_forward",
     "t_last_seq_to_ann_forward",
 ]

@@ -7,7 +7,8 @@ from typing import Any
 
 import numpy as np
 
-from ._dispatch import backend_for
+from ._dispatch import backend_for, kind_of
+from ._tree import leaves_with_path
 
 _STATE_RULE = """
     With ``state=None`` (the default) every module is called as ``m(x)`` and the call returns
@@ -43,9 +44,24 @@ def _check_modules(modules: Any, argument: str) -> None:
         )
 
 
-def _check_state(state: Any, modules: Any, argument: str) -> Any:
-    """Return `state` with a module list's per-module entries as a tuple."""
-    if state is None or not isinstance(modules, (list, tuple)):
+def _check_state(state: Any, modules: Any, argument: str, x_seq: Any) -> Any:
+    """Return `state` with a module list's per-module entries as a tuple.
+
+    Every leaf must be an array of `x_seq`'s kind (one backend runs the call) or None; NumPy
+    scalars are NumPy's 0-d arrays.
+    """
+    if state is None:
+        return state
+    kind = kind_of(x_seq)
+    for path, leaf in leaves_with_path(state, "state"):
+        leaf_kind = "numpy" if isinstance(leaf, np.generic) else kind_of(leaf)
+        if leaf is not None and leaf_kind != kind:
+            raise TypeError(
+                f"`{path}` must be the same kind of array as `x_seq` "
+                f"({type(x_seq).__qualname__}), or None; got "
+                f"{type(leaf).__module__}.{type(leaf).__qualname__}"
+            )
+    if not isinstance(modules, (list, tuple)):
         return state
     if not isinstance(state, (list, tuple)):
         raise TypeError(
@@ -76,22 +92,45 @@ def _check_sequence(x_seq: Any, min_ndim: int, layout: str, time_axis: int | Non
     return backend
 
 
+def _memory_modules(modules: Any) -> list:
+    """The SpikingJelly memory modules (neurons) that `modules` is or holds.
+
+    torch modules are searched through their submodules (a neuron in a ``Sequential``);
+    functions are opaque. SpikingJelly cannot have made one if it was never imported.
+    """
+    sj_base = sys.modules.get("spikingjelly.activation_based.base")
+    if sj_base is None:
+        return []
+    found = []
+    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
+        for sub in module.modules() if hasattr(module, "named_modules") else (module,):
+            if isinstance(sub, sj_base.MemoryModule):
+                found.append(sub)
+    return found
+
+
+def _check_step_mode(modules: Any, argument: str, mode: str) -> None:
+    """A SpikingJelly neuron in the other step mode would treat time as batch, or batch as time."""
+    for sub in _memory_modules(modules):
+        if getattr(sub, "step_mode", mode) != mode:
+            wanted = "single-step ('s')" if mode == "s" else "multi-step ('m')"
+            raise ValueError(
+                f"`{argument}` must hold SpikingJelly memory modules in {wanted} mode here; "
+                f"got {type(sub).__qualname__} with step_mode={sub.step_mode!r}"
+            )
+
+
 def _check_checkpoint(checkpoint: Any, modules: Any) -> None:
     if not isinstance(checkpoint, bool):
         raise TypeError(f"`checkpoint` must be a bool; got {_describe(checkpoint)}")
-    sj_base = sys.modules.get("spikingjelly.activation_based.base")
-    if not checkpoint or sj_base is None:
-        return
-    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
-        # torch modules are searched through their submodules (a MemoryModule in a Sequential).
-        for sub in module.modules() if hasattr(module, "named_modules") else (module,):
-            if isinstance(sub, sj_base.MemoryModule):
-                raise ValueError(
-                    "`checkpoint=True` recomputes each chunk in the backward pass, which would "
-                    "advance the hidden memory of a SpikingJelly memory module twice; pass the "
-                    "state explicitly with `state=` or use checkpoint=False; got "
-                    f"{type(sub).__qualname__} in `multi_step_module`"
-                )
+    found = _memory_modules(modules) if checkpoint else []
+    if found:
+        raise ValueError(
+            "`checkpoint=True` recomputes each chunk in the backward pass, which would "
+            "advance the hidden memory of a SpikingJelly memory module twice; pass the "
+            "state explicitly with `state=` or use checkpoint=False; got "
+            f"{type(found[0]).__qualname__} in `multi_step_module`"
+        )
 
 
 def _check_split_size(split_size: Any) -> int:
@@ -157,13 +196,17 @@ def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None
     ------
     TypeError
         `x_seq` is not a supported array; a module is not callable; `state` is not a tuple for a
-        module list; a stateful module does not return a ``(y, state)`` pair.
+        module list; a leaf of `state` is not an array of `x_seq`'s kind (nor None); a stateful
+        module does not return a ``(y, state)`` pair, or returns its state with another
+        structure, shape or dtype (torch under autocast may change a floating dtype).
     ValueError
-        `x_seq` has no dimensions or ``T == 0``; `state` has the wrong number of entries.
+        `x_seq` has no dimensions or ``T == 0``; `state` has the wrong number of entries; a
+        SpikingJelly memory module is in multi-step mode.
 
     Exceptions raised by the modules propagate unchanged. On JAX the call lowers to one
-    ``lax.scan``; eager calls reuse a compiled program per step function and input shapes, so
-    steps must be pure functions of their arguments (as under ``jax.jit``).
+    ``lax.scan``; eager calls reuse a compiled program per step structure and input shapes,
+    with the arrays the step holds passed as arguments (README, "What the JAX compile cache
+    sees"), so steps must be pure functions of their arguments and arrays.
 
     Examples
     --------
@@ -178,7 +221,8 @@ def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None
     """
     backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
     _check_modules(single_step_module, "single_step_module")
-    state = _check_state(state, single_step_module, "single_step_module")
+    _check_step_mode(single_step_module, "single_step_module", "s")
+    state = _check_state(state, single_step_module, "single_step_module", x_seq)
     return backend.multi_step_forward(x_seq, single_step_module, state)
 
 
@@ -217,7 +261,8 @@ def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any
     """
     backend = _check_sequence(x_seq, 1, "[..., T]", -1)
     _check_modules(single_step_module, "single_step_module")
-    state = _check_state(state, single_step_module, "single_step_module")
+    _check_step_mode(single_step_module, "single_step_module", "s")
+    state = _check_state(state, single_step_module, "single_step_module", x_seq)
     return backend.t_last_multi_step_forward(x_seq, single_step_module, state)
 
 
@@ -249,6 +294,8 @@ def chunk_multi_step_forward(
     sequences. Recomputing a chunk must not change anything, so it suits explicit `state` and
     stateless modules; a module that keeps hidden memory would advance it twice. SpikingJelly
     memory modules (neurons) are detected and rejected; pass their state explicitly instead.
+    On torch, a recomputation that gives other values than the forward pass for any tensor
+    autograd saved (hidden memory inside a function, say) raises ``RuntimeError`` in backward.
 
     Parameters
     ----------
@@ -272,8 +319,12 @@ def chunk_multi_step_forward(
         `split_size` is not an integer (``bool``, ``float``, ``str`` and ``None`` included);
         `checkpoint` is not a bool; plus the cases of :func:`multi_step_forward`.
     ValueError
-        ``split_size <= 0``; ``checkpoint=True`` with a SpikingJelly memory module; plus the
-        cases of :func:`multi_step_forward`.
+        ``split_size <= 0``; ``checkpoint=True`` with a SpikingJelly memory module; a
+        SpikingJelly memory module in single-step mode; plus the cases of
+        :func:`multi_step_forward` (but see there for the step mode).
+    RuntimeError
+        On torch with ``checkpoint=True``, in the backward pass: a chunk's recomputation gave
+        other values than its forward pass for a tensor autograd saved.
 
     Examples
     --------
@@ -286,8 +337,11 @@ def chunk_multi_step_forward(
     split_size = _check_split_size(split_size)
     backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
     _check_modules(multi_step_module, "multi_step_module")
-    state = _check_state(state, multi_step_module, "multi_step_module")
+    _check_step_mode(multi_step_module, "multi_step_module", "m")
+    state = _check_state(state, multi_step_module, "multi_step_module", x_seq)
     _check_checkpoint(checkpoint, multi_step_module)
+    # A split larger than T is one chunk; clamping keeps huge NumPy integers out of torch.split.
+    split_size = min(split_size, x_seq.shape[0])
     return backend.chunk_multi_step_forward(split_size, x_seq, multi_step_module, state, checkpoint)
 
 

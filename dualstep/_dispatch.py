@@ -12,7 +12,8 @@ SUPPORTED = "torch.Tensor, jax.Array (or a JAX tracer) or numpy.ndarray"
 _cache: dict[type, ModuleType] = {}
 
 
-def _kind_of(x: object) -> str | None:
+def kind_of(x: object) -> str | None:
+    """``"torch"``, ``"jax"`` or ``"numpy"`` for an array of that kind, else None."""
     # A framework that is not in sys.modules cannot have made `x`, so it is never imported here.
     torch = sys.modules.get("torch")
     if torch is not None and isinstance(x, torch.Tensor):
@@ -60,7 +61,7 @@ def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
 
 
 def _resolve(x: object, argument: str) -> ModuleType:
-    name = _kind_of(x)
+    name = kind_of(x)
     if name is None:
         raise TypeError(
             f"`{argument}` must be a {SUPPORTED}; got {type(x).__module__}.{type(x).__qualname__}"

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from ._dispatch import SUPPORTED, _kind_of
+from ._dispatch import SUPPORTED, kind_of
 
 __all__ = ["module_from_jax", "module_to_jax", "to_jax", "to_numpy", "to_torch"]
 
@@ -41,7 +41,9 @@ def _map(tree: Any, convert: Callable[[Any, str, str], Any], path: str) -> Any:
         return {k: _map(v, convert, f"{path}[{k!r}]") for k, v in tree.items()}
     if isinstance(tree, _PASS_THROUGH):
         return tree
-    kind = _kind_of(tree)
+    if isinstance(tree, np.generic):
+        tree = np.asarray(tree)  # NumPy's scalars are its 0-d arrays
+    kind = kind_of(tree)
     if kind is None:
         raise TypeError(
             f"`{path}` must be a {SUPPORTED}, or a tuple/list/dict of them; "
@@ -69,8 +71,9 @@ def _numpy_to_torch(a: np.ndarray) -> Any:
 
     if _is_bfloat16(a):  # DLPack from NumPy has no bfloat16: reinterpret the same bits
         return _numpy_to_torch(a.view(np.int16)).view(torch.bfloat16)
-    if not a.flags.writeable:
-        return torch.tensor(a)  # torch has no read-only tensors
+    if not a.flags.writeable or any(s < 0 for s in a.strides) or not a.dtype.isnative:
+        # torch has no read-only tensors, no negative strides and only native byte order
+        return torch.from_numpy(np.array(a, dtype=a.dtype.newbyteorder("="), order="C"))
     return torch.from_numpy(a)
 
 
@@ -150,9 +153,14 @@ def _to_jax_leaf(x: Any, kind: str, path: str) -> Any:
 
     if kind == "numpy":
         return jax.numpy.asarray(x)
+    t = x.detach().resolve_conj().resolve_neg()  # DLPack has no conjugate or negative bit
     try:
-        return jax.dlpack.from_dlpack(x.detach())
-    except (RuntimeError, ValueError) as e:
+        return jax.dlpack.from_dlpack(t)
+    except (RuntimeError, ValueError, BufferError):
+        pass  # a layout JAX cannot alias (broadcast, strided `.real`, ...): copy, compact
+    try:
+        return jax.dlpack.from_dlpack(t.contiguous().clone())
+    except (RuntimeError, ValueError, BufferError) as e:
         raise ValueError(
             f"`{path}` (a torch tensor on {x.device}) cannot be moved to JAX, whose "
             f"devices are {jax.devices()}: {e}"
@@ -203,6 +211,27 @@ def to_numpy(tree: Any) -> Any:
     return _map(tree, _to_numpy_leaf, "tree")
 
 
+_NARROW = {"torch.int64": "int32", "torch.uint64": "uint32"}
+
+
+def _narrowed(t: Any, name: str) -> Any:
+    """A 64-bit integer tensor as 32 bits when JAX has no 64-bit types and its values fit."""
+    import jax
+    import torch
+
+    narrow = _NARROW.get(str(t.dtype))
+    if narrow is None or jax.config.read("jax_enable_x64"):
+        return t
+    info = np.iinfo(narrow)
+    if t.numel() and (int(t.min()) < info.min or int(t.max()) > info.max):
+        raise ValueError(
+            f"`{name}` is {_dtype_name(t)} with values outside {narrow}, which JAX without "
+            "64-bit types cannot hold; enable them first: "
+            "jax.config.update('jax_enable_x64', True)"
+        )
+    return t.to(getattr(torch, narrow))
+
+
 def module_to_jax(module: Any) -> dict[str, Any]:
     """A copy of a torch module's parameters and buffers as JAX arrays, keyed by their names.
 
@@ -210,25 +239,42 @@ def module_to_jax(module: Any) -> dict[str, Any]:
     (``"0.weight"``, ``"bn.running_mean"``); dtypes and devices are kept. The arrays are
     copies, so later training of the module does not change them.
 
+    64-bit integer buffers (batch norm's ``num_batches_tracked``) become 32-bit when
+    ``jax_enable_x64`` is off and their values fit (`module_from_jax` widens them back), so a
+    model with batch norm ports with JAX's default settings; float64 still needs x64.
+
+    Raises
+    ------
+    ValueError
+        A float64 (or complex128) tensor, or a 64-bit integer whose values do not fit in 32
+        bits, while ``jax_enable_x64`` is off.
+
     Examples
     --------
     >>> import torch
-    >>> sorted(module_to_jax(torch.nn.Linear(3, 2)))
-    ['bias', 'weight']
+    >>> params = module_to_jax(torch.nn.BatchNorm1d(3))
+    >>> sorted(params), params["num_batches_tracked"].dtype
+    (['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight'], dtype('int32'))
     """
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
-    return {name: _map(t.detach().clone(), _to_jax_leaf, name) for name, t in tensors.items()}
+    return {
+        name: _map(_narrowed(t.detach(), name).clone(), _to_jax_leaf, name)
+        for name, t in tensors.items()
+    }
 
 
 def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
     """Copy arrays keyed by name (as `module_to_jax` returns them) into a torch module.
 
     Every parameter and buffer of `module` must be given, and nothing else; each array must
-    have its tensor's shape and dtype. Values are copied in place, so optimisers holding the
-    parameters keep working. Returns `module`.
+    have its tensor's shape and dtype (a 32-bit integer array is accepted for a 64-bit integer
+    tensor, as `module_to_jax` narrows those without x64). Values are copied in place, so
+    optimisers holding the parameters keep working. Returns `module`.
 
     Raises
     ------
+    TypeError
+        A value that is not a torch, JAX or NumPy array.
     ValueError
         Missing or unexpected names, or a shape or dtype that differs from the module's.
 
@@ -248,10 +294,16 @@ def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
             f"`params` must have exactly the module's parameter and buffer names; "
             f"missing {sorted(missing)}, unexpected {sorted(unexpected)}"
         )
-    converted = {name: to_torch(params[name]) for name in tensors}
+    converted = {name: _map(params[name], _to_torch_leaf, f"params[{name!r}]") for name in tensors}
     for name, t in tensors.items():
         src = converted[name]
-        if src.shape != t.shape or src.dtype != t.dtype:
+        if not isinstance(src, torch.Tensor):
+            raise TypeError(
+                f"`params[{name!r}]` must be a {SUPPORTED}; "
+                f"got {type(src).__module__}.{type(src).__qualname__}"
+            )
+        widened = _NARROW.get(str(t.dtype)) == _dtype_name(src)
+        if src.shape != t.shape or (src.dtype != t.dtype and not widened):
             raise ValueError(
                 f"`params[{name!r}]` must have shape {tuple(t.shape)} and dtype {t.dtype}; "
                 f"got shape {tuple(src.shape)} and dtype {src.dtype}"

@@ -228,6 +228,87 @@ def test_checkpoint_rejects_spikingjelly_memory_modules():
     ds.chunk_multi_step_forward(2, torch.ones(4, 1, 3), net)  # fine without checkpointing
 
 
+class _HiddenMemory(torch.nn.Module):
+    """A multi-step leaky integrator that keeps its membrane in an attribute (no SJ base)."""
+
+    def __init__(self):
+        super().__init__()
+        self.v = 0.0
+
+    def forward(self, xc):
+        ys = []
+        for xt in xc:
+            self.v = 0.5 * self.v + xt
+            ys.append(torch.sigmoid(4 * (self.v - 3.0)))
+        return torch.stack(ys)
+
+
+def _hidden_nets():
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    torch.manual_seed(0)
+    return {
+        "spikingjelly LIF, spiking": torch.nn.Sequential(
+            torch.nn.Linear(4, 3), neuron.LIFNode(step_mode="m", v_threshold=0.2)
+        ),
+        # no spike at all: the outputs of the recomputation equal the forward's, the
+        # membrane (and so the surrogate gradient) does not
+        "spikingjelly LIF, silent": torch.nn.Sequential(
+            torch.nn.Linear(4, 3), neuron.LIFNode(step_mode="m", v_threshold=2.0)
+        ),
+        "attribute memory": torch.nn.Sequential(torch.nn.Linear(4, 3), _HiddenMemory()),
+    }
+
+
+@pytest.mark.parametrize(
+    "name", ["spikingjelly LIF, spiking", "spikingjelly LIF, silent", "attribute memory"]
+)
+def test_checkpoint_hidden_memory_in_a_function_raises_in_backward(name):
+    """Issue: `lambda c: net(c)` hides the module from the check in `_api`; the gradients
+    differed from checkpoint=False by up to 1.2. Now the recomputation is compared."""
+    functional = pytest.importorskip("spikingjelly.activation_based.functional")
+    net = _hidden_nets()[name]
+    torch.manual_seed(2)
+    x = (2 * torch.randn(6, 2, 4)).requires_grad_()
+
+    def grads(checkpoint):
+        functional.reset_net(net)
+        if isinstance(net[1], _HiddenMemory):
+            net[1].v = 0.0
+        y = ds.chunk_multi_step_forward(2, x, lambda c: net(c), checkpoint=checkpoint)
+        return torch.autograd.grad((y * _weights(y)).sum(), [x, net[0].weight])
+
+    functional.reset_net(net)
+    spikes = ds.chunk_multi_step_forward(2, x, lambda c: net(c)).sum()
+    assert (spikes == 0) == name.endswith("silent")
+    assert all(g.abs().max() > 1e-3 for g in grads(False))
+    with pytest.raises(
+        RuntimeError,
+        match=r"recomputing a chunk in the backward pass gave other "
+        r"values .* hidden memory",
+    ):
+        grads(True)
+
+
+@pytest.mark.parametrize("layer", ["batchnorm", "dropout"])
+def test_checkpoint_accepts_batchnorm_and_dropout_in_training(layer):
+    """Running statistics change between forward and recomputation, and dropout draws random
+    numbers, but neither changes what autograd saved: no false alarm, equal gradients."""
+    torch.manual_seed(0)
+    inner = torch.nn.BatchNorm1d(3) if layer == "batchnorm" else torch.nn.Dropout(0.5)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), inner).train()
+    x = torch.randn(6, 5, 4, requires_grad=True)
+
+    def grads(checkpoint):
+        torch.manual_seed(1)
+        y = ds.chunk_multi_step_forward(
+            2, x, lambda c: ds.seq_to_ann_forward(c, net), checkpoint=checkpoint
+        )
+        return torch.autograd.grad((y * _weights(y)).sum(), [x, net[0].weight])
+
+    for a, b in zip(grads(False), grads(True), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-6)
+
+
 @pytest.mark.parametrize("bad", [1, "yes", None])
 def test_checkpoint_must_be_bool(backend, bad):
     with pytest.raises(TypeError, match=r"`checkpoint` must be a bool; got"):

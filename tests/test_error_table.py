@@ -39,6 +39,11 @@ def _spikingjelly_memory_module(b):
     return ds.chunk_multi_step_forward(2, x, neuron.LIFNode(step_mode="m"), checkpoint=True)
 
 
+def _wrong_step_mode(b):
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    return ds.multi_step_forward(b.asarray(np.ones((4, 2))), neuron.LIFNode(step_mode="m"))
+
+
 def _seq(b, shape=(3, 2)):
     return b.asarray(np.ones(shape))
 
@@ -60,9 +65,12 @@ BAD_CALLS = {
     13: lambda b: ds.multi_step_forward(_seq(b), lambda x, s: x, state=b.asarray(np.zeros(2))),
     14: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, checkpoint=1),
     15: _spikingjelly_memory_module,
+    16: _wrong_step_mode,
+    17: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_other_kind(b.name, np.zeros(2))),
+    18: lambda b: ds.multi_step_forward(_seq(b), lambda x, s: (x, s[:1]), state=_seq(b, (2,))),
 }
 EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError}
-TORCH_ONLY = {15}
+TORCH_ONLY = {15, 16}
 CASES = [(n, b) for n in sorted(ROWS) for b in BACKENDS if n not in TORCH_ONLY or b == "torch"]
 
 

@@ -196,12 +196,71 @@ def test_module_round_trip_through_jax(jax_x64):
         assert torch.equal(got[name], want[name]), name
 
 
-def test_module_with_int64_buffers_needs_x64():
+def test_module_with_batchnorm_ports_without_x64():
+    """Issue: the docstring's own BatchNorm example needed global x64 (int64 counters)."""
     if jax.config.read("jax_enable_x64"):
         pytest.skip("x64 is on")
-    with pytest.raises(ValueError, match=r"`1.num_batches_tracked` is int64"):
-        module_to_jax(_net())  # BatchNorm counts batches in int64
-    assert list(module_to_jax(torch.nn.Linear(2, 2))) == ["weight", "bias"]
+    net = _net()
+    net(torch.randn(4, 4))  # one training step: running statistics and a counter of 1
+    params = module_to_jax(net)
+    assert params["1.num_batches_tracked"].dtype == jnp.int32
+    assert int(params["1.num_batches_tracked"]) == 1
+    fresh = _net()
+    module_from_jax(fresh, params)  # int32 widened back into the int64 buffer
+    assert fresh[1].num_batches_tracked.dtype == torch.int64
+    for (name, a), b in zip(net.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    net[1].num_batches_tracked.fill_(2**40)
+    with pytest.raises(ValueError, match=r"`1.num_batches_tracked` is int64 with values outside"):
+        module_to_jax(net)
+    with pytest.raises(ValueError, match=r"`weight` is float64"):
+        module_to_jax(torch.nn.Linear(2, 2).double())
+
+
+def test_module_from_jax_rejects_a_value_that_is_not_an_array():
+    net = torch.nn.Linear(2, 2)
+    params = module_to_jax(net)
+    with pytest.raises(
+        TypeError,
+        match=r"`params\['bias'\]` must be a torch.Tensor, .* got "
+        r"builtins.float",
+    ):
+        module_from_jax(net, {**params, "bias": 0.25})
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: torch.arange(12.0).reshape(3, 4)[:, 1:],  # an offset JAX cannot alias
+        lambda: torch.ones(3).expand(4, 3),  # stride 0
+        lambda: torch.randn(3, dtype=torch.complex64).real,  # stride 2
+        lambda: torch.randn(3, dtype=torch.complex64).conj(),  # the conjugate bit
+        lambda: torch.randn(3, dtype=torch.complex64).conj().imag,  # the negative bit
+    ],
+    ids=["offset", "expand", "real", "conj", "neg"],
+)
+def test_to_jax_copies_tensors_jax_cannot_alias(make):
+    t = make()
+    got = to_jax(t)
+    want = t.resolve_conj().resolve_neg().numpy()
+    np.testing.assert_array_equal(np.asarray(got), want)
+    assert got.dtype == want.dtype
+
+
+def test_numpy_negative_strides_and_byte_order_are_copied_to_torch():
+    a = np.arange(6.0)[::-2]
+    t = to_torch(a)
+    np.testing.assert_array_equal(t.numpy(), a)
+    big = np.arange(3, dtype=">i4")
+    assert to_torch(big).tolist() == [0, 1, 2] and to_torch(big).dtype == torch.int32
+
+
+@pytest.mark.parametrize("convert", CONVERT.values(), ids=KINDS)
+def test_numpy_scalars_pass_as_zero_dimensional_arrays(convert):
+    got = convert({"v": np.float32(1.5), "n": np.int32(2)})
+    assert got["v"].shape == () and got["n"].shape == ()
+    assert _dtype_name(got["v"]) == "float32" and _dtype_name(got["n"]) == "int32"
+    assert float(got["v"]) == 1.5
 
 
 def test_module_from_jax_rejects_wrong_names_shapes_and_dtypes():

@@ -17,12 +17,20 @@ lax = jax.lax
 jax_backend = pytest.importorskip("dualstep.backends.jax")
 
 
+_CALLS: dict[int, list] = {}
+
+
 def _counting(step):
-    """Wrap `step` so the number of Python calls (= traces under JAX) is recorded."""
-    calls = []
+    """Wrap `step` so the number of Python calls (= traces under JAX) is recorded.
+
+    The record lives in a module global: a list in the closure would be part of the step's
+    structure, which the compile cache keys by value (a growing list recompiles every call).
+    """
+    token = len(_CALLS)
+    _CALLS[token] = calls = []
 
     def wrapped(*args):
-        calls.append(1)
+        _CALLS[token].append(1)
         return step(*args)
 
     return wrapped, calls

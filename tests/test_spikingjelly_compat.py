@@ -217,3 +217,97 @@ def test_error_types_match_spikingjelly(sj):
         with pytest.raises(RuntimeError) as info:
             fn(_x(3, 2), broken)
         assert info.value is err
+
+
+# --- neurons in the wrong step mode, modules that work in place (issue 11) --------------------
+
+
+@pytest.mark.parametrize("where", ["alone", "in a list", "in a Sequential"])
+def test_neuron_in_the_wrong_step_mode_is_rejected(sj, where):
+    """SpikingJelly runs these silently with time and batch swapped; dualstep refuses."""
+    _, neuron = sj
+
+    def wrap(n):
+        return {"alone": n, "in a list": [nn.Identity(), n], "in a Sequential": nn.Sequential(n)}[
+            where
+        ]
+
+    x = _x(4, 2, 3)
+    for function in (ds.multi_step_forward, ds.t_last_multi_step_forward):
+        with pytest.raises(
+            ValueError,
+            match=r"`single_step_module` must hold SpikingJelly memory modules in single-step "
+            r"\('s'\) mode here; got LIFNode with step_mode='m'",
+        ):
+            function(x, wrap(neuron.LIFNode(step_mode="m")))
+    with pytest.raises(
+        ValueError,
+        match=r"`multi_step_module` must hold SpikingJelly memory modules in multi-step \('m'\) "
+        r"mode here; got IFNode with step_mode='s'",
+    ):
+        ds.chunk_multi_step_forward(2, x, wrap(neuron.IFNode(step_mode="s")))
+    # the right modes run
+    ds.multi_step_forward(x, wrap(neuron.LIFNode(step_mode="s")))
+    ds.chunk_multi_step_forward(2, x, wrap(neuron.LIFNode(step_mode="m")))
+
+
+def _in_place_modules():
+    return {
+        "mul_": lambda t: t.mul_(2.0),
+        "ReLU(inplace=True)": nn.ReLU(inplace=True),
+    }
+
+
+@pytest.mark.parametrize("module", list(_in_place_modules()))
+@pytest.mark.parametrize("name", ["multi_step_forward", "t_last_multi_step_forward"])
+def test_first_module_in_place_on_a_non_leaf_input_matches_spikingjelly(sj, module, name):
+    """Issue: "Output 0 of Unbind is a view and is being modified inplace"; SpikingJelly
+    selects each step and runs. Forward and backward now do what SpikingJelly does: the same
+    outputs, the same change to the input, and the same gradients, or the same autograd error
+    where SpikingJelly's backward fails (an in-place ReLU saves the view it modified, which
+    the next step's modification invalidates)."""
+    functional, _ = sj
+    torch.manual_seed(0)
+    lin = nn.Linear(4, 4)
+    leaf = torch.randn(5, 3, 4, requires_grad=True)
+
+    def run(fn):
+        leaf.grad, lin.weight.grad = None, None
+        x = leaf * 1.5  # a non-leaf input
+        if name == "t_last_multi_step_forward":
+            x = x.movedim(0, -1)
+        y = fn(x, [_in_place_modules()[module], torch.tanh, lin])
+        try:
+            (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
+        except RuntimeError as e:
+            return x.detach(), y.detach(), str(e)
+        return x.detach(), y.detach(), (leaf.grad.clone(), lin.weight.grad.clone())
+
+    ours, theirs = run(getattr(ds, name)), run(getattr(functional, name))
+    assert torch.equal(ours[1], theirs[1])
+    assert torch.equal(ours[0], theirs[0])  # the input was changed in place, as in SJ
+    if isinstance(theirs[2], str):
+        assert ours[2] == theirs[2] and module == "ReLU(inplace=True)"
+    else:
+        assert all(torch.equal(a, b) for a, b in zip(ours[2], theirs[2], strict=True))
+
+
+def test_in_place_then_a_module_that_saves_its_input_fails_as_in_spikingjelly(sj):
+    """All steps are views of one tensor, sharing a version counter: a Linear that saved
+    step t's view sees it change when step t+1 is modified. SpikingJelly refuses too."""
+    functional, _ = sj
+    for fn in (ds.multi_step_forward, functional.multi_step_forward):
+        leaf = torch.randn(5, 3, 4, requires_grad=True)
+        y = fn(leaf * 1.5, [lambda t: t.mul_(2.0), nn.Linear(4, 4)])
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            y.sum().backward()
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_chunk_module_in_place_on_a_non_leaf_input(checkpoint):
+    """`torch.split`'s views (SpikingJelly's) refuse this too; dualstep's chunks are slices."""
+    leaf = torch.randn(7, 2, requires_grad=True)
+    y = ds.chunk_multi_step_forward(3, leaf * 1.0, lambda c: c.mul_(2.0), checkpoint=checkpoint)
+    y.sum().backward()
+    torch.testing.assert_close(y, leaf.detach() * 2)
+    torch.testing.assert_close(leaf.grad, torch.full_like(leaf, 2.0))

@@ -65,6 +65,36 @@ def test_torch_func_vmap(torch_calls, name, grad_enabled):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+# checkpoint=True with grad: torch.func refuses checkpointing's saved-tensor hooks (README)
+@pytest.mark.parametrize(
+    ("grad_enabled", "checkpoint"), [(True, False), (False, False), (False, True)]
+)
+def test_torch_func_vmap_chunks_whose_first_output_is_not_batched(grad_enabled, checkpoint):
+    """Issue: under no_grad the first chunk's output was preallocated unbatched, and a later
+    batched output could not be written into it."""
+    torch = pytest.importorskip("torch")
+    x = torch.from_numpy(_x((6, 2, 3)))
+
+    def chunk_module(xc, s):
+        fixed, batched = s  # the output uses `fixed` first, `batched` from the second chunk on
+        return xc * 2 + fixed, (batched, fixed)
+
+    def f(batched):
+        return ds.chunk_multi_step_forward(
+            2,
+            x,
+            chunk_module,
+            state=(torch.zeros(2, 3, dtype=x.dtype), batched),
+            checkpoint=checkpoint,
+        )[0]
+
+    vs = torch.from_numpy(_x((4, 2, 3), seed=1))
+    with torch.set_grad_enabled(grad_enabled):
+        got = torch.func.vmap(f)(vs)
+        want = torch.stack([f(v) for v in vs])
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_torch_func_grad_and_jacrev_equal_autograd(torch_calls, name):
     torch, calls = torch_calls

@@ -90,6 +90,16 @@ def test_report_flags_a_dtype_change():
         assert_backends_close(step, x, functions=["multi_step_forward"], backends=ALL)
 
 
+def test_relative_error_stays_meaningful_near_zero():
+    """Issue: a planted divergence against a near-zero reference read `max rel err 4.49e+307`."""
+    x = np.zeros((4, 3), np.float32)
+    step = _sabotaged(is_torch_array, at_step=2, by=0.5)
+    with pytest.raises(AssertionError) as info:
+        assert_backends_close(step, x, state=_state(x), backends=ALL)
+    failing = [line.split() for line in str(info.value).splitlines() if line.endswith("FAIL")]
+    assert failing and all(float(f[4]) == 1.0 for f in failing)  # |0.5 - 0| / max(0.5, 0)
+
+
 def test_tolerances_default_by_dtype_and_can_be_widened():
     x = np.full((5, 2), 0.5, np.float32)
     step = _sabotaged(is_jax_array, at_step=1, by=1e-4)

@@ -1,40 +1,55 @@
 """JAX backend: one ``lax.scan`` per multi-step call, ``jax.vmap`` for the time-last map.
 
 Inside the user's transformations (the input is a tracer) the functions emit the scan or map
-directly. Eager calls go through ``jax.jit`` programs cached per function and module(s), so a
-repeat call with the same step function and shapes neither retraces nor recompiles.
+directly. Eager calls go through ``jax.jit`` programs cached per function and step structure:
+the arrays a step reads through its structure are the program's arguments, everything else is
+the cache key (:mod:`._jax_split`), so changed weights are seen without a recompile.
 """
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 
+from .. import _config
 from .._modules import apply_modules, apply_stateful, map_outputs, stack_outputs
+from ._jax_split import Uncacheable, key_and_arrays, rebuild
 
 CACHE_SIZE = 128
 _cache: OrderedDict[Any, Callable] = OrderedDict()
 _lock = threading.Lock()
+# The modules of the eager call being traced: read by the program while JAX traces it, so the
+# cached program itself holds no reference to them.
+_tracing = threading.local()
 
 
-def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
-    """A jitted `build()` reused for equal `key`s (LRU, at most CACHE_SIZE entries)."""
+def clear_cache() -> None:
     with _lock:
-        try:
-            fn = _cache.get(key)
-        except TypeError:
-            # Unhashable modules (e.g. pytrees holding arrays) cannot be keyed: run uncached.
-            return build()
+        _cache.clear()
+
+
+def _traced_program(impl: Callable) -> Callable:
+    def program(arrays: list, x_seq: Any, *args: Any) -> Any:
+        return impl(x_seq, rebuild(_tracing.modules[-1], iter(arrays)), *args)
+
+    return jax.jit(program)
+
+
+def _program(key: tuple, impl: Callable) -> Callable:
+    """The jitted program for `key` (LRU, at most CACHE_SIZE entries)."""
+    with _lock:
+        fn = _cache.get(key)
         if fn is not None:
             _cache.move_to_end(key)
             return fn
-    fn = jax.jit(build())
+    fn = _traced_program(impl)
     with _lock:
         fn = _cache.setdefault(key, fn)
         while len(_cache) > CACHE_SIZE:
@@ -42,14 +57,30 @@ def _cached_jit(key: tuple, build: Callable[[], Callable]) -> Callable:
     return fn
 
 
-def _run(name: Hashable, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
-    """Call ``impl(x_seq, *args)``: directly under a trace, else through the compile cache."""
-    if isinstance(x_seq, jax.core.Tracer) or (
-        isinstance(x_seq, tuple) and any(isinstance(a, jax.core.Tracer) for a in x_seq)
-    ):
-        return impl(x_seq, *args)
-    key = (name, tuple(modules) if isinstance(modules, list) else modules)
-    return _cached_jit(key, lambda: impl)(x_seq, *args)
+def _is_traced(x_seq: Any) -> bool:
+    items = x_seq if isinstance(x_seq, tuple) else (x_seq,)
+    return any(isinstance(a, jax.core.Tracer) for a in items)
+
+
+def _run(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
+    """``impl(x_seq, modules, *args)``: directly under a trace, else through the cache.
+
+    `key` names `impl` and its static parameters; the step structure is added to it.
+    """
+    if _is_traced(x_seq) or not _config.jax_cache:
+        return impl(x_seq, modules, *args)
+    try:
+        structure, arrays = key_and_arrays(modules)
+        program = _program((key, structure), impl)
+    except (Uncacheable, TypeError):
+        # A cycle, or something that can be keyed neither by value nor weakly: run uncached.
+        return impl(x_seq, modules, *args)
+    stack = _tracing.__dict__.setdefault("modules", [])
+    stack.append(modules)
+    try:
+        return program(arrays, x_seq, *args)
+    finally:
+        stack.pop()
 
 
 def _step(modules: Any, stateful: bool, remat: bool) -> Callable:
@@ -78,7 +109,7 @@ def _scan(x_seq: Any, modules: Any, state: Any, remat: bool = False) -> Any:
 
 
 def multi_step_forward(x_seq: Any, modules: Any, state: Any) -> Any:
-    return _run("multi_step", lambda x, s: _scan(x, modules, s), x_seq, modules, state)
+    return _run(("multi_step",), _scan, x_seq, modules, state)
 
 
 def _scan_time_last(x_seq: Any, modules: Any, state: Any) -> Any:
@@ -89,40 +120,54 @@ def _scan_time_last(x_seq: Any, modules: Any, state: Any) -> Any:
 
 
 def t_last_multi_step_forward(x_seq: Any, modules: Any, state: Any) -> Any:
-    return _run(
-        "t_last_multi_step", lambda x, s: _scan_time_last(x, modules, s), x_seq, modules, state
-    )
+    return _run(("t_last_multi_step",), _scan_time_last, x_seq, modules, state)
 
 
-def _chunks(split_size: int, x_seq: Any, modules: Any, state: Any, remat: bool) -> Any:
-    """One scan over the full chunks, then one call for the shorter remainder."""
+def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: bool) -> Any:
+    """One scan over the full chunks (a plain call for a single one), then one call for the
+    shorter remainder."""
     steps = x_seq.shape[0]
     n_full, rest = divmod(steps, split_size)
     stateful = state is not None
+    step = _step(modules, stateful, remat)
     parts = []
-    if n_full:
+
+    def call(xc: Any) -> None:
+        nonlocal state
+        if stateful:
+            y, state = step(xc, state)
+        else:
+            y = step(xc)
+        parts.append(y)
+
+    if n_full > 1:
         body_x = x_seq[: n_full * split_size].reshape((n_full, split_size, *x_seq.shape[1:]))
         out = _scan(body_x, modules, state, remat)
         ys, state = out if stateful else (out, None)
-        parts.append(map_outputs(ys, lambda a: a.reshape((n_full * split_size, *a.shape[2:]))))
+        parts.append(map_outputs(ys, _join_chunks))
+    elif n_full == 1:
+        call(x_seq[:split_size])
     if rest:
-        tail = x_seq[n_full * split_size :]
-        step = _step(modules, stateful, remat)
-        if stateful:
-            y, state = step(tail, state)
-        else:
-            y = step(tail)
-        parts.append(y)
+        call(x_seq[n_full * split_size :])
     y_seq = parts[0] if len(parts) == 1 else stack_outputs(parts, jnp.concatenate)
     return (y_seq, state) if stateful else y_seq
+
+
+def _join_chunks(a: Any) -> Any:
+    """Scanned chunk outputs ``[n, t, ...]`` as one ``[n * t, ...]`` sequence.
+
+    A module may return another number of steps than its chunk had (``t``); outputs are
+    concatenated, as on the other backends, which cannot concatenate 0-d outputs either.
+    """
+    if a.ndim < 2:
+        raise ValueError("zero-dimensional arrays cannot be concatenated")
+    return a.reshape((a.shape[0] * a.shape[1], *a.shape[2:]))
 
 
 def chunk_multi_step_forward(
     split_size: int, x_seq: Any, modules: Any, state: Any, checkpoint: bool
 ) -> Any:
-    def impl(x: Any, s: Any) -> Any:
-        return _chunks(split_size, x, modules, s, checkpoint)
-
+    impl = functools.partial(_chunks, split_size=split_size, remat=checkpoint)
     return _run(("chunk", split_size, checkpoint), impl, x_seq, modules, state)
 
 
@@ -149,6 +194,9 @@ def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     return map_outputs(y, lambda a: jnp.swapaxes(a.reshape((b, t, *a.shape[1:])), 0, 1))
 
 
+def _map_time_last(x_seq: Any, modules: Any) -> Any:
+    return jax.vmap(lambda x: apply_modules(x, modules), in_axes=-1, out_axes=-1)(x_seq)
+
+
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
-    mapped = jax.vmap(lambda x: apply_modules(x, modules), in_axes=-1, out_axes=-1)
-    return _run("t_last_seq_to_ann", mapped, x_seq, modules)
+    return _run(("t_last_seq_to_ann",), _map_time_last, x_seq, modules)

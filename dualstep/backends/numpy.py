@@ -8,20 +8,27 @@ from typing import Any
 import numpy as np
 
 from .._modules import apply_modules, map_outputs, run_steps, stack_outputs, stacked_result
+from .._tree import map_with_path
 
 
 def _stack_last(arrays: list) -> np.ndarray:
     return np.stack(arrays, axis=-1)
 
 
+def _arrays(final: Any) -> Any:
+    # NumPy operations on 0-d arrays give NumPy scalars; torch and JAX give 0-d arrays.
+    return map_with_path(lambda a, _: np.asarray(a) if isinstance(a, np.generic) else a, final, "")
+
+
 def multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
-    ys, final = run_steps(x_seq, modules, state)
-    return stacked_result(ys, final, state, np.stack)
+    # `x_seq[t, ...]` is a 0-d array for a [T] input (`x_seq[t]` would be a NumPy scalar).
+    ys, final = run_steps((x_seq[t, ...] for t in range(x_seq.shape[0])), modules, state)
+    return stacked_result(ys, _arrays(final), state, np.stack)
 
 
 def t_last_multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
     ys, final = run_steps((x_seq[..., t] for t in range(x_seq.shape[-1])), modules, state)
-    return stacked_result(ys, final, state, _stack_last)
+    return stacked_result(ys, _arrays(final), state, _stack_last)
 
 
 def chunk_multi_step_forward(
@@ -30,7 +37,7 @@ def chunk_multi_step_forward(
     # `checkpoint` has nothing to save on NumPy: there is no backward pass.
     chunks = (x_seq[i : i + split_size] for i in range(0, x_seq.shape[0], split_size))
     ys, final = run_steps(chunks, modules, state)
-    return stacked_result(ys, final, state, np.concatenate)
+    return stacked_result(ys, _arrays(final), state, np.concatenate)
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:

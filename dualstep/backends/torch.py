@@ -6,17 +6,19 @@ same name computes (same ops in the same order), so results are bit-identical.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
-from torch.utils.checkpoint import checkpoint as checkpoint_fn
+from torch.utils import checkpoint as _ckpt
 
 from .._modules import (
     apply_modules,
     call_once,
     map_outputs,
     run_steps,
+    same_tuple,
     stack_outputs,
     stacked_result,
 )
@@ -34,34 +36,117 @@ def _cat_first(tensors: list) -> torch.Tensor:
     return torch.cat(tensors, dim=0)
 
 
+def _steps(x_seq: torch.Tensor, dim: int) -> list:
+    # One `select` view per step, as SpikingJelly: a module may then work in place on its
+    # input under autograd, which the views of one `unbind` do not allow.
+    return [x_seq.select(dim, t) for t in range(x_seq.shape[dim])]
+
+
 def multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
-    ys, final = run_steps(x_seq.unbind(0), modules, state)
+    ys, final = run_steps(_steps(x_seq, 0), modules, state)
     return stacked_result(ys, final, state, _stack_first)
 
 
 def t_last_multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
-    ys, final = run_steps(x_seq.unbind(-1), modules, state)
+    ys, final = run_steps(_steps(x_seq, -1), modules, state)
     return stacked_result(ys, final, state, _stack_last)
 
 
 def chunk_multi_step_forward(
     split_size: int, x_seq: torch.Tensor, modules: Any, state: Any, checkpoint: bool
 ) -> Any:
-    chunks = torch.split(x_seq, split_size)
-    if not torch.is_grad_enabled():
-        # Nothing to save for backward, so checkpointing is moot and outputs can be preallocated.
-        return _chunks_preallocated(chunks, x_seq.shape[0], modules, state, call_once, _copy_into)
-    if checkpoint:
-        return _chunks_preallocated(
-            chunks, x_seq.shape[0], modules, state, _call_checkpointed, _Into.apply
-        )
-    ys, final = run_steps(chunks, modules, state)
-    return stacked_result(ys, final, state, _cat_first)
+    # Slices rather than `torch.split`, whose views may not be modified in place under autograd.
+    steps = x_seq.shape[0]
+    chunks = [x_seq[i : i + split_size] for i in range(0, steps, split_size)]
+    grad = torch.is_grad_enabled()
+    call = _call_checkpointed if checkpoint and grad else call_once
+    if (grad and not checkpoint) or torch._C._are_functorch_transforms_active():
+        # Plain training concatenates like SpikingJelly. Under torch.func transforms a chunk's
+        # output may be batched where the first one was not: a preallocated result cannot
+        # take it, concatenation can.
+        ys, final = [], state
+        for xc in chunks:
+            y, final = call(xc, final, modules, state is not None)
+            ys.append(y)
+        return stacked_result(ys, final, state, _cat_first)
+    # No gradient: nothing to save, the outputs go straight into one preallocated result.
+    # Checkpointing: each chunk's output is written into it through autograd (`_Into`).
+    return _chunks_preallocated(
+        chunks, steps, modules, state, call, _Into.apply if grad else _copy_into
+    )
 
 
-def _call_checkpointed(xc: Any, state: Any, modules: Any) -> tuple[Any, Any]:
+_MISMATCH = (
+    "`checkpoint=True`: recomputing a chunk in the backward pass gave other values than the "
+    "forward pass for a tensor that autograd saved, so its gradients would be wrong. The likely "
+    "cause is a module that keeps hidden memory (a SpikingJelly neuron or any stateful module, "
+    "possibly inside a function or closure) and advanced it again; pass the state explicitly "
+    "with `state=`, or use checkpoint=False. A nondeterministic operation (GPU atomics) "
+    "does the same: wrap the module with torch.utils.checkpoint yourself to accept that"
+)
+
+
+class _SavedValues:
+    """What the recomputation of a checkpointed chunk must reproduce for one saved tensor.
+
+    torch's own determinism check compares shape, dtype and device; this adds a fingerprint
+    of the values, so a recomputation that differs raises instead of giving the gradients of
+    another computation. ``torch.utils.checkpoint`` takes it in forward (no host sync) and
+    compares it with the recomputed tensor's in backward (one sync per saved tensor).
+    """
+
+    __slots__ = ("fingerprint", "meta", "tensor")
+
+    def __init__(self, x: torch.Tensor) -> None:
+        self.meta = (x.shape, x.dtype, x.device)
+        self.fingerprint = _fingerprint(x)
+        self.tensor = weakref.ref(x)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _SavedValues) or self.meta != other.meta:
+            return False  # torch raises its own error, naming shape, dtype or device
+        saved = self.tensor()
+        if saved is not None and saved is other.tensor():
+            # The same tensor object (a parameter, a buffer, an input), not a recomputed one:
+            # changing it in place is autograd's business, and batch norm's running
+            # statistics legitimately change between forward and recomputation.
+            return True
+        a, b = self.fingerprint, other.fingerprint
+        if not bool(((a == b) | (a.isnan() & b.isnan())).all()):
+            raise RuntimeError(_MISMATCH)
+        return True
+
+    def __repr__(self) -> str:
+        shape, dtype, device = self.meta
+        return f"{{'shape': {shape}, 'dtype': {dtype}, 'device': {device}}}"
+
+
+def _fingerprint(x: torch.Tensor) -> torch.Tensor:
+    """Two float64 sums of `x`'s values, the second weighted by position."""
+    flat = x.detach().reshape(-1)
+    if flat.is_complex():
+        flat = torch.view_as_real(flat).reshape(-1)
+    flat = flat.to(torch.float64)
+    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
+    return torch.stack([flat.sum(), flat.dot(position)])
+
+
+# torch.utils.checkpoint looks its determinism checks up by name in this table when called;
+# registering one is the only way to compare values (its "default" compares metadata only).
+_ckpt._allowed_determinism_checks_to_fns["dualstep-values"] = _SavedValues
+
+
+def _call_checkpointed(xc: Any, state: Any, modules: Any, stateful: bool) -> tuple[Any, Any]:
     """One chunk whose activations are dropped and recomputed in the backward pass."""
-    return checkpoint_fn(call_once, xc, state, modules, use_reentrant=False)
+    return _ckpt.checkpoint(
+        call_once,
+        xc,
+        state,
+        modules,
+        stateful,
+        use_reentrant=False,
+        determinism_check="dualstep-values",
+    )
 
 
 def _copy_into(out: torch.Tensor, y: torch.Tensor, offset: int) -> torch.Tensor:
@@ -94,8 +179,8 @@ def _chunks_preallocated(
 ) -> Any:
     """Write each chunk's output into one result allocated from the first chunk's output.
 
-    `call(xc, state, modules)` runs one chunk; `write(out, y, offset)` stores `y` at `offset`
-    and returns the result. Falls back to concatenation (same values, same errors as
+    `call(xc, state, modules, stateful)` runs one chunk; `write(out, y, offset)` stores `y` at
+    `offset` and returns the result. Falls back to concatenation (same values, same errors as
     ``torch.cat``) as soon as an output does not fit: not aligned with its chunk, another
     trailing shape, dtype or device, or a first output that is not contiguous (``cat`` might
     then pick another layout).
@@ -103,8 +188,9 @@ def _chunks_preallocated(
     out: tuple | None = None
     offset = 0
     pending: list = []  # outputs to concatenate, once preallocation gave up
+    stateful, final = state is not None, state
     for xc in chunks:
-        y, state = call(xc, state, modules)
+        y, final = call(xc, final, modules, stateful)
         items = y if isinstance(y, tuple) else (y,)
         if out is None and not pending:
             out = _allocate(items, xc.shape[0], steps)
@@ -114,14 +200,14 @@ def _chunks_preallocated(
             continue
         if out is not None:
             written = tuple(o[:offset] for o in out)
-            pending.append(written if isinstance(y, tuple) else written[0])
+            pending.append(same_tuple(y, written) if isinstance(y, tuple) else written[0])
             out = None
         pending.append(y)
     if out is not None:
-        y_seq = out if isinstance(y, tuple) else out[0]
+        y_seq = same_tuple(y, out) if isinstance(y, tuple) else out[0]
     else:
         y_seq = stack_outputs(pending, _cat_first)
-    return y_seq if state is None else (y_seq, state)
+    return (y_seq, final) if stateful else y_seq
 
 
 def _allocate(items: tuple, length: int, steps: int) -> tuple | None:

@@ -42,7 +42,8 @@ class Row:
     `first_bad_step` is the first time step (index into ``T``) whose output is outside the
     tolerance, ``"final state"`` when only the final state is, ``"dtype"`` or ``"shape"`` when
     those differ, ``None`` when all agree. The errors are those at that step (over the whole
-    output when all agree).
+    output when all agree); the relative error of two values is
+    ``|got - want| / max(|got|, |want|)``, between 0 and 2, so it stays meaningful near zero.
     """
 
     backend: str
@@ -150,14 +151,21 @@ def _leaves(tree: Any) -> list:
 
 
 def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple[np.ndarray, ...]:
-    """Absolute and relative error per element in float64 (0 where both are NaN), and where
-    the absolute error exceeds ``atol + rtol * |want|`` for ``tolerance = (rtol, atol)``."""
+    """Absolute and relative error per element in float64, and where the absolute error
+    exceeds ``atol + rtol * |want|`` for ``tolerance = (rtol, atol)``.
+
+    Both are 0 where the values are equal (both NaN included). The relative error is
+    ``|got - want| / max(|got|, |want|)``: at most 2, and meaningful near zero, where dividing
+    by ``|want|`` alone explodes (a planted divergence once read 4.49e+307). A NaN or infinity
+    against anything else counts as 2.
+    """
     g, w = interop.to_numpy(got).astype(np.float64), want.astype(np.float64)
-    with np.errstate(invalid="ignore"):
-        abs_err = np.where((g == w) | (np.isnan(g) & np.isnan(w)), 0.0, np.abs(g - w))
-    abs_err = np.nan_to_num(abs_err, nan=np.inf)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        equal = (g == w) | (np.isnan(g) & np.isnan(w))
+        abs_err = np.nan_to_num(np.where(equal, 0.0, np.abs(g - w)), nan=np.inf)
+        rel_err = abs_err / np.maximum(np.abs(g), np.abs(w))
+    rel_err = np.where(equal, 0.0, np.nan_to_num(rel_err, nan=2.0, posinf=2.0))
     rtol, atol = tolerance
-    rel_err = abs_err / np.maximum(np.abs(w), np.finfo(np.float64).tiny)
     return abs_err, rel_err, abs_err > atol + rtol * np.abs(w)
 
 

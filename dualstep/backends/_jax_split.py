@@ -1,0 +1,264 @@
+"""Split a JAX step into the arrays it reads and a static key, as ``equinox.filter_jit`` does.
+
+The eager compile cache (in :mod:`dualstep.backends.jax`) keys a compiled program by the key and
+passes the arrays as arguments, so a step whose weights change is neither stale nor recompiled,
+and a new closure or ``functools.partial`` of the same code with new arrays reuses the program.
+
+What is walked, every call: tuples (named tuples included), lists and dicts; ``functools.partial``
+(function, arguments, keywords); bound methods (function and ``self``); Python functions (closure
+cells, defaults; the code and module namespace are keyed by identity); registered JAX pytrees
+(Equinox modules, Flax NNX modules, ...) one level at a time; Flax NNX graph nodes that are not
+pytrees through ``nnx.split``; plain Python objects (attributes in ``__dict__`` and slots).
+JAX and NumPy arrays (numbers and bools) are the arrays passed in. Python scalars, strings and
+other values hashable by value are part of the key by value (a change recompiles, as a static
+argument of ``jax.jit`` would); anything else is keyed by identity through a weak reference.
+
+The key holds no strong reference to the step or its arrays: code objects, module namespaces,
+classes and values hashable by value only. Not seen: module-level globals (baked into the
+program at its first trace), class attributes, arrays inside objects that are none of the above
+(keyed by identity). A cycle in the structure, or an object that can be neither walked, hashed
+nor weakly referenced, makes the step uncacheable (it then runs uncached, correct but slower).
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import sys
+import types
+import weakref
+from collections.abc import Iterator
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class Uncacheable(Exception):
+    """The step cannot be keyed without a strong reference or an endless walk."""
+
+
+class _Id:
+    """Hash and compare by identity, holding the object (code objects, module namespaces)."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Id) and other.obj is self.obj
+
+
+_EMPTY_CELL = object()
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
+_STATIC_BY_IDENTITY = (
+    type,
+    types.ModuleType,
+    types.BuiltinFunctionType,
+    types.CodeType,
+    np.ufunc,
+)
+
+
+def _is_array(x: Any) -> bool:
+    if isinstance(x, (jax.Array, jax.core.Tracer)):
+        return True
+    if isinstance(x, (np.ndarray, np.generic)):
+        return x.dtype == np.bool_ or bool(jnp.issubdtype(x.dtype, jnp.number))
+    return False
+
+
+# A node is (key part, children); `_make(obj, key part, new children)` builds the new object.
+_Node = tuple[Any, list]
+
+
+def _function(fn: types.FunctionType) -> _Node:
+    defaults, kwdefaults, closure = fn.__defaults__, fn.__kwdefaults__, fn.__closure__
+    if defaults is None and kwdefaults is None and closure is None:
+        return ("function", _Id(fn.__code__), _Id(fn.__globals__), 0, ()), []
+    children = list(defaults or ())
+    kw_names = tuple(kwdefaults or ())
+    children += (kwdefaults or {}).values()
+    for cell in closure or ():
+        try:
+            children.append(cell.cell_contents)
+        except ValueError:  # an empty cell (a name assigned later in the enclosing scope)
+            children.append(_EMPTY_CELL)
+    return ("function", _Id(fn.__code__), _Id(fn.__globals__), len(defaults or ()), kw_names), (
+        children
+    )
+
+
+def _make_function(fn: types.FunctionType, key: tuple, children: list) -> Any:
+    n_def, kw_names = key[3], key[4]
+    n_kw = n_def + len(kw_names)
+    closure = tuple(
+        types.CellType() if c is _EMPTY_CELL else types.CellType(c) for c in children[n_kw:]
+    )
+    new = types.FunctionType(
+        fn.__code__, fn.__globals__, fn.__name__, tuple(children[:n_def]) or None, closure
+    )
+    new.__kwdefaults__ = dict(zip(kw_names, children[n_def:n_kw], strict=True)) or None
+    new.__qualname__ = fn.__qualname__
+    new.__dict__.update(fn.__dict__)
+    return new
+
+
+def _slots(cls: type) -> list[str]:
+    names = []
+    for klass in cls.__mro__:
+        slots = klass.__dict__.get("__slots__", ())
+        names += [slots] if isinstance(slots, str) else list(slots)
+    return [n for n in names if n not in ("__dict__", "__weakref__")]
+
+
+def _plain_object(obj: Any) -> _Node | None:
+    """An instance of a class defined in Python (every base too): its attributes."""
+    cls = type(obj)
+    if not all(k is object or k.__flags__ & _HEAPTYPE for k in cls.__mro__):
+        return None
+    names = [n for n in _slots(cls) if hasattr(obj, n)]
+    attrs = getattr(obj, "__dict__", None)
+    if isinstance(attrs, dict):
+        names += list(attrs)
+    elif not names:
+        return None
+    return ("object", cls, tuple(names)), [getattr(obj, n) for n in names]
+
+
+def _node(obj: Any) -> _Node | None:
+    """The key part and children of `obj`; None for a leaf."""
+    cls = type(obj)
+    if cls in _SCALARS:
+        return None
+    if cls is types.FunctionType:
+        return _function(obj)
+    if cls is tuple or (isinstance(obj, tuple) and hasattr(obj, "_fields")):
+        return ("tuple", cls), list(obj)
+    if cls is list:
+        return "list", list(obj)
+    if isinstance(obj, dict):
+        return ("dict", cls, tuple(obj)), list(obj.values())
+    if cls is functools.partial:
+        return ("partial", len(obj.args), tuple(obj.keywords)), [
+            obj.func,
+            *obj.args,
+            *obj.keywords.values(),
+        ]
+    if cls is types.MethodType:
+        return "method", [obj.__func__, obj.__self__]
+    if isinstance(obj, _STATIC_BY_IDENTITY):
+        return None
+    children, treedef = jax.tree_util.tree_flatten(obj, is_leaf=lambda n: n is not obj)
+    if not (len(children) == 1 and children[0] is obj):  # a registered pytree node
+        return ("pytree", treedef), children
+    nnx = sys.modules.get("flax.nnx")
+    if nnx is not None and isinstance(obj, nnx.Module):
+        # An NNX graph node that is not a pytree (``pytree=False``): NNX's own split.
+        graphdef, state = nnx.split(obj)
+        return ("nnx", graphdef), [state]
+    return _plain_object(obj)
+
+
+def _make(obj: Any, key: Any, children: list) -> Any:
+    """`obj` rebuilt with new `children` (as `_node` listed them)."""
+    kind = key if isinstance(key, str) else key[0]
+    if kind == "function":
+        return _make_function(obj, key, children)
+    if kind == "tuple":
+        return tuple(children) if key[1] is tuple else key[1](*children)
+    if kind == "list":
+        return children
+    if kind == "dict":
+        new = copy.copy(obj)
+        new.update(zip(key[2], children, strict=True))
+        return new
+    if kind == "partial":
+        n = key[1]
+        return functools.partial(
+            children[0], *children[1 : n + 1], **dict(zip(key[2], children[n + 1 :], strict=True))
+        )
+    if kind == "method":
+        return types.MethodType(children[0], children[1])
+    if kind == "pytree":
+        return key[1].unflatten(children)
+    if kind == "nnx":
+        return sys.modules["flax.nnx"].merge(key[1], children[0])
+    new = copy.copy(obj)
+    for name, value in zip(key[2], children, strict=True):
+        object.__setattr__(new, name, value)
+    return new
+
+
+def _static_key(obj: Any) -> Any:
+    """The key of a leaf that is not an array: by value where hashable by value, else weakly."""
+    cls = type(obj)
+    if cls is float:
+        return float, obj.hex()  # -0.0 == 0.0 and nan != nan: key floats by their bits
+    if cls is complex:
+        return complex, obj.real.hex(), obj.imag.hex()
+    if isinstance(obj, _STATIC_BY_IDENTITY):
+        return _Id(obj)
+    if cls.__hash__ is not None and cls.__hash__ is not object.__hash__:
+        try:
+            hash(obj)
+        except TypeError:
+            pass
+        else:
+            return cls, obj
+    try:
+        return cls, weakref.ref(obj)
+    except TypeError:
+        raise Uncacheable(
+            f"{cls.__qualname__} is neither hashable nor weakly referenceable"
+        ) from None
+
+
+def key_and_arrays(obj: Any) -> tuple[Any, list]:
+    """The static key of `obj` and the arrays it holds, in walking order."""
+    arrays: list = []
+    path: set[int] = set()
+
+    def walk(x: Any) -> Any:
+        if _is_array(x):
+            arrays.append(x)
+            return None
+        node = _node(x)
+        if node is None:
+            return _static_key(x)
+        if id(x) in path:
+            raise Uncacheable("the step's structure has a cycle")
+        path.add(id(x))
+        key, children = node
+        out = (key, tuple([walk(c) for c in children])) if children else (key, ())
+        path.discard(id(x))
+        return out
+
+    return walk(obj), arrays
+
+
+def rebuild(obj: Any, arrays: Iterator) -> Any:
+    """`obj` with the arrays found by `key_and_arrays` replaced, in order, by `arrays`.
+
+    Parts that hold no array are returned as they are, not copied.
+    """
+
+    def walk(x: Any) -> tuple[Any, bool]:
+        if _is_array(x):
+            return next(arrays), True
+        node = _node(x)
+        if node is None:
+            return x, False
+        key, children = node
+        walked = [walk(c) for c in children]
+        if not any(changed for _, changed in walked):
+            return x, False
+        return _make(x, key, [c for c, _ in walked]), True
+
+    return walk(obj)[0]
