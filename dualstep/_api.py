@@ -52,10 +52,17 @@ def _check_state(state: Any, modules: Any, argument: str, x_seq: Any) -> Any:
     """
     if state is None:
         return state
-    kind = kind_of(x_seq)
-    for path, leaf in leaves_with_path(state, "state"):
+    same = type(x_seq)
+    leaves = (
+        leaves_with_path(state, "state")
+        if isinstance(state, (tuple, list, dict))
+        else [("state", state)]
+    )
+    for path, leaf in leaves:
+        if type(leaf) is same or leaf is None:  # the common case, decided without a lookup
+            continue
         leaf_kind = "numpy" if isinstance(leaf, np.generic) else kind_of(leaf)
-        if leaf is not None and leaf_kind != kind:
+        if leaf_kind != kind_of(x_seq):
             raise TypeError(
                 f"`{path}` must be the same kind of array as `x_seq` "
                 f"({type(x_seq).__qualname__}), or None; got "

@@ -374,3 +374,42 @@ def test_threads_with_different_weights_get_their_own_results():
     for i, got in results.items():
         want = plain(functools.partial(_weighted, w=jnp.float32(i)))
         np.testing.assert_allclose(got[1], want[1], rtol=1e-6)
+
+
+def test_frozen_dataclass_and_objects_that_refuse_copying():
+    @dataclasses.dataclass(frozen=True)
+    class Frozen:
+        w: object
+
+        def step(self, x, s):
+            return x * self.w, s
+
+    class NoCopy:
+        def __init__(self, w):
+            self.w = w
+
+        def __copy__(self):
+            raise RuntimeError("no copies")
+
+        def step(self, x, s):
+            return x * self.w, s
+
+    for make in (Frozen, NoCopy):
+        check(make(jnp.float32(2.0)).step)
+        check(make(jnp.float32(-3.0)).step)
+
+
+def test_closure_with_an_empty_cell():
+    def make(scaled):
+        def step(x, s):
+            return (x * w if scaled else x), TRACES(s)
+
+        if scaled:
+            w = jnp.float32(3.0)
+        return step
+
+    for scaled in (False, True):
+        check(make(scaled))
+    before = TRACES.n
+    check(make(False))  # the empty cell is part of the key: the same program again
+    assert TRACES.n == before

@@ -39,22 +39,11 @@ class Uncacheable(Exception):
     """The step cannot be keyed without a strong reference or an endless walk."""
 
 
-class _Id:
-    """Hash and compare by identity, holding the object (code objects, module namespaces)."""
-
-    __slots__ = ("obj",)
-
-    def __init__(self, obj: Any) -> None:
-        self.obj = obj
-
-    def __hash__(self) -> int:
-        return id(self.obj)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, _Id) and other.obj is self.obj
+class _EmptyCell:
+    """Stands for a closure cell with no value yet (a name assigned later in its scope)."""
 
 
-_EMPTY_CELL = object()
+_EMPTY_CELL = _EmptyCell()
 _SCALARS = (type(None), bool, int, float, complex, str, bytes)
 _HEAPTYPE = 1 << 9  # Py_TPFLAGS_HEAPTYPE: a class defined in Python
 _STATIC_BY_IDENTITY = (
@@ -66,12 +55,31 @@ _STATIC_BY_IDENTITY = (
 )
 
 
+_ARRAY, _NUMPY, _SCALAR, _OTHER = range(4)
+_type_kinds: dict[type, int] = {}
+
+
+def _type_kind(cls: type) -> int:
+    """What a type is to the walk, decided once per type (the walk runs on every call)."""
+    kind = _type_kinds.get(cls)
+    if kind is None:
+        if issubclass(cls, (jax.Array, jax.core.Tracer)):
+            kind = _ARRAY
+        elif issubclass(cls, (np.ndarray, np.generic)):
+            kind = _NUMPY
+        elif cls in _SCALARS:
+            kind = _SCALAR
+        else:
+            kind = _OTHER
+        _type_kinds[cls] = kind
+    return kind
+
+
 def _is_array(x: Any) -> bool:
-    if isinstance(x, (jax.Array, jax.core.Tracer)):
-        return True
-    if isinstance(x, (np.ndarray, np.generic)):
+    kind = _type_kind(type(x))
+    if kind == _NUMPY:  # numbers and bools; object or string arrays are static values
         return x.dtype == np.bool_ or bool(jnp.issubdtype(x.dtype, jnp.number))
-    return False
+    return kind == _ARRAY
 
 
 # A node is (key part, children); `_make(obj, key part, new children)` builds the new object.
@@ -81,7 +89,7 @@ _Node = tuple[Any, list]
 def _function(fn: types.FunctionType) -> _Node:
     defaults, kwdefaults, closure = fn.__defaults__, fn.__kwdefaults__, fn.__closure__
     if defaults is None and kwdefaults is None and closure is None:
-        return ("function", _Id(fn.__code__), _Id(fn.__globals__), 0, ()), []
+        return ("function", fn.__code__, fn.__globals__, 0, ()), []
     children = list(defaults or ())
     kw_names = tuple(kwdefaults or ())
     children += (kwdefaults or {}).values()
@@ -90,9 +98,7 @@ def _function(fn: types.FunctionType) -> _Node:
             children.append(cell.cell_contents)
         except ValueError:  # an empty cell (a name assigned later in the enclosing scope)
             children.append(_EMPTY_CELL)
-    return ("function", _Id(fn.__code__), _Id(fn.__globals__), len(defaults or ()), kw_names), (
-        children
-    )
+    return ("function", fn.__code__, fn.__globals__, len(defaults or ()), kw_names), children
 
 
 def _make_function(fn: types.FunctionType, key: tuple, children: list) -> Any:
@@ -190,7 +196,14 @@ def _make(obj: Any, key: Any, children: list) -> Any:
         return key[1].unflatten(children)
     if kind == "nnx":
         return sys.modules["flax.nnx"].merge(key[1], children[0])
-    new = copy.copy(obj)
+    # A plain object: a bare instance of its class with the attributes set, bypassing
+    # __init__, __copy__ and __setattr__ (frozen dataclasses, properties).
+    new = object.__new__(key[1])
+    for name in _slots(key[1]):
+        if hasattr(obj, name):
+            object.__setattr__(new, name, getattr(obj, name))
+    if isinstance(getattr(obj, "__dict__", None), dict):
+        new.__dict__.update(obj.__dict__)
     for name, value in zip(key[2], children, strict=True):
         object.__setattr__(new, name, value)
     return new
@@ -204,7 +217,7 @@ def _static_key(obj: Any) -> Any:
     if cls is complex:
         return complex, obj.real.hex(), obj.imag.hex()
     if isinstance(obj, _STATIC_BY_IDENTITY):
-        return _Id(obj)
+        return obj  # classes, modules, builtins: hashed by identity, long-lived
     if cls.__hash__ is not None and cls.__hash__ is not object.__hash__:
         try:
             hash(obj)
@@ -220,27 +233,50 @@ def _static_key(obj: Any) -> Any:
         ) from None
 
 
-def key_and_arrays(obj: Any) -> tuple[Any, list]:
-    """The static key of `obj` and the arrays it holds, in walking order."""
-    arrays: list = []
-    path: set[int] = set()
+_MAX_DEPTH = 100
 
-    def walk(x: Any) -> Any:
-        if _is_array(x):
+
+def key_and_arrays(obj: Any) -> tuple[Any, list, list]:
+    """The static key of `obj`, the arrays it holds in walking order, and the objects whose
+    identity the key names (code objects and module namespaces, by ``id``: whoever keeps the
+    key must keep these alive, so that no other object can take their ids)."""
+    if (
+        type(obj) is types.FunctionType
+        and obj.__closure__ is None
+        and obj.__defaults__ is None
+        and obj.__kwdefaults__ is None
+    ):  # the most common step: a plain function, keyed at once
+        key = ("function", id(obj.__code__), id(obj.__globals__), 0, ())
+        return (key, ()), [], [obj.__code__, obj.__globals__]
+    arrays: list = []
+    keep: list = []
+
+    def walk(x: Any, depth: int) -> Any:
+        cls = type(x)
+        kind = _type_kinds.get(cls)
+        if kind is None:
+            kind = _type_kind(cls)
+        if kind == _ARRAY:
+            arrays.append(x)
+            return None
+        if kind == _SCALAR:
+            return _static_key(x) if cls is float or cls is complex else (cls, x)
+        if kind == _NUMPY and _is_array(x):
             arrays.append(x)
             return None
         node = _node(x)
         if node is None:
             return _static_key(x)
-        if id(x) in path:
-            raise Uncacheable("the step's structure has a cycle")
-        path.add(id(x))
+        if depth > _MAX_DEPTH:
+            raise Uncacheable("the step's structure is too deep or has a cycle")
         key, children = node
-        out = (key, tuple([walk(c) for c in children])) if children else (key, ())
-        path.discard(id(x))
-        return out
+        if key[0] == "function":  # identity of code and namespace, not their values
+            keep.append(key[1])
+            keep.append(key[2])
+            key = ("function", id(key[1]), id(key[2]), key[3], key[4])
+        return key, tuple([walk(c, depth + 1) for c in children])
 
-    return walk(obj), arrays
+    return walk(obj, 0), arrays, keep
 
 
 def rebuild(obj: Any, arrays: Iterator) -> Any:

@@ -8,6 +8,7 @@ the cache key (:mod:`._jax_split`), so changed weights are seen without a recomp
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import threading
 from collections import OrderedDict
@@ -23,7 +24,7 @@ from .._modules import apply_modules, apply_stateful, map_outputs, stack_outputs
 from ._jax_split import Uncacheable, key_and_arrays, rebuild
 
 CACHE_SIZE = 128
-_cache: OrderedDict[Any, Callable] = OrderedDict()
+_cache: OrderedDict[Any, tuple[Callable, list]] = OrderedDict()
 _lock = threading.Lock()
 # The modules of the eager call being traced: read by the program while JAX traces it, so the
 # cached program itself holds no reference to them.
@@ -42,24 +43,29 @@ def _traced_program(impl: Callable) -> Callable:
     return jax.jit(program)
 
 
-def _program(key: tuple, impl: Callable) -> Callable:
-    """The jitted program for `key` (LRU, at most CACHE_SIZE entries)."""
-    with _lock:
-        fn = _cache.get(key)
-        if fn is not None:
+def _program(key: tuple, impl: Callable, keep: list) -> Callable:
+    """The jitted program for `key` (LRU, at most CACHE_SIZE entries); the entry keeps `keep`
+    alive, the objects whose ids are in `key`."""
+    entry = _cache.get(key)  # reads need no lock: each dict operation is atomic
+    if entry is not None:
+        with contextlib.suppress(KeyError):  # evicted by another thread just now: still usable
             _cache.move_to_end(key)
-            return fn
-    fn = _traced_program(impl)
+        return entry[0]
+    program = _traced_program(impl)
     with _lock:
-        fn = _cache.setdefault(key, fn)
+        entry = _cache.setdefault(key, (program, keep))
         while len(_cache) > CACHE_SIZE:
             _cache.popitem(last=False)
-    return fn
+    return entry[0]
+
+
+_Tracer = jax.core.Tracer
 
 
 def _is_traced(x_seq: Any) -> bool:
-    items = x_seq if isinstance(x_seq, tuple) else (x_seq,)
-    return any(isinstance(a, jax.core.Tracer) for a in items)
+    if isinstance(x_seq, tuple):
+        return any(isinstance(a, _Tracer) for a in x_seq)
+    return isinstance(x_seq, _Tracer)
 
 
 def _run(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
@@ -70,8 +76,8 @@ def _run(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> An
     if _is_traced(x_seq) or not _config.jax_cache:
         return impl(x_seq, modules, *args)
     try:
-        structure, arrays = key_and_arrays(modules)
-        program = _program((key, structure), impl)
+        structure, arrays, keep = key_and_arrays(modules)
+        program = _program((key, structure), impl, keep)
     except (Uncacheable, TypeError):
         # A cycle, or something that can be keyed neither by value nor weakly: run uncached.
         return impl(x_seq, modules, *args)
