@@ -124,15 +124,41 @@ def _slots(cls: type) -> list[str]:
     return [n for n in names if n not in ("__dict__", "__weakref__")]
 
 
-def _plain_object(obj: Any) -> _Node | None:
-    """An instance of a class defined in Python (every base too): its attributes."""
+# Per type, decided at first sight: "pytree" (a registered node: flattened every call),
+# "nnx" (an NNX graph node that is not a pytree), "plain" (a class defined in Python, every
+# base too: its attributes are walked), or "opaque" (a leaf).
+_object_kinds: dict[type, str] = {}
+_slot_names: dict[type, list[str]] = {}
+
+
+def _object_kind(obj: Any) -> str:
     cls = type(obj)
-    if not all(k is object or k.__flags__ & _HEAPTYPE for k in cls.__mro__):
-        return None
-    names = [n for n in _slots(cls) if hasattr(obj, n)]
+    kind = _object_kinds.get(cls)
+    if kind is not None:
+        return kind
+    children, _ = jax.tree_util.tree_flatten(obj, is_leaf=lambda n: n is not obj)
+    nnx = sys.modules.get("flax.nnx")
+    if not (len(children) == 1 and children[0] is obj):
+        kind = "pytree"
+    elif nnx is not None and isinstance(obj, nnx.Module):
+        kind = "nnx"
+    elif all(k is object or k.__flags__ & _HEAPTYPE for k in cls.__mro__):
+        kind = "plain"
+        _slot_names[cls] = _slots(cls)
+    else:
+        kind = "opaque"
+    _object_kinds[cls] = kind
+    return kind
+
+
+def _plain_object(obj: Any) -> _Node | None:
+    """An instance of a class defined in Python: its attributes (``__dict__`` and slots)."""
+    cls = type(obj)
+    slots = _slot_names[cls]
+    names = [n for n in slots if hasattr(obj, n)] if slots else []
     attrs = getattr(obj, "__dict__", None)
     if isinstance(attrs, dict):
-        names += list(attrs)
+        names += attrs
     elif not names:
         return None
     return ("object", cls, tuple(names)), [getattr(obj, n) for n in names]
@@ -161,15 +187,14 @@ def _node(obj: Any) -> _Node | None:
         return "method", [obj.__func__, obj.__self__]
     if isinstance(obj, _STATIC_BY_IDENTITY):
         return None
-    children, treedef = jax.tree_util.tree_flatten(obj, is_leaf=lambda n: n is not obj)
-    if not (len(children) == 1 and children[0] is obj):  # a registered pytree node
+    kind = _object_kind(obj)
+    if kind == "pytree":
+        children, treedef = jax.tree_util.tree_flatten(obj, is_leaf=lambda n: n is not obj)
         return ("pytree", treedef), children
-    nnx = sys.modules.get("flax.nnx")
-    if nnx is not None and isinstance(obj, nnx.Module):
-        # An NNX graph node that is not a pytree (``pytree=False``): NNX's own split.
-        graphdef, state = nnx.split(obj)
+    if kind == "nnx":  # an NNX graph node that is not a pytree (``pytree=False``)
+        graphdef, state = sys.modules["flax.nnx"].split(obj)
         return ("nnx", graphdef), [state]
-    return _plain_object(obj)
+    return _plain_object(obj) if kind == "plain" else None
 
 
 def _make(obj: Any, key: Any, children: list) -> Any:
@@ -199,7 +224,7 @@ def _make(obj: Any, key: Any, children: list) -> Any:
     # A plain object: a bare instance of its class with the attributes set, bypassing
     # __init__, __copy__ and __setattr__ (frozen dataclasses, properties).
     new = object.__new__(key[1])
-    for name in _slots(key[1]):
+    for name in _slot_names[key[1]]:
         if hasattr(obj, name):
             object.__setattr__(new, name, getattr(obj, name))
     if isinstance(getattr(obj, "__dict__", None), dict):

@@ -8,7 +8,6 @@ the cache key (:mod:`._jax_split`), so changed weights are seen without a recomp
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import threading
 from collections import OrderedDict
@@ -38,7 +37,7 @@ def clear_cache() -> None:
 
 def _traced_program(impl: Callable) -> Callable:
     def program(arrays: list, x_seq: Any, *args: Any) -> Any:
-        return impl(x_seq, rebuild(_tracing.modules[-1], iter(arrays)), *args)
+        return impl(x_seq, rebuild(_tracing.modules, iter(arrays)), *args)
 
     return jax.jit(program)
 
@@ -48,8 +47,10 @@ def _program(key: tuple, impl: Callable, keep: list) -> Callable:
     alive, the objects whose ids are in `key`."""
     entry = _cache.get(key)  # reads need no lock: each dict operation is atomic
     if entry is not None:
-        with contextlib.suppress(KeyError):  # evicted by another thread just now: still usable
+        try:  # noqa: SIM105 - contextlib.suppress costs a microsecond on every eager call
             _cache.move_to_end(key)
+        except KeyError:  # evicted by another thread just now: still usable
+            pass
         return entry[0]
     program = _traced_program(impl)
     with _lock:
@@ -81,12 +82,12 @@ def _run(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> An
     except (Uncacheable, TypeError):
         # A cycle, or something that can be keyed neither by value nor weakly: run uncached.
         return impl(x_seq, modules, *args)
-    stack = _tracing.__dict__.setdefault("modules", [])
-    stack.append(modules)
+    outer = getattr(_tracing, "modules", None)  # a step may make eager calls of its own
+    _tracing.modules = modules
     try:
         return program(arrays, x_seq, *args)
     finally:
-        stack.pop()
+        _tracing.modules = outer
 
 
 def _step(modules: Any, stateful: bool, remat: bool) -> Callable:
