@@ -6,6 +6,8 @@ same name computes (same ops in the same order), so results are bit-identical.
 
 from __future__ import annotations
 
+import functools
+import math
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -99,20 +101,34 @@ class _SavedValues:
 
     def __init__(self, x: torch.Tensor) -> None:
         self.meta = (x.shape, x.dtype, x.device)
-        self.fingerprint = _fingerprint(x)
-        self.tensor = weakref.ref(x)
+        if x.requires_grad and x.grad_fn is None:
+            # A parameter or an input leaf: alive anyway, kept as is and fingerprinted only
+            # if the recomputation saved another object in its place.
+            self.tensor: Any = x
+            self.fingerprint: torch.Tensor | None = None
+        else:
+            self.tensor = weakref.ref(x)
+            self.fingerprint = _fingerprint(x)
+
+    def _saved(self) -> torch.Tensor | None:
+        return self.tensor if isinstance(self.tensor, torch.Tensor) else self.tensor()
+
+    def _fingerprint_value(self) -> float:
+        if self.fingerprint is None:  # a kept leaf, alive
+            return _fingerprint(self.tensor).item()
+        return self.fingerprint.item()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, _SavedValues) or self.meta != other.meta:
             return False  # torch raises its own error, naming shape, dtype or device
-        saved = self.tensor()
-        if saved is not None and saved is other.tensor():
+        saved, recomputed = self._saved(), other._saved()
+        if saved is not None and saved is recomputed:
             # The same tensor object (a parameter, a buffer, an input), not a recomputed one:
             # changing it in place is autograd's business, and batch norm's running
             # statistics legitimately change between forward and recomputation.
             return True
-        a, b = self.fingerprint, other.fingerprint
-        if not bool(((a == b) | (a.isnan() & b.isnan())).all()):
+        a_value, b_value = self._fingerprint_value(), other._fingerprint_value()
+        if a_value != b_value and not (math.isnan(a_value) and math.isnan(b_value)):
             raise RuntimeError(_MISMATCH)
         return True
 
@@ -122,13 +138,24 @@ class _SavedValues:
 
 
 def _fingerprint(x: torch.Tensor) -> torch.Tensor:
-    """Two float64 sums of `x`'s values, the second weighted by position."""
+    """The float64 sum of `x`'s values weighted by position (1, 2, 3, ...): a count, a value
+    or a place that changes changes it. Two small kernels; a chunk saves many tensors."""
     flat = x.detach().reshape(-1)
     if flat.is_complex():
         flat = torch.view_as_real(flat).reshape(-1)
-    flat = flat.to(torch.float64)
-    position = torch.arange(1, flat.numel() + 1, dtype=torch.float64, device=flat.device)
-    return torch.stack([flat.sum(), flat.dot(position)])
+    return flat.to(torch.float64).dot(_positions(flat.numel(), flat.device))
+
+
+def _positions(n: int, device: torch.device) -> torch.Tensor:
+    """``1, 2, ..., n`` in float64; lengths a training loop repeats are kept when small."""
+    if n <= 1 << 18:
+        return _small_positions(n, device)
+    return torch.arange(1, n + 1, dtype=torch.float64, device=device)
+
+
+@functools.lru_cache(maxsize=8)
+def _small_positions(n: int, device: torch.device) -> torch.Tensor:
+    return torch.arange(1, n + 1, dtype=torch.float64, device=device)
 
 
 # torch.utils.checkpoint looks its determinism checks up by name in this table when called;
