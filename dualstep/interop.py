@@ -2,7 +2,7 @@
 
 `to_torch`, `to_jax` and `to_numpy` convert an array, or any nesting of tuples (named tuples
 included), lists and dicts of arrays; ``None`` and Python scalars pass through unchanged, as in
-a `state=` tuple. The dtype is kept (float16, bfloat16, float32, float64, the integer types,
+a `state=` tuple, and NumPy scalars convert as the 0-d arrays they are. The dtype is kept (float16, bfloat16, float32, float64, the integer types,
 bool, complex) and so is the device where both sides have it.
 
 Memory is shared where the frameworks allow it: torch <-> JAX through DLPack (a CPU tensor sent
@@ -10,8 +10,9 @@ to JAX and back is the original memory), torch -> NumPy through ``Tensor.numpy()
 NumPy as a read-only view. A shared buffer changes on both sides: JAX assumes its arrays never
 change, so do not modify a tensor in place while a JAX array made from it is in use.
 Copies are made where sharing is impossible: from NumPy to JAX (XLA wants its own alignment), a
-read-only NumPy array to torch (torch tensors are always writable), a CUDA tensor to NumPy, a
-buffer JAX cannot alias (for example an unaligned slice).
+read-only NumPy array to torch (torch tensors are always writable), a NumPy array with negative
+strides or another byte order to torch, a CUDA tensor to NumPy, a tensor JAX cannot alias (a
+broadcast or strided view, an offset it cannot take, a conjugate or negative view).
 
 `module_to_jax` and `module_from_jax` port a torch ``nn.Module``'s parameters and buffers to a
 dict of JAX arrays keyed by their names, and back; both copy.
