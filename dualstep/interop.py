@@ -2,8 +2,9 @@
 
 `to_torch`, `to_jax` and `to_numpy` convert an array, or any nesting of tuples (named tuples
 included), lists and dicts of arrays; ``None`` and Python scalars pass through unchanged, as in
-a `state=` tuple, and NumPy scalars convert as the 0-d arrays they are. The dtype is kept (float16, bfloat16, float32, float64, the integer types,
-bool, complex) and so is the device where both sides have it.
+a `state=` tuple, and NumPy scalars convert as the 0-d arrays they are. The dtype is kept
+(float16, bfloat16, float32, float64, the integer types, bool, complex) and so is the device
+where both sides have it.
 
 Memory is shared where the frameworks allow it: torch <-> JAX through DLPack (a CPU tensor sent
 to JAX and back is the original memory), torch -> NumPy through ``Tensor.numpy()`` and JAX ->
