@@ -18,13 +18,14 @@ def map_with_path(fn: Callable[[Any, str], Any], tree: Any, path: str) -> Any:
     return fn(tree, path)
 
 
-def leaves_with_path(tree: Any, path: str) -> Iterator[tuple[str, Any]]:
-    """``(path, leaf)`` for every leaf of `tree`, in order (dicts in insertion order)."""
+def leaves_with_path(tree: Any, path: str, *, sort_keys: bool = False) -> Iterator[tuple[str, Any]]:
+    """``(path, leaf)`` for every leaf of `tree`, in order: dicts in insertion order, or by
+    sorted key with `sort_keys` (JAX's order, so trees from every backend line up)."""
     if isinstance(tree, (tuple, list)):
         for i, v in enumerate(tree):
-            yield from leaves_with_path(v, f"{path}[{i}]")
+            yield from leaves_with_path(v, f"{path}[{i}]", sort_keys=sort_keys)
     elif isinstance(tree, dict):
-        for k, v in tree.items():
-            yield from leaves_with_path(v, f"{path}[{k!r}]")
+        for k in sorted(tree) if sort_keys else tree:
+            yield from leaves_with_path(tree[k], f"{path}[{k!r}]", sort_keys=sort_keys)
     else:
         yield path, tree

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from ._dispatch import SUPPORTED, kind_of
+from ._tree import map_with_path
 
 __all__ = ["module_from_jax", "module_to_jax", "to_jax", "to_numpy", "to_torch"]
 
@@ -34,24 +35,22 @@ _PASS_THROUGH = (type(None), bool, int, float, complex)
 
 
 def _map(tree: Any, convert: Callable[[Any, str, str], Any], path: str) -> Any:
-    if isinstance(tree, tuple):
-        items = [_map(v, convert, f"{path}[{i}]") for i, v in enumerate(tree)]
-        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
-    if isinstance(tree, list):
-        return [_map(v, convert, f"{path}[{i}]") for i, v in enumerate(tree)]
-    if isinstance(tree, dict):
-        return {k: _map(v, convert, f"{path}[{k!r}]") for k, v in tree.items()}
-    if isinstance(tree, _PASS_THROUGH):
-        return tree
-    if isinstance(tree, np.generic):
-        tree = np.asarray(tree)  # NumPy's scalars are its 0-d arrays
-    kind = kind_of(tree)
-    if kind is None:
-        raise TypeError(
-            f"`{path}` must be a {SUPPORTED}, or a tuple/list/dict of them; "
-            f"got {type(tree).__module__}.{type(tree).__qualname__}"
-        )
-    return convert(tree, kind, path)
+    """`convert(leaf, kind, path)` on every array of `tree`; None and Python scalars pass."""
+
+    def leaf(x: Any, where: str) -> Any:
+        if isinstance(x, _PASS_THROUGH):
+            return x
+        if isinstance(x, np.generic):
+            x = np.asarray(x)  # NumPy's scalars are its 0-d arrays
+        kind = kind_of(x)
+        if kind is None:
+            raise TypeError(
+                f"`{where}` must be a {SUPPORTED}, or a tuple/list/dict of them; "
+                f"got {type(x).__module__}.{type(x).__qualname__}"
+            )
+        return convert(x, kind, where)
+
+    return map_with_path(leaf, tree, path)
 
 
 def _bfloat16() -> Any:
@@ -89,6 +88,11 @@ def _torch_to_numpy(t: Any) -> np.ndarray:
 
 
 _NEEDS_X64 = {"float64", "int64", "uint64", "complex128"}
+
+
+def needs_x64(a: Any) -> bool:
+    """Whether JAX needs ``jax_enable_x64`` to hold an array of `a`'s dtype unchanged."""
+    return _dtype_name(a) in _NEEDS_X64
 
 
 def _check_jax_dtype(name: str, path: str) -> None:

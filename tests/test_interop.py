@@ -288,3 +288,15 @@ def test_cuda_tensors_keep_their_device():
     else:
         with pytest.raises(ValueError, match="cannot be moved to JAX"):
             to_jax(t)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_needs_x64_is_the_one_rule_for_64_bit_dtypes(kind, jax_x64):
+    """One rule, used by `to_jax` and by `assert_backends_close` (which used to read
+    ``itemsize == 8`` and so also switched JAX to x64 for complex64)."""
+    from dualstep.interop import needs_x64
+
+    wide = {"float64", "int64", "uint64", "complex128"}
+    for name in ["float32", "int32", "complex64", "float16", "bool", *sorted(wide)]:
+        a = _make(kind, np.zeros(2, dtype=name))
+        assert needs_x64(a) == (name in wide), (kind, name)

@@ -14,6 +14,7 @@ from array_api_compat import array_namespace
 import dualstep as ds
 
 from .. import interop
+from .._tree import leaves_with_path
 
 FUNCTIONS = (
     "multi_step_forward",
@@ -143,11 +144,8 @@ def _run(function: str, step: Any, x: Any, state: Any, split_size: int) -> tuple
 
 
 def _leaves(tree: Any) -> list:
-    if isinstance(tree, (tuple, list)):
-        return [leaf for item in tree for leaf in _leaves(item)]
-    if isinstance(tree, dict):
-        return [leaf for key in sorted(tree) for leaf in _leaves(tree[key])]
-    return [] if tree is None else [tree]
+    """The arrays of `tree`, dicts by sorted key (JAX's order, so backends line up)."""
+    return [leaf for _, leaf in leaves_with_path(tree, "", sort_keys=True) if leaf is not None]
 
 
 def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple[np.ndarray, ...]:
@@ -312,7 +310,7 @@ def assert_backends_close(
         return (r if rtol is None else rtol), (a if atol is None else atol)
 
     rows = []
-    wide = any(np.dtype(a.dtype).itemsize == 8 for a in [x, *_leaves(state)])
+    wide = any(interop.needs_x64(a) for a in [x, *_leaves(state)])
     with jax_x64(wide and "jax" in backends):
         for backend in backends:
             convert = CONVERT[backend]
