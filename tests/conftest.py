@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
 
+from dualstep._tree import map_with_path
+
 # JAX compiles on first call, so no per-example deadline. The backend fixture only flips
 # configuration that it restores, so reusing it across examples is safe.
 settings.register_profile(
@@ -42,13 +44,8 @@ class Backend:
 
 
 def _tree_map(fn: Callable, value: Any) -> Any:
-    if value is None:
-        return None
-    if isinstance(value, (tuple, list)):
-        return type(value)(_tree_map(fn, v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tree_map(fn, v) for k, v in value.items()}
-    return fn(value)
+    """`fn` on every array of a nesting; None stays None."""
+    return map_with_path(lambda a, _: None if a is None else fn(a), value, "")
 
 
 def _numpy_backend() -> Backend:

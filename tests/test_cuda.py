@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import dualstep as ds
+from dualstep._tree import leaves_with_path
 from dualstep.testing import lif_step
 
 torch = pytest.importorskip("torch")
@@ -42,7 +43,7 @@ def _calls(checkpoint=False):
 
 
 def _leaves(out):
-    return list(out) if isinstance(out, tuple) else [out]
+    return [leaf for _, leaf in leaves_with_path(out, "")]
 
 
 @pytest.mark.parametrize("mode", ["grad", "no_grad", "checkpoint"])

@@ -9,6 +9,7 @@ from conftest import assert_close
 from hypothesis import given, settings
 
 import dualstep as ds
+from dualstep._tree import leaves_with_path
 from dualstep.testing.strategies import sequences
 
 
@@ -101,26 +102,12 @@ def test_seq_to_ann_equals_multi_step_for_stateless(backend, x):
 
 def _assert_state_close(got, want, dtype) -> None:
     """Same nesting, ``None`` entries in the same places, leaves close."""
-    assert _structure(got) == _structure(want)
-    for g, w in zip(_flat(got), _flat(want), strict=True):
+    got_leaves = list(leaves_with_path(got, "state", sort_keys=True))
+    want_leaves = list(leaves_with_path(want, "state", sort_keys=True))
+    assert [(p, g is None) for p, g in got_leaves] == [(p, w is None) for p, w in want_leaves]
+    for (_, g), (_, w) in zip(got_leaves, want_leaves, strict=True):
         if w is not None:
             assert_close(g, w, dtype=dtype)
-
-
-def _structure(tree):
-    if isinstance(tree, (tuple, list)):
-        return tuple(_structure(item) for item in tree)
-    if isinstance(tree, dict):
-        return {key: _structure(item) for key, item in tree.items()}
-    return None if tree is None else "leaf"
-
-
-def _flat(tree) -> list:
-    if isinstance(tree, (tuple, list)):
-        return [leaf for item in tree for leaf in _flat(item)]
-    if isinstance(tree, dict):
-        return [leaf for key in sorted(tree) for leaf in _flat(tree[key])]
-    return [tree]
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
