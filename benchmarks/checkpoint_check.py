@@ -18,23 +18,13 @@ from torch.utils.checkpoint import checkpoint
 
 import dualstep as ds
 
-from .memory import TRAIN_SHAPE, TRAIN_SPLIT
+from .memory import TRAIN_SHAPE, TRAIN_SPLIT, torch_train_model
 from .run import time_side_by_side
 
 
 def main() -> None:
     t, b, n = TRAIN_SHAPE
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(n, n)
-    x = torch.randn(t, b, n)
-
-    def lif(xt, v):
-        h = v + (linear(xt) - v) / 2.0
-        s = torch.sigmoid(4.0 * (h - 1.0))
-        return s, h * (1.0 - s)
-
-    def chunk(xc, v):
-        return ds.multi_step_forward(xc, lif, state=v)
+    linear, x, chunk = torch_train_model()
 
     def unchecked_chunk(xc, v):
         return checkpoint(chunk, xc, v, use_reentrant=False)

@@ -59,10 +59,9 @@ def chunk_inference(system: str) -> dict:
     return {"extra_peak_bytes": extra, "output_bytes": x.numel() * 4}
 
 
-def _torch_train(checkpoint: bool, hold_output: bool) -> dict:
-    """Peak of one forward+backward. A training loop (``loss(y).backward()``) lets the output
-    go once the loss is computed; `hold_output` keeps it alive through the backward pass, so the
-    peak then includes the output and its gradient (2x the output's bytes) on any path."""
+def torch_train_model() -> tuple:
+    """The training workload on torch: ``(linear, x, chunk)``, Linear then a smooth LIF over
+    ``x`` of `TRAIN_SHAPE`, with `chunk(x_chunk, v)` a stateful chunk module."""
     import torch
 
     import dualstep as ds
@@ -79,6 +78,20 @@ def _torch_train(checkpoint: bool, hold_output: bool) -> dict:
 
     def chunk(xc, v):
         return ds.multi_step_forward(xc, lif, state=v)
+
+    return linear, x, chunk
+
+
+def _torch_train(checkpoint: bool, hold_output: bool) -> dict:
+    """Peak of one forward+backward. A training loop (``loss(y).backward()``) lets the output
+    go once the loss is computed; `hold_output` keeps it alive through the backward pass, so the
+    peak then includes the output and its gradient (2x the output's bytes) on any path."""
+    import torch
+
+    import dualstep as ds
+
+    _, b, n = TRAIN_SHAPE
+    linear, x, chunk = torch_train_model()
 
     def forward():
         y, _ = ds.chunk_multi_step_forward(
