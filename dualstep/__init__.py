@@ -8,10 +8,12 @@ from ._api import (
     t_last_seq_to_ann_forward,
 )
 from ._config import clear_jax_cache, set_jax_cache
+from .fused import NotFusable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "NotFusable",
     "__version__",
     "chunk_multi_step_forward",
     "clear_jax_cache",

@@ -9,6 +9,7 @@ import numpy as np
 
 from ._dispatch import backend_for, kind_of
 from ._tree import leaves_with_path
+from .fused import check_fused
 
 _STATE_RULE = """
     With ``state=None`` (the default) every module is called as ``m(x)`` and the call returns
@@ -140,6 +141,17 @@ def _check_checkpoint(checkpoint: Any, modules: Any) -> None:
         )
 
 
+def _check_fused(fused: Any, unroll: Any) -> None:
+    if fused is not False:
+        check_fused(fused)
+    if unroll is None:
+        return
+    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)):
+        raise TypeError(f"`unroll` must be a positive int or None; got {_describe(unroll)}")
+    if unroll <= 0:
+        raise ValueError(f"`unroll` must be a positive int or None; got {unroll}")
+
+
 def _check_split_size(split_size: Any) -> int:
     if isinstance(split_size, bool) or not isinstance(split_size, (int, np.integer)):
         raise TypeError(f"`split_size` must be a positive int; got {_describe(split_size)}")
@@ -176,7 +188,14 @@ def _check_seq_to_ann(x_seq: Any, leading: int):
     return backend
 
 
-def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None) -> Any:
+def multi_step_forward(
+    x_seq: Any,
+    single_step_module: Any,
+    *,
+    state: Any = None,
+    fused: bool | str = False,
+    unroll: int | None = None,
+) -> Any:
     """Run single-step module(s) over the time axis of a ``[T, batch_size, ...]`` sequence.
 
     The module is called once per step on ``x_seq[t]`` for t = 0..T-1, in order; a list or
@@ -193,6 +212,16 @@ def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None
         Single-step module(s): ``nn.Module``, function, ``nn.Sequential``.
     state : array, pytree of arrays, or tuple with one entry per module, optional
         Initial state; see above.
+    fused : bool or 'auto', default False
+        Run the whole sequence as one kernel (Pallas on JAX, Triton on torch) that loops over
+        time inside; the step must be elementwise (README, "Fused kernels"). ``True`` raises
+        ValueError naming what could not be fused; ``'auto'`` fuses on a GPU when it can and
+        runs the loop otherwise. On CPU a fused kernel runs through its interpreter, which is
+        slow and meant for tests. NumPy has no kernels: ``True`` raises there.
+    unroll : int, optional
+        JAX only: time steps per ``lax.scan`` iteration (XLA fuses an unrolled elementwise
+        body). By default 1 on CPU and, on a GPU, 32 for an elementwise step. torch and NumPy
+        loop step by step and ignore it.
 
     Returns
     -------
@@ -208,7 +237,8 @@ def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None
         structure, shape or dtype (torch under autocast may change a floating dtype).
     ValueError
         `x_seq` has no dimensions or ``T == 0``; `state` has the wrong number of entries; a
-        SpikingJelly memory module is in multi-step mode.
+        SpikingJelly memory module is in multi-step mode; ``fused=True`` with a step that cannot
+        be fused (``dualstep.NotFusable``, a ValueError); `unroll` is not positive.
 
     Exceptions raised by the modules propagate unchanged. On JAX the call lowers to one
     ``lax.scan``; eager calls reuse a compiled program per step structure and input shapes,
@@ -230,10 +260,18 @@ def multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None
     _check_modules(single_step_module, "single_step_module")
     _check_step_mode(single_step_module, "single_step_module", "s")
     state = _check_state(state, single_step_module, "single_step_module", x_seq)
-    return backend.multi_step_forward(x_seq, single_step_module, state)
+    _check_fused(fused, unroll)
+    return backend.multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 
-def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any = None) -> Any:
+def t_last_multi_step_forward(
+    x_seq: Any,
+    single_step_module: Any,
+    *,
+    state: Any = None,
+    fused: bool | str = False,
+    unroll: int | None = None,
+) -> Any:
     """Run single-step module(s) over the last (time) axis of a ``[batch_size, ..., T]`` sequence.
 
     Identical to :func:`multi_step_forward` with the time axis last: the module is called on
@@ -246,6 +284,9 @@ def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any
     x_seq : array, shape ``[batch_size, ..., T]``
     single_step_module : callable or list/tuple of callables
     state : array, pytree of arrays, or tuple with one entry per module, optional
+    fused : bool or 'auto', default False
+    unroll : int, optional
+        As :func:`multi_step_forward`.
 
     Returns
     -------
@@ -270,7 +311,8 @@ def t_last_multi_step_forward(x_seq: Any, single_step_module: Any, *, state: Any
     _check_modules(single_step_module, "single_step_module")
     _check_step_mode(single_step_module, "single_step_module", "s")
     state = _check_state(state, single_step_module, "single_step_module", x_seq)
-    return backend.t_last_multi_step_forward(x_seq, single_step_module, state)
+    _check_fused(fused, unroll)
+    return backend.t_last_multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 
 def chunk_multi_step_forward(

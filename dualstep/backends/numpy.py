@@ -9,6 +9,7 @@ import numpy as np
 
 from .._modules import apply_modules, map_outputs, run_steps, stack_outputs, stacked_result
 from .._tree import map_with_path
+from ..fused import NotFusable
 
 
 def _stack_last(arrays: list) -> np.ndarray:
@@ -20,13 +21,24 @@ def _arrays(final: Any) -> Any:
     return map_with_path(lambda a, _: np.asarray(a) if isinstance(a, np.generic) else a, final, "")
 
 
-def multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
+def _no_kernels(fused: bool | str) -> None:
+    if fused is True:
+        raise NotFusable("`fused=True`: NumPy arrays have no fused kernel; use fused=False or 'auto'")
+
+
+def multi_step_forward(
+    x_seq: np.ndarray, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
+) -> Any:
+    _no_kernels(fused)  # `unroll` is for lax.scan; this loop runs step by step
     # `x_seq[t, ...]` is a 0-d array for a [T] input (`x_seq[t]` would be a NumPy scalar).
     ys, final = run_steps((x_seq[t, ...] for t in range(x_seq.shape[0])), modules, state)
     return stacked_result(ys, _arrays(final), state, np.stack)
 
 
-def t_last_multi_step_forward(x_seq: np.ndarray, modules: Any, state: Any) -> Any:
+def t_last_multi_step_forward(
+    x_seq: np.ndarray, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
+) -> Any:
+    _no_kernels(fused)
     ys, final = run_steps((x_seq[..., t] for t in range(x_seq.shape[-1])), modules, state)
     return stacked_result(ys, _arrays(final), state, _stack_last)
 

@@ -1,0 +1,95 @@
+"""Whole-sequence kernels for elementwise steps: the time loop inside one kernel.
+
+``pallas.py`` lowers a step for JAX, ``triton.py`` for torch; this file holds what both share:
+which steps can be fused, how a call's arrays are laid out for a kernel, and the launch table.
+
+A step can be fused when every output and every state leaf has the shape of one time step of
+``x_seq`` and every operation it performs is elementwise (arithmetic, comparisons, casts,
+``where``, exponentials, surrogate-gradient functions built from these), so that element ``i`` of
+step ``t`` depends only on element ``i`` of ``x_seq[t]`` and of the state. Values the step
+captures must be scalars. The kernel then views ``x_seq`` as ``[T, N]`` (N elements per step),
+gives each program a block of N and loops over time inside the program.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .._modules import call_once
+from .._tree import leaves_with_path, map_with_path
+
+# Launch parameters: elements per program, time steps whose loads are issued together, warps.
+# A data table so that a measured retune changes numbers, not code.
+LAUNCH = {"block": 1024, "unroll": 8, "num_warps": 4}
+# Interpreted (CPU) runs: small blocks keep the interpreter's per-program cost low.
+INTERPRET_LAUNCH = {"block": 64, "unroll": 2, "num_warps": 1}
+
+
+class NotFusable(ValueError):
+    """``fused=True`` was asked for a step that cannot run as one elementwise kernel."""
+
+
+def check_fused(fused: Any) -> None:
+    """`fused` is a bool or ``'auto'``."""
+    if isinstance(fused, bool) or (isinstance(fused, str) and fused == "auto"):
+        return
+    error = ValueError if isinstance(fused, str) else TypeError
+    raise error(f"`fused` must be True, False or 'auto'; got {fused!r}")
+
+
+def state_leaves(state: Any) -> list:
+    """The arrays of `state` in order (``None`` entries hold none)."""
+    return [leaf for _, leaf in leaves_with_path(state, "state") if leaf is not None]
+
+
+def with_leaves(state: Any, leaves: Any) -> Any:
+    """`state` with its arrays replaced, in order, by `leaves`."""
+    it: Iterator[Any] = iter(leaves)
+    return map_with_path(lambda leaf, _: None if leaf is None else next(it), state, "")
+
+
+def output_leaves(y: Any) -> tuple[list, Callable[[list], Any]]:
+    """A step's output as a list of arrays and the function that rebuilds its structure."""
+    if isinstance(y, tuple):
+        return list(y), lambda items: type(y)(*items) if hasattr(y, "_fields") else tuple(items)
+    return [y], lambda items: items[0]
+
+
+def flat_step(modules: Any, state: Any, outputs: list) -> Callable[..., tuple]:
+    """The step as ``(x, *state_arrays) -> (*y_arrays, *new_state_arrays)``.
+
+    The first call records, in `outputs`, the function that rebuilds the output structure.
+    """
+    stateful = state is not None
+
+    def step(x: Any, *leaves: Any) -> tuple:
+        y, new = call_once(x, with_leaves(state, leaves) if stateful else None, modules, stateful)
+        ys, rebuild = output_leaves(y)
+        if not outputs:
+            outputs.append((len(ys), rebuild))
+        return (*ys, *(state_leaves(new) if stateful else ()))
+
+    return step
+
+
+def check_layout(step_shape: tuple, leaves: list, kind: str) -> None:
+    """Every array a kernel reads or writes per step has the step's shape."""
+    for i, leaf in enumerate(leaves):
+        if tuple(leaf.shape) != tuple(step_shape):
+            raise not_fusable(
+                f"{kind} {i} has shape {tuple(leaf.shape)}, not the shape of one time step of "
+                f"`x_seq`, {tuple(step_shape)}"
+            )
+
+
+def size(shape: tuple) -> int:
+    return math.prod(shape)
+
+
+def not_fusable(what: str) -> NotFusable:
+    return NotFusable(
+        f"`fused=True` needs an elementwise step (README, \"Fused kernels\"); {what}. "
+        "Use fused=False for the plain loop, or fused='auto' to fall back to it"
+    )

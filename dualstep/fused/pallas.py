@@ -1,0 +1,257 @@
+"""JAX lowering: one ``pl.pallas_call`` runs the whole sequence, the user's step inside it.
+
+The step is traced once per block shape into a jaxpr; values it captures (scalars, possibly
+tracers of an enclosing ``jit`` or ``grad``) become kernel inputs. Each program owns a block of
+the N elements of a step and loops over time with ``lax.fori_loop``, reading ``x[t]`` and the
+carried state, writing ``y[t]``. Gradients come from a second kernel that loops backwards over
+time, calling ``jax.vjp`` of the step (its own ``custom_vjp``/``custom_jvp`` surrogates
+included) on the state saved before each step. On CPU the kernels run in Pallas' interpret
+mode (for testing); on a GPU through Pallas' Triton backend.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from . import (
+    INTERPRET_LAUNCH,
+    LAUNCH,
+    check_layout,
+    flat_step,
+    not_fusable,
+    size,
+    state_leaves,
+    with_leaves,
+)
+
+_ELEMENTWISE = frozenset(
+    """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type
+    copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 expm1 floor ge gt integer_pow
+    is_finite le log log1p logistic lt max min mul ne neg nextafter not or pow reduce_precision
+    rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan tanh xor""".split()
+)
+# Primitives that wrap a jaxpr: fusable when everything inside is.
+_NESTED = frozenset(
+    "jit pjit closed_call core_call custom_jvp_call custom_vjp_call checkpoint remat".split()
+)
+
+
+def _check_jaxpr(jaxpr: Any, step_shape: tuple) -> None:
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name in _NESTED:
+            for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
+                inner = eqn.params.get(key)
+                if inner is not None:
+                    _check_jaxpr(getattr(inner, "jaxpr", inner), step_shape)
+        elif name == "broadcast_in_dim":
+            if eqn.invars[0].aval.shape != ():
+                raise not_fusable(f"it broadcasts an array of shape {eqn.invars[0].aval.shape}")
+        elif name not in _ELEMENTWISE:
+            raise not_fusable(f"it uses `{name}`, which is not elementwise")
+        for var in eqn.outvars:
+            if var.aval.shape not in ((), step_shape):
+                raise not_fusable(f"`{name}` gives an array of shape {var.aval.shape}")
+
+
+def _trace(step: Any, shape: tuple, x: Any, leaves: list) -> Any:
+    def spec(a: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, a.dtype)
+
+    return jax.make_jaxpr(step)(spec(x), *map(spec, leaves))
+
+
+def fusable(x_seq: Any, modules: Any, state: Any) -> Any:
+    """The checked step jaxpr at one time step's shape, or raise NotFusable."""
+    leaves = state_leaves(state) if state is not None else []
+    step_shape = tuple(x_seq.shape[1:])
+    check_layout(step_shape, leaves, "state array")
+    for i, a in enumerate([x_seq, *leaves]):
+        if not jnp.issubdtype(a.dtype, jnp.inexact):
+            what = "`x_seq`" if i == 0 else f"state array {i - 1}"
+            raise not_fusable(f"{what} is {a.dtype}; fused gradients need floating inputs")
+    outputs: list = []
+    closed = _trace(flat_step(modules, state, outputs), step_shape, x_seq, leaves)
+    _check_jaxpr(closed.jaxpr, step_shape)
+    ny = outputs[0][0]
+    outs = closed.jaxpr.outvars
+    check_layout(step_shape, [v.aval for v in outs[:ny]], "output")
+    for c in closed.consts:
+        if np.size(c) != 1:
+            raise not_fusable(f"it captures an array of shape {np.shape(c)}; pass it as state")
+    return closed
+
+
+def multi_step(x_seq: Any, modules: Any, state: Any) -> Any:
+    """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``."""
+    fusable(x_seq, modules, state)
+    interpret = _interpret(x_seq)
+    launch = INTERPRET_LAUNCH if interpret else LAUNCH
+    steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
+    n = size(step_shape)
+    block = min(launch["block"], pl.next_power_of_2(n))
+    padded = pl.cdiv(n, block) * block
+    leaves = state_leaves(state) if state is not None else []
+    outputs: list = []
+    closed = _trace(flat_step(modules, state, outputs), (block,), x_seq, leaves)
+    ny, rebuild = outputs[0]
+
+    def flat(a: Any, lead: tuple) -> Any:
+        a = a.reshape((*lead, n))
+        return a if padded == n else jnp.pad(a, [(0, 0)] * len(lead) + [(0, padded - n)])
+
+    def unflat(a: Any, lead: tuple) -> Any:
+        return a[..., :n].reshape((*lead, *step_shape))
+
+    kernel = _Kernel(closed, ny, steps, block, padded, interpret, launch)
+    consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
+    ys, final = kernel.run(flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
+    y_seq = rebuild([unflat(y, (steps,)) for y in ys])
+    if state is None:
+        return y_seq
+    return y_seq, with_leaves(state, [unflat(a, ()) for a in final])
+
+
+def _interpret(x_seq: Any) -> bool:
+    """Interpret on CPU (or when the device is unknown under a trace and the default is CPU)."""
+    try:
+        platforms = {d.platform for d in x_seq.devices()}
+    except (AttributeError, jax.errors.ConcretizationTypeError):
+        platforms = {jax.default_backend()}
+    return platforms == {"cpu"}
+
+
+class _Kernel:
+    """The forward and backward kernels of one traced step, as a ``jax.custom_vjp``."""
+
+    def __init__(
+        self,
+        closed: Any,
+        ny: int,
+        steps: int,
+        block: int,
+        padded: int,
+        interpret: bool,
+        launch: dict,
+    ) -> None:
+        self.jaxpr, self.ny, self.steps, self.block = closed.jaxpr, ny, steps, block
+        self.grid = (padded // block,)
+        self.padded = padded
+        self.unroll = max(1, min(launch["unroll"], steps))
+        self.params: dict[str, Any] = {"interpret": True} if interpret else {}
+        if not interpret:
+            from jax.experimental.pallas import triton as pltriton
+
+            self.params["compiler_params"] = pltriton.CompilerParams(
+                num_warps=launch["num_warps"], num_stages=1
+            )
+        self.out_avals = [v.aval for v in closed.jaxpr.outvars]
+        self.run = jax.custom_vjp(self._primal)
+        self.run.defvjp(self._fwd, self._bwd)
+
+    def _apply(self, consts: list, x: Any, state: list) -> list:
+        return jax.core.eval_jaxpr(self.jaxpr, consts, x, *state)
+
+    def _forward(self, x2d: Any, leaves: list, consts: list, save: bool) -> tuple:
+        ny, nl, block, steps = self.ny, len(leaves), self.block, self.steps
+
+        def kernel(*refs: Any) -> None:
+            x_ref, s_refs, c_refs = refs[0], refs[1 : 1 + nl], refs[1 + nl : 1 + nl + len(consts)]
+            out = refs[1 + nl + len(consts) :]
+            y_refs, final_refs, saved_refs = out[:ny], out[ny : ny + nl], out[ny + nl :]
+            cols = pl.ds(pl.program_id(0) * block, block)
+            c = [r[0] for r in c_refs]
+
+            def body(t: Any, s: list) -> list:
+                for r, v in zip(saved_refs, s, strict=False):
+                    r[t, cols] = v
+                outs = self._apply(c, x_ref[t, cols], s)
+                for r, y in zip(y_refs, outs[:ny], strict=True):
+                    r[t, cols] = y
+                return list(outs[ny:])
+
+            s = lax.fori_loop(0, steps, body, [r[cols] for r in s_refs], unroll=self.unroll)
+            for r, v in zip(final_refs, s, strict=True):
+                r[cols] = v
+
+        seq = (steps, self.padded)
+        shapes = [jax.ShapeDtypeStruct(seq, a.dtype) for a in self.out_avals[:ny]]
+        shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
+        if save:
+            shapes += [jax.ShapeDtypeStruct(seq, a.dtype) for a in leaves]
+        out = pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **self.params)(
+            x2d, *leaves, *consts
+        )
+        return list(out[:ny]), list(out[ny : ny + nl]), list(out[ny + nl :])
+
+    def _primal(self, x2d: Any, leaves: list, consts: list) -> tuple:
+        ys, final, _ = self._forward(x2d, leaves, consts, save=False)
+        return ys, final
+
+    def _fwd(self, x2d: Any, leaves: list, consts: list) -> tuple:
+        ys, final, saved = self._forward(x2d, leaves, consts, save=True)
+        return (ys, final), (x2d, saved, consts)
+
+    def _bwd(self, residuals: tuple, cotangents: tuple) -> tuple:
+        x2d, saved, consts = residuals
+        g_ys, g_final = cotangents
+        ny, nl, block, steps = self.ny, len(saved), self.block, self.steps
+        diff_y = [i for i in range(ny) if jnp.issubdtype(self.out_avals[i].dtype, jnp.inexact)]
+        diff_c = [i for i, c in enumerate(consts) if jnp.issubdtype(c.dtype, jnp.inexact)]
+        g_ys = [g_ys[i] for i in diff_y]
+        nc, ng = len(consts), len(g_ys)
+
+        def kernel(*refs: Any) -> None:
+            x_ref, saved_refs = refs[0], refs[1 : 1 + nl]
+            gy_refs = refs[1 + nl : 1 + nl + ng]
+            gf_refs = refs[1 + nl + ng : 1 + 2 * nl + ng]
+            c_refs = refs[1 + 2 * nl + ng : 1 + 2 * nl + ng + nc]
+            gx_ref, *out = refs[1 + 2 * nl + ng + nc :]
+            g0_refs, gc_refs = out[:nl], out[nl:]
+            cols = pl.ds(pl.program_id(0) * block, block)
+            c = [r[0] for r in c_refs]
+
+            def step(x: Any, s: list, dc: list) -> list:
+                full = list(c)
+                for i, v in zip(diff_c, dc, strict=True):
+                    full[i] = v
+                outs = self._apply(full, x, s)
+                return [outs[i] for i in diff_y] + list(outs[ny:])
+
+            def body(i: Any, carry: tuple) -> tuple:
+                g_s, g_c = carry
+                t = steps - 1 - i
+                s_t = [r[t, cols] for r in saved_refs]
+                _, vjp = jax.vjp(step, x_ref[t, cols], s_t, [c[j] for j in diff_c])
+                g_x, g_s, g_dc = vjp([r[t, cols] for r in gy_refs] + list(g_s))
+                gx_ref[t, cols] = g_x
+                return list(g_s), [a + b for a, b in zip(g_c, g_dc, strict=True)]
+
+            zeros = [jnp.zeros((), consts[j].dtype) for j in diff_c]
+            g_s, g_c = lax.fori_loop(
+                0, steps, body, ([r[cols] for r in gf_refs], zeros), unroll=self.unroll
+            )
+            for r, v in zip(g0_refs, g_s, strict=True):
+                r[cols] = v
+            for r, v in zip(gc_refs, g_c, strict=True):
+                r[pl.program_id(0)] = v
+
+        shapes = [jax.ShapeDtypeStruct(x2d.shape, x2d.dtype)]
+        shapes += [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in saved]
+        shapes += [jax.ShapeDtypeStruct(self.grid, consts[j].dtype) for j in diff_c]
+        g_final = [jnp.zeros(s.shape[1:], s.dtype) if g is None else g for g, s in zip(g_final, saved, strict=True)]
+        out = pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **self.params)(
+            x2d, *saved, *g_ys, *g_final, *consts
+        )
+        g_x, g_leaves, g_dc = out[0], list(out[1 : 1 + nl]), out[1 + nl :]
+        g_consts: list = [np.zeros(c.shape, jax.dtypes.float0) for c in consts]
+        for j, g in zip(diff_c, g_dc, strict=True):
+            g_consts[j] = jnp.sum(g).reshape(1)
+        return g_x, g_leaves, g_consts
+
