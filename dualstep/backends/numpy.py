@@ -23,7 +23,9 @@ def _arrays(final: Any) -> Any:
 
 def _no_kernels(fused: bool | str) -> None:
     if fused is True:
-        raise NotFusable("`fused=True`: NumPy arrays have no fused kernel; use fused=False or 'auto'")
+        raise NotFusable(
+            "`fused=True`: NumPy arrays have no fused kernel; use fused=False or 'auto'"
+        )
 
 
 def multi_step_forward(

@@ -31,14 +31,81 @@ from . import (
 )
 
 _ELEMENTWISE = frozenset(
-    """abs acos acosh add and asin asinh atan atan2 atanh cbrt ceil clamp convert_element_type
-    copy copy_p cos cosh div eq erf erf_inv erfc exp exp2 expm1 floor ge gt integer_pow
-    is_finite le log log1p logistic lt max min mul ne neg nextafter not or pow reduce_precision
-    rem round rsqrt select_n sign sin sinh sqrt square stop_gradient sub tan tanh xor""".split()
+    [
+        "abs",
+        "acos",
+        "acosh",
+        "add",
+        "and",
+        "asin",
+        "asinh",
+        "atan",
+        "atan2",
+        "atanh",
+        "cbrt",
+        "ceil",
+        "clamp",
+        "convert_element_type",
+        "copy",
+        "copy_p",
+        "cos",
+        "cosh",
+        "div",
+        "eq",
+        "erf",
+        "erf_inv",
+        "erfc",
+        "exp",
+        "exp2",
+        "expm1",
+        "floor",
+        "ge",
+        "gt",
+        "integer_pow",
+        "is_finite",
+        "le",
+        "log",
+        "log1p",
+        "logistic",
+        "lt",
+        "max",
+        "min",
+        "mul",
+        "ne",
+        "neg",
+        "nextafter",
+        "not",
+        "or",
+        "pow",
+        "reduce_precision",
+        "rem",
+        "round",
+        "rsqrt",
+        "select_n",
+        "sign",
+        "sin",
+        "sinh",
+        "sqrt",
+        "square",
+        "stop_gradient",
+        "sub",
+        "tan",
+        "tanh",
+        "xor",
+    ]
 )
 # Primitives that wrap a jaxpr: fusable when everything inside is.
 _NESTED = frozenset(
-    "jit pjit closed_call core_call custom_jvp_call custom_vjp_call checkpoint remat".split()
+    [
+        "jit",
+        "pjit",
+        "closed_call",
+        "core_call",
+        "custom_jvp_call",
+        "custom_vjp_call",
+        "checkpoint",
+        "remat",
+    ]
 )
 
 
@@ -245,7 +312,6 @@ class _Kernel:
         shapes = [jax.ShapeDtypeStruct(x2d.shape, x2d.dtype)]
         shapes += [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in saved]
         shapes += [jax.ShapeDtypeStruct(self.grid, consts[j].dtype) for j in diff_c]
-        g_final = [jnp.zeros(s.shape[1:], s.dtype) if g is None else g for g, s in zip(g_final, saved, strict=True)]
         out = pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **self.params)(
             x2d, *saved, *g_ys, *g_final, *consts
         )
@@ -254,4 +320,3 @@ class _Kernel:
         for j, g in zip(diff_c, g_dc, strict=True):
             g_consts[j] = jnp.sum(g).reshape(1)
         return g_x, g_leaves, g_consts
-
