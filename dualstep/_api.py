@@ -9,7 +9,7 @@ import numpy as np
 
 from ._dispatch import backend_for, kind_of
 from ._tree import leaves_with_path
-from .fused import check_fused
+from .fused import NotFusable, check_fused
 
 _STATE_RULE = """
     With ``state=None`` (the default) every module is called as ``m(x)`` and the call returns
@@ -141,15 +141,23 @@ def _check_checkpoint(checkpoint: Any, modules: Any) -> None:
         )
 
 
-def _check_fused(fused: Any, unroll: Any) -> None:
-    if fused is not False:
-        check_fused(fused)
-    if unroll is None:
-        return
-    if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)):
-        raise TypeError(f"`unroll` must be a positive int or None; got {_describe(unroll)}")
-    if unroll <= 0:
-        raise ValueError(f"`unroll` must be a positive int or None; got {unroll}")
+def _check_fused(fused: Any, unroll: Any, modules: Any) -> bool | str:
+    """The `fused` to run with: a step with hidden memory is never fused ('auto' loops)."""
+    if unroll is not None:
+        if isinstance(unroll, bool) or not isinstance(unroll, (int, np.integer)):
+            raise TypeError(f"`unroll` must be a positive int or None; got {_describe(unroll)}")
+        if unroll <= 0:
+            raise ValueError(f"`unroll` must be a positive int or None; got {unroll}")
+    if fused is False:
+        return fused
+    check_fused(fused)
+    found = _memory_modules(modules)
+    if found and fused is True:
+        raise NotFusable(
+            "`fused=True` needs the state passed with `state=`; a SpikingJelly memory module "
+            f"keeps it hidden; got {type(found[0]).__qualname__} in `single_step_module`"
+        )
+    return False if found else fused
 
 
 def _check_split_size(split_size: Any) -> int:
@@ -260,7 +268,7 @@ def multi_step_forward(
     _check_modules(single_step_module, "single_step_module")
     _check_step_mode(single_step_module, "single_step_module", "s")
     state = _check_state(state, single_step_module, "single_step_module", x_seq)
-    _check_fused(fused, unroll)
+    fused = _check_fused(fused, unroll, single_step_module)
     return backend.multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 
@@ -311,7 +319,7 @@ def t_last_multi_step_forward(
     _check_modules(single_step_module, "single_step_module")
     _check_step_mode(single_step_module, "single_step_module", "s")
     state = _check_state(state, single_step_module, "single_step_module", x_seq)
-    _check_fused(fused, unroll)
+    fused = _check_fused(fused, unroll, single_step_module)
     return backend.t_last_multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 

@@ -44,12 +44,41 @@ def _steps(x_seq: torch.Tensor, dim: int) -> list:
     return [x_seq.select(dim, t) for t in range(x_seq.shape[dim])]
 
 
-def multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
+def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> Any:
+    """The fused kernel's result, or None for the loop: `fused` False, 'auto' off CUDA or
+    with a step that cannot be fused."""
+    if fused is False or (fused == "auto" and x_seq.device.type != "cuda"):
+        return None
+    from ..fused import NotFusable, triton
+
+    try:
+        return triton.multi_step(x_seq, modules, state)
+    except NotFusable:
+        if fused is True:
+            raise
+        return None
+
+
+def multi_step_forward(
+    x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
+) -> Any:
+    # `unroll` is for lax.scan; this loop runs step by step.
+    out = _fused(x_seq, modules, state, fused) if fused is not False else None
+    if out is not None:
+        return out
     ys, final = run_steps(_steps(x_seq, 0), modules, state)
     return stacked_result(ys, final, state, _stack_first)
 
 
-def t_last_multi_step_forward(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
+def t_last_multi_step_forward(
+    x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
+) -> Any:
+    if fused is not False:
+        out = _fused(x_seq.movedim(-1, 0), modules, state, fused)
+        if out is not None:  # time back last, laid out as torch.stack(ys, dim=-1) would
+            ys, final = (out, None) if state is None else out
+            ys = map_outputs(ys, lambda a: a.movedim(0, -1).contiguous())
+            return ys if state is None else (ys, final)
     ys, final = run_steps(_steps(x_seq, -1), modules, state)
     return stacked_result(ys, final, state, _stack_last)
 

@@ -90,6 +90,6 @@ def size(shape: tuple) -> int:
 
 def not_fusable(what: str) -> NotFusable:
     return NotFusable(
-        f"`fused=True` needs an elementwise step (README, \"Fused kernels\"); {what}. "
+        f'`fused=True` needs an elementwise step (README, "Fused kernels"); {what}. '
         "Use fused=False for the plain loop, or fused='auto' to fall back to it"
     )

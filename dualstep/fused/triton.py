@@ -1,0 +1,570 @@
+"""torch lowering: the step traced into aten operations and printed as a Triton kernel.
+
+The step is traced once with ``make_fx`` (``torch.autograd.Function`` surrogates run their
+forward; the gradient graph is traced from ``torch.autograd.grad``, so their ``backward`` is
+what the backward kernel computes). Each aten operation becomes one Triton expression; a step
+using anything else is not fusable. The forward kernel loops over time inside each program,
+issuing the loads of several steps before computing them; the backward kernel loops backwards
+over time from the state saved before each step. On CPU tensors the kernels run in Triton's
+interpreter (for testing), on CUDA tensors compiled.
+
+Traces are cached by the step's structure (:func:`_key`): code, closure cells, defaults,
+``functools.partial`` arguments, bound ``self`` and ``nn.Module`` attributes, with Python scalars
+by value and tensors by identity and version (``tensor.add_`` bumps it); module-level globals
+are not seen, as in the JAX compile cache.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import linecache
+import math
+import threading
+import types
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from .._tree import map_with_path
+from . import (
+    INTERPRET_LAUNCH,
+    LAUNCH,
+    NotFusable,
+    check_layout,
+    flat_step,
+    not_fusable,
+    size,
+    state_leaves,
+    with_leaves,
+)
+
+_TL = {
+    torch.float16: "tl.float16",
+    torch.bfloat16: "tl.bfloat16",
+    torch.float32: "tl.float32",
+    torch.float64: "tl.float64",
+    torch.bool: "tl.int1",
+    torch.uint8: "tl.uint8",
+    torch.int8: "tl.int8",
+    torch.int16: "tl.int16",
+    torch.int32: "tl.int32",
+    torch.int64: "tl.int64",
+}
+
+
+def _call(fn: str) -> Callable[..., str]:
+    return lambda *a, **_: f"{fn}({', '.join(a)})"
+
+
+def _infix(op: str) -> Callable[..., str]:
+    return lambda a, b, **_: f"({a} {op} {b})"
+
+
+def _scaled(op: str, swap: bool = False) -> Callable[..., str]:
+    def render(a: str, b: str, alpha: str = "1", **_: Any) -> str:
+        a, b = (b, a) if swap else (a, b)
+        return f"({a} {op} {b})" if alpha == "1" else f"({a} {op} {b} * {alpha})"
+
+    return render
+
+
+def _div(a: str, b: str, rounding_mode: str = "None", **_: Any) -> str:
+    if rounding_mode != "None":
+        raise not_fusable(f"it divides with rounding_mode={rounding_mode}")
+    return f"({a} / {b})"
+
+
+def _clamp(a: str, lo: str = "None", hi: str = "None", **_: Any) -> str:
+    if lo != "None":
+        a = f"tl.maximum({a}, {lo})"
+    if hi != "None":
+        a = f"tl.minimum({a}, {hi})"
+    return a
+
+
+_NAN = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum/minimum propagate NaN
+_IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous", "_to_copy", "expand")
+_CONSTANT = ("zeros_like", "ones_like", "full_like", "full", "scalar_tensor", "new_full")
+_OPS: dict[str, Callable[..., str]] = {
+    "add": _scaled("+"),
+    "sub": _scaled("-"),
+    "rsub": _scaled("-", swap=True),
+    "mul": _infix("*"),
+    "div": _div,
+    "neg": lambda a, **_: f"(-{a})",
+    "reciprocal": lambda a, **_: f"(1.0 / {a})",
+    "square": lambda a, **_: f"({a} * {a})",
+    "relu": lambda a, **_: f"tl.where({a} > 0, {a}, 0)",
+    "maximum": lambda a, b, **_: f"tl.maximum({a}, {b}, {_NAN})",
+    "minimum": lambda a, b, **_: f"tl.minimum({a}, {b}, {_NAN})",
+    "clamp": _clamp,
+    "clamp_min": lambda a, lo, **_: _clamp(a, lo),
+    "clamp_max": lambda a, hi, **_: _clamp(a, "None", hi),
+    "ge": _infix(">="),
+    "gt": _infix(">"),
+    "le": _infix("<="),
+    "lt": _infix("<"),
+    "eq": _infix("=="),
+    "ne": _infix("!="),
+    "where": _call("tl.where"),
+    "masked_fill": lambda a, m, v, **_: f"tl.where({m}, {v}, {a})",
+    "logical_not": lambda a, **_: f"({a} == 0)",
+    "logical_and": lambda a, b, **_: f"(({a} != 0) & ({b} != 0))",
+    "logical_or": lambda a, b, **_: f"(({a} != 0) | ({b} != 0))",
+    "bitwise_and": _infix("&"),
+    "bitwise_or": _infix("|"),
+    "bitwise_xor": _infix("^"),
+    "heaviside": lambda a, v, **_: f"tl.where({a} > 0, 1.0, tl.where({a} == 0, {v}, 0.0))",
+    "sign": lambda a, **_: f"(tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0))",
+    "pow": lambda a, b, **_: f"({a} * {a})" if b == "2" else f"libdevice.pow({a}, {b})",
+    "sigmoid_backward": lambda g, y, **_: f"({g} * (1.0 - {y}) * {y})",
+    "tanh_backward": lambda g, y, **_: f"({g} * (1.0 - {y} * {y}))",
+    "threshold_backward": lambda g, x, t, **_: f"tl.where({x} <= {t}, 0.0, {g})",
+}
+# sigmoid as in torch; Triton's `tl.sigmoid` is a jit function the interpreter cannot call.
+_OPS["sigmoid"] = lambda a, **_: f"(1.0 / (1.0 + tl.exp(-{a})))"
+for _name in ("abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "floor", "ceil"):
+    _OPS[_name] = _call(f"tl.{_name}")
+_OPS["erf"] = _call("tl.erf")
+for _name in ("tanh", "atan", "log1p", "expm1", "exp2", "log2", "tan", "asin", "acos"):
+    _OPS[_name] = _call(f"libdevice.{_name}")
+
+
+def _literal(value: Any) -> str:
+    if isinstance(value, bool):
+        return repr(value)
+    if isinstance(value, (int, float)):
+        if not math.isfinite(value):
+            raise not_fusable(f"it uses the constant {value}")
+        return repr(float(value)) if isinstance(value, float) else repr(value)
+    if value is None or isinstance(value, str):
+        return repr(value) if isinstance(value, str) else "None"
+    raise not_fusable(f"it passes {type(value).__qualname__} to an operation")
+
+
+class _Graph:
+    """One traced graph as Triton source lines: inputs are named, outputs come back named."""
+
+    def __init__(self, gm: torch.fx.GraphModule, step_shape: tuple) -> None:
+        self.gm, self.step_shape = gm, step_shape
+        gm.graph.eliminate_dead_code()
+        self.inputs = [n for n in gm.graph.nodes if n.op == "placeholder"]
+        for node in gm.graph.nodes:
+            if node.op == "call_function":
+                self._check(node)
+
+    def _check(self, node: Any) -> None:
+        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        if name.endswith("_") and not name.startswith("_"):
+            raise not_fusable(f"it works in place (`{name}`)")
+        if name not in _OPS and name not in _IDENTITY and name not in _CONSTANT:
+            raise not_fusable(f"it uses `{name}`, which has no fused lowering")
+        val = node.meta.get("val")
+        if not isinstance(val, torch.Tensor) or tuple(val.shape) not in ((), self.step_shape):
+            shape = tuple(val.shape) if isinstance(val, torch.Tensor) else type(val).__name__
+            raise not_fusable(f"`{name}` gives {shape}")
+        if val.dtype not in _TL:
+            raise not_fusable(f"`{name}` gives {val.dtype}")
+
+    def emit(self, names: list[str], prefix: str) -> tuple[list[str], list[str]]:
+        env: dict[Any, str] = dict(zip(self.inputs, names, strict=True))
+        lines: list[str] = []
+        for i, node in enumerate(self.gm.graph.nodes):
+            if node.op == "get_attr":
+                value = getattr(self.gm, node.target)
+                if value.numel() != 1:
+                    raise not_fusable(f"it captures a tensor of shape {tuple(value.shape)}")
+                if value.requires_grad and torch.is_grad_enabled():
+                    raise not_fusable(
+                        "it captures a tensor that requires grad; fused kernels give "
+                        "gradients for `x_seq` and `state` only"
+                    )
+                env[node] = _literal(value.item())
+            elif node.op == "call_function":
+                var = f"{prefix}{i}"
+                lines.append(f"{var} = {self._expression(node, env)}")
+                env[node] = var
+            elif node.op == "output":
+                outs = node.args[0]
+                outs = outs if isinstance(outs, (tuple, list)) else (outs,)
+                return lines, [self._output(o, env) for o in outs]
+        raise AssertionError("a traced graph ends with its output")
+
+    def _output(self, node: Any, env: dict) -> str:
+        if node is None:
+            raise not_fusable("an output is None")
+        return env[node]
+
+    def _expression(self, node: Any, env: dict) -> str:
+        name = node.target.__name__.split(".")[0]
+        val = node.meta["val"]
+        dtype = _TL[val.dtype]
+
+        def render(a: Any) -> str:
+            return env[a] if isinstance(a, torch.fx.Node) else _literal(a)
+
+        if name in _CONSTANT:
+            value = node.args[-1] if name in ("full_like", "full", "new_full") else None
+            value = node.args[0] if name == "scalar_tensor" else value
+            value = {"zeros_like": 0, "ones_like": 1}.get(name, value)
+            if val.dim() == 0:
+                return f"tl.full([], {_literal(value)}, {dtype})"
+            return f"tl.full([BLOCK], {_literal(value)}, {dtype})"
+        args = [render(a) for a in node.args]
+        if name in _IDENTITY:
+            expr = args[0]
+        else:
+            kwargs = {k: render(v) for k, v in node.kwargs.items()}
+            expr = _OPS[name](*args, **kwargs)
+        return f"({expr}).to({dtype})"
+
+
+_Key = tuple
+_cache: OrderedDict[_Key, tuple[list, _Kernels]] = OrderedDict()
+_lock = threading.Lock()
+CACHE_SIZE = 128
+
+
+class _Uncacheable(Exception):
+    pass
+
+
+_SCALARS = (type(None), bool, int, float, complex, str, bytes)
+_BY_IDENTITY = (type, types.BuiltinFunctionType, types.ModuleType, types.MethodWrapperType)
+
+
+def _key(obj: Any, tensors: list, depth: int = 0) -> Any:
+    """What a trace of `obj` depends on, hashable; tensors are appended to `tensors`."""
+    if depth > 64:
+        raise _Uncacheable
+    cls = type(obj)
+    if cls in _SCALARS:
+        return (cls, obj)
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj)
+        return ("tensor", id(obj), obj._version, obj.requires_grad)
+    nested = functools.partial(_key, tensors=tensors, depth=depth + 1)
+    if cls in (tuple, list) or (isinstance(obj, tuple) and hasattr(obj, "_fields")):
+        return (cls, tuple(map(nested, obj)))
+    if isinstance(obj, dict):
+        return (cls, tuple((k, nested(v)) for k, v in obj.items()))
+    if isinstance(obj, types.FunctionType):
+        cells = []
+        for cell in obj.__closure__ or ():
+            try:
+                cells.append(nested(cell.cell_contents))
+            except ValueError:  # an empty cell
+                cells.append(None)
+        return (
+            "function",
+            obj.__code__,
+            nested(obj.__defaults__),
+            nested(obj.__kwdefaults__),
+            tuple(cells),
+        )
+    if isinstance(obj, functools.partial):
+        return ("partial", nested(obj.func), nested(obj.args), nested(obj.keywords))
+    if isinstance(obj, types.MethodType):
+        return ("method", nested(obj.__func__), nested(obj.__self__))
+    if isinstance(obj, _BY_IDENTITY):
+        return ("object", obj)
+    attrs = getattr(obj, "__dict__", None)
+    if attrs is None:
+        raise _Uncacheable
+    return ("instance", cls, nested(attrs))
+
+
+class _Kernels:
+    """The Triton kernels of one traced step, and what the launcher needs to know of it."""
+
+    def __init__(
+        self,
+        fwd: Any,
+        step: Callable,
+        example: list,
+        outputs: tuple[int, Callable],
+        out_dtypes: list,
+    ) -> None:
+        self.fwd, self.step, self.example = fwd, step, example
+        self.ny, self.rebuild = outputs
+        self.out_dtypes = out_dtypes
+        self.bwd: Any = None
+        self.diff_y = [i for i in range(self.ny) if out_dtypes[i].is_floating_point]
+
+
+_counter = itertools.count()
+
+
+def _compile(source: str, name: str, interpret: bool) -> Any:
+    """Define the kernel `name` from `source`, registered with linecache so that Triton (which
+    reads a kernel's source) can see it."""
+    import triton
+    import triton.language as tl
+    from triton.language.extra import libdevice
+
+    filename = f"<dualstep-fused-{next(_counter)}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"triton": triton, "tl": tl, "libdevice": libdevice}
+    exec(compile(source, filename, "exec"), namespace)
+    fn = namespace[name]
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(fn)
+    return triton.jit(fn)
+
+
+def _forward_source(graph: _Graph, nl: int, unroll: int) -> str:
+    ny = len(graph.gm.graph.find_nodes(op="output")[0].args[0]) - nl
+    s_in = [f"s{i}_ptr" for i in range(nl)]
+    y_out = [f"y{i}_ptr" for i in range(ny)]
+    s_out = [f"f{i}_ptr" for i in range(nl)]
+    saved = [f"saved{i}_ptr" for i in range(nl)]
+    params = ["x_ptr", *s_in, *y_out, *s_out, *saved, "T", "N", "SAVE: tl.constexpr"]
+    lines = [
+        f"def fwd({', '.join([*params, 'BLOCK: tl.constexpr'])}):",
+        "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
+        "    mask = offs < N",
+        *(f"    s{i} = tl.load(s{i}_ptr + offs, mask=mask)" for i in range(nl)),
+    ]
+
+    def steps(count: int, indent: str) -> list[str]:
+        out = [f"{indent}x_{k} = tl.load(x_ptr + {k} * N + offs, mask=mask)" for k in range(count)]
+        for k in range(count):
+            out += [f"{indent}if SAVE:"]
+            out += [
+                f"{indent}    tl.store(saved{i}_ptr + offs, s{i}, mask=mask)" for i in range(nl)
+            ]
+            out += [f"{indent}    saved{i}_ptr += N" for i in range(nl)]
+            body, results = graph.emit([f"x_{k}", *(f"s{i}" for i in range(nl))], f"v{k}_")
+            out += [indent + line for line in body]
+            for j in range(ny):
+                out += [f"{indent}tl.store(y{j}_ptr + {k} * N + offs, {results[j]}, mask=mask)"]
+            out += [f"{indent}s{i} = {results[ny + i]}" for i in range(nl)]
+        out += [f"{indent}x_ptr += {count} * N"]
+        out += [f"{indent}y{j}_ptr += {count} * N" for j in range(ny)]
+        return out
+
+    lines += [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
+    if unroll > 1:
+        lines += [f"    for _ in range(0, T % {unroll}):", *steps(1, "        ")]
+    lines += [f"    tl.store(f{i}_ptr + offs, s{i}, mask=mask)" for i in range(nl)]
+    return "\n".join(lines) + "\n"
+
+
+def _backward_source(graph: _Graph, nl: int, ng: int) -> str:
+    names = ["x", *(f"s{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
+    names += [f"g{i}" for i in range(nl)]
+    body, results = graph.emit(names, "v")
+    params = ["x_ptr", *(f"saved{i}_ptr" for i in range(nl)), *(f"gy{j}_ptr" for j in range(ng))]
+    params += [f"gf{i}_ptr" for i in range(nl)] + ["gx_ptr"]
+    params += [f"g0_{i}_ptr" for i in range(nl)] + ["T", "N", "BLOCK: tl.constexpr"]
+    streams = ["x", *(f"saved{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng)), "gx"]
+    lines = [
+        f"def bwd({', '.join(params)}):",
+        "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
+        "    mask = offs < N",
+        "    last = (T - 1).to(tl.int64) * N",
+        *(f"    {s}_ptr += last" for s in streams),
+        *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
+        "    for _ in range(0, T):",
+        "        x = tl.load(x_ptr + offs, mask=mask)",
+        *(f"        s{i} = tl.load(saved{i}_ptr + offs, mask=mask)" for i in range(nl)),
+        *(f"        gy{j} = tl.load(gy{j}_ptr + offs, mask=mask)" for j in range(ng)),
+        *("        " + line for line in body),
+        f"        tl.store(gx_ptr + offs, {results[0]}, mask=mask)",
+        *(f"        g{i} = {results[1 + i]}" for i in range(nl)),
+        *(f"        {s}_ptr -= N" for s in streams),
+        *(f"    tl.store(g0_{i}_ptr + offs, g{i}, mask=mask)" for i in range(nl)),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _trace(fn: Callable, args: list) -> torch.fx.GraphModule:
+    return make_fx(fn, tracing_mode="real")(*args)
+
+
+def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Kernels:
+    interpret = x_seq.device.type != "cuda"
+    step_shape = tuple(x_seq.shape[1:])
+    tensors: list = []
+    try:
+        key: Any = (
+            _key(modules, tensors),
+            _key(map_with_path(lambda a, _: a is None, state, ""), []),
+            step_shape,
+            x_seq.dtype,
+            tuple(a.dtype for a in leaves),
+            interpret,
+            torch.is_grad_enabled(),
+        )
+        hash(key)
+    except (_Uncacheable, TypeError):
+        key = None
+    if key is not None:
+        entry = _cache.get(key)
+        if entry is not None:
+            refs, kernels = entry
+            if len(refs) == len(tensors) and all(
+                r() is t for r, t in zip(refs, tensors, strict=True)
+            ):
+                return kernels
+    kernels = _build(x_seq, modules, state, leaves, step_shape, interpret)
+    if key is not None:
+        with _lock:
+            _cache[key] = ([weakref.ref(t) for t in tensors], kernels)
+            while len(_cache) > CACHE_SIZE:
+                _cache.popitem(last=False)
+    return kernels
+
+
+def _build(
+    x_seq: torch.Tensor,
+    modules: Any,
+    state: Any,
+    leaves: list,
+    step_shape: tuple,
+    interpret: bool,
+) -> _Kernels:
+    outputs: list = []
+    step = flat_step(modules, state, outputs)
+    example = [x_seq[0].detach(), *(a.detach() for a in leaves)]
+    with torch.no_grad():
+        graph = _Graph(_trace(step, example), step_shape)
+    ny = outputs[0][0]
+    out_vals = [n.meta.get("val") for n in _output_nodes(graph)]
+    check_layout(step_shape, out_vals[:ny], "output")
+    launch = INTERPRET_LAUNCH if interpret else LAUNCH
+    source = _forward_source(graph, len(leaves), launch["unroll"])
+    out_dtypes = [v.dtype for v in out_vals[:ny]]
+    return _Kernels(_compile(source, "fwd", interpret), step, example, outputs[0], out_dtypes)
+
+
+def _output_nodes(graph: _Graph) -> list:
+    outs = graph.gm.graph.find_nodes(op="output")[0].args[0]
+    return list(outs) if isinstance(outs, (tuple, list)) else [outs]
+
+
+def _backward_kernel(kernels: _Kernels, nl: int, interpret: bool) -> Any:
+    if kernels.bwd is not None:
+        return kernels.bwd
+    step, ny, diff_y = kernels.step, kernels.ny, kernels.diff_y
+    # Distinct tensors: make_fx tells inputs apart by identity.
+    example = [a.clone() for a in kernels.example]
+    cotangents = [
+        example[0].new_zeros(example[0].shape, dtype=kernels.out_dtypes[i]) for i in diff_y
+    ]
+    cotangents += [torch.zeros_like(a) for a in example[1:]]
+
+    def vjp(x: torch.Tensor, *rest: torch.Tensor) -> tuple:
+        s, g = rest[:nl], rest[nl:]
+        inputs = [x.detach().requires_grad_(), *(a.detach().requires_grad_() for a in s)]
+        with torch.enable_grad():
+            outs = step(*inputs)
+        pairs = [(outs[i], g[k]) for k, i in enumerate(diff_y)]
+        pairs += [(outs[ny + i], g[len(diff_y) + i]) for i in range(nl)]
+        pairs = [(o, c) for o, c in pairs if o.requires_grad]
+        grads = torch.autograd.grad(
+            [o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True
+        )
+        return tuple(
+            torch.zeros_like(a) if d is None else d for a, d in zip(inputs, grads, strict=True)
+        )
+
+    graph = _Graph(_trace(vjp, [*example, *cotangents]), tuple(example[0].shape))
+    source = _backward_source(graph, nl, len(diff_y))
+    kernels.bwd = _compile(source, "bwd", interpret)
+    return kernels.bwd
+
+
+class _Fused(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, kernels: _Kernels, x2d: torch.Tensor, *leaves: torch.Tensor) -> Any:
+        steps, n = x2d.shape
+        nl, ny = len(leaves), kernels.ny
+        save = any(ctx.needs_input_grad[1:])
+        interpret = x2d.device.type != "cuda"
+        launch = INTERPRET_LAUNCH if interpret else LAUNCH
+        ys = [x2d.new_empty((steps, n), dtype=d) for d in kernels.out_dtypes]
+        finals = [torch.empty_like(a) for a in leaves]
+        saved = [a.new_empty((steps, n)) for a in leaves] if save else []
+        grid = (math.ceil(n / launch["block"]),)
+        options = {} if interpret else {"num_warps": launch["num_warps"]}
+        kernels.fwd[grid](
+            x2d,
+            *leaves,
+            *ys,
+            *finals,
+            *(saved or [x2d] * nl),
+            steps,
+            n,
+            SAVE=save,
+            BLOCK=launch["block"],
+            **options,
+        )
+        if save:
+            ctx.save_for_backward(x2d, *saved)
+            ctx.kernels, ctx.nl = kernels, nl
+        ctx.mark_non_differentiable(*(ys[i] for i in range(ny) if i not in kernels.diff_y))
+        return (*ys, *finals)
+
+    @staticmethod
+    def backward(ctx: Any, *grads: Any) -> Any:
+        kernels, nl = ctx.kernels, ctx.nl
+        x2d, *saved = ctx.saved_tensors
+        steps, n = x2d.shape
+        interpret = x2d.device.type != "cuda"
+        launch = INTERPRET_LAUNCH if interpret else LAUNCH
+        bwd = _backward_kernel(kernels, nl, interpret)
+        g_ys = [grads[i] for i in kernels.diff_y]
+        g_ys = [torch.zeros_like(x2d) if g is None else g.contiguous() for g in g_ys]
+        g_final = [
+            torch.zeros_like(s[0]) if g is None else g.contiguous()
+            for g, s in zip(grads[kernels.ny :], saved, strict=True)
+        ]
+        g_x = torch.empty_like(x2d)
+        g_0 = [torch.empty_like(s[0]) for s in saved]
+        grid = (math.ceil(n / launch["block"]),)
+        options = {} if interpret else {"num_warps": launch["num_warps"]}
+        bwd[grid](
+            x2d, *saved, *g_ys, *g_final, g_x, *g_0, steps, n, BLOCK=launch["block"], **options
+        )
+        return (None, g_x, *g_0)
+
+
+def fusable(x_seq: torch.Tensor, modules: Any, state: Any) -> None:
+    """Raise NotFusable unless `modules` can run as one kernel over `x_seq`."""
+    leaves = state_leaves(state) if state is not None else []
+    check_layout(tuple(x_seq.shape[1:]), leaves, "state array")
+    for i, a in enumerate([x_seq, *leaves]):
+        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+            what = "`x_seq`" if i == 0 else f"state array {i - 1}"
+            raise not_fusable(f"{what} is not a floating tensor")
+        if a.device != x_seq.device:
+            raise not_fusable(f"state array {i - 1} is on {a.device}, `x_seq` on {x_seq.device}")
+    if x_seq.device.type not in ("cpu", "cuda"):
+        raise not_fusable(f"`x_seq` is on {x_seq.device}; kernels run on CUDA (or interpreted)")
+
+
+def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
+    """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``."""
+    fusable(x_seq, modules, state)
+    leaves = state_leaves(state) if state is not None else []
+    kernels = _kernels(x_seq, modules, state, leaves)
+    steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
+    n = size(step_shape)
+    x2d = x_seq.contiguous().view(steps, n)
+    outs = _Fused.apply(kernels, x2d, *(a.contiguous().view(n) for a in leaves))
+    ys = [y.view(steps, *step_shape) for y in outs[: kernels.ny]]
+    y_seq = kernels.rebuild(ys)
+    if state is None:
+        return y_seq
+    return y_seq, with_leaves(state, [a.view(step_shape) for a in outs[kernels.ny :]])
+
+
+__all__ = ["NotFusable", "fusable", "multi_step"]
