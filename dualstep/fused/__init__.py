@@ -14,7 +14,7 @@ gives each program a block of N and loops over time inside the program.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from .._modules import call_once
@@ -40,14 +40,18 @@ def check_fused(fused: Any) -> None:
 
 
 def state_leaves(state: Any) -> list:
-    """The arrays of `state` in order (``None`` entries hold none)."""
-    return [leaf for _, leaf in leaves_with_path(state, "state") if leaf is not None]
+    """The arrays of `state` (``None`` entries hold none), dict entries by sorted key: a step
+    may return its dict state in another insertion order."""
+    return [
+        leaf for _, leaf in leaves_with_path(state, "state", sort_keys=True) if leaf is not None
+    ]
 
 
 def with_leaves(state: Any, leaves: Any) -> Any:
-    """`state` with its arrays replaced, in order, by `leaves`."""
-    it: Iterator[Any] = iter(leaves)
-    return map_with_path(lambda leaf, _: None if leaf is None else next(it), state, "")
+    """`state` with its arrays replaced by `leaves`, in :func:`state_leaves`' order."""
+    paths = [p for p, leaf in leaves_with_path(state, "state", sort_keys=True) if leaf is not None]
+    new = dict(zip(paths, leaves, strict=True))
+    return map_with_path(lambda leaf, p: None if leaf is None else new[p], state, "state")
 
 
 def output_leaves(y: Any) -> tuple[list, Callable[[list], Any]]:

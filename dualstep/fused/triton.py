@@ -121,7 +121,7 @@ _OPS: dict[str, Callable[..., str]] = {
     "bitwise_xor": _infix("^"),
     "heaviside": lambda a, v, **_: f"tl.where({a} > 0, 1.0, tl.where({a} == 0, {v}, 0.0))",
     "sign": lambda a, **_: f"(tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0))",
-    "pow": lambda a, b, **_: f"({a} * {a})" if b == "2" else f"libdevice.pow({a}, {b})",
+    "pow": lambda a, b, **_: f"({a} * {a})" if b == "2" else f"tl.exp2({b} * tl.log2({a}))",
     "sigmoid_backward": lambda g, y, **_: f"({g} * (1.0 - {y}) * {y})",
     "tanh_backward": lambda g, y, **_: f"({g} * (1.0 - {y} * {y}))",
     "threshold_backward": lambda g, x, t, **_: f"tl.where({x} <= {t}, 0.0, {g})",
@@ -131,8 +131,23 @@ _OPS["sigmoid"] = lambda a, **_: f"(1.0 / (1.0 + tl.exp(-{a})))"
 for _name in ("abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "floor", "ceil"):
     _OPS[_name] = _call(f"tl.{_name}")
 _OPS["erf"] = _call("tl.erf")
-for _name in ("tanh", "atan", "log1p", "expm1", "exp2", "log2", "tan", "asin", "acos"):
-    _OPS[_name] = _call(f"libdevice.{_name}")
+_OPS["exp2"] = _call("tl.exp2")
+_OPS["log2"] = _call("tl.log2")
+
+
+def _tanh(a: str, **_: Any) -> str:
+    """tanh from exp, with its odd series near 0 where ``1 - exp(-2|a|)`` would cancel
+    (relative error below 1e-7 in float32). Triton's own tanh is a libdevice call that the
+    interpreter lacks."""
+    a2 = f"({a} * {a})"
+    poly = f"(-17.0 / 315 + {a2} * (62.0 / 2835))"
+    series = f"{a} * (1.0 + {a2} * (-1.0 / 3 + {a2} * (2.0 / 15 + {a2} * {poly})))"
+    e = f"tl.exp(-2.0 * tl.abs({a}))"
+    sign = f"tl.where({a} < 0, -1.0, 1.0)"
+    return f"tl.where(tl.abs({a}) < 0.25, {series}, {sign} * (1.0 - {e}) / (1.0 + {e}))"
+
+
+_OPS["tanh"] = _tanh
 
 
 def _literal(value: Any) -> str:
@@ -178,7 +193,9 @@ class _Graph:
             if node.op == "get_attr":
                 value = getattr(self.gm, node.target)
                 if value.numel() != 1:
-                    raise not_fusable(f"it captures a tensor of shape {tuple(value.shape)}")
+                    raise not_fusable(
+                        f"it captures an array of shape {tuple(value.shape)}; pass it as state"
+                    )
                 if value.requires_grad and torch.is_grad_enabled():
                     raise not_fusable(
                         "it captures a tensor that requires grad; fused kernels give "
@@ -305,11 +322,10 @@ def _compile(source: str, name: str, interpret: bool) -> Any:
     reads a kernel's source) can see it."""
     import triton
     import triton.language as tl
-    from triton.language.extra import libdevice
 
     filename = f"<dualstep-fused-{next(_counter)}>"
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict[str, Any] = {"triton": triton, "tl": tl, "libdevice": libdevice}
+    namespace: dict[str, Any] = {"triton": triton, "tl": tl}
     exec(compile(source, filename, "exec"), namespace)
     fn = namespace[name]
     if interpret:
@@ -336,7 +352,7 @@ def _forward_source(graph: _Graph, nl: int, unroll: int) -> str:
     def steps(count: int, indent: str) -> list[str]:
         out = [f"{indent}x_{k} = tl.load(x_ptr + {k} * N + offs, mask=mask)" for k in range(count)]
         for k in range(count):
-            out += [f"{indent}if SAVE:"]
+            out += [f"{indent}if SAVE:"] if nl else []
             out += [
                 f"{indent}    tl.store(saved{i}_ptr + offs, s{i}, mask=mask)" for i in range(nl)
             ]

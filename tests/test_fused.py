@@ -1,0 +1,378 @@
+"""Fused kernels (``fused=True``) equal the plain loop: values, final state and gradients.
+
+On CPU the kernels run in their interpreters (Pallas ``interpret=True``, Triton's interpreter);
+``tests/test_cuda.py`` runs the same comparisons compiled on a GPU. Spikes must be identical,
+voltages and gradients within 1e-6 relative.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import dualstep as ds
+from dualstep.testing import if_step, lif_step
+
+FUSED_BACKENDS = ("torch", "jax")
+RTOL = 1e-6
+
+
+def _framework(name: str):
+    if name == "torch":
+        pytest.importorskip("triton")
+        return pytest.importorskip("torch")
+    pytest.importorskip("jax.experimental.pallas")
+    return pytest.importorskip("jax")
+
+
+def _asarray(name: str, a: np.ndarray):
+    if name == "torch":
+        import torch
+
+        return torch.from_numpy(np.array(a))
+    import jax.numpy as jnp
+
+    return jnp.asarray(a)
+
+
+def _np(a) -> np.ndarray:
+    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+
+
+def _surrogate_lif(name: str, tau: float = 2.0):
+    """LIF whose spike is a Heaviside with a sigmoid surrogate gradient, written the way each
+    framework's users write it (``torch.autograd.Function``, ``jax.custom_vjp``)."""
+    if name == "torch":
+        import torch
+
+        class Spike(torch.autograd.Function):
+            @staticmethod
+            def forward(ctx, h):
+                ctx.save_for_backward(h)
+                return (h >= 0).to(h.dtype)
+
+            @staticmethod
+            def backward(ctx, g):
+                (h,) = ctx.saved_tensors
+                s = torch.sigmoid(4.0 * h)
+                return g * 4.0 * s * (1.0 - s)
+
+        spike = Spike.apply
+    else:
+        import jax
+
+        @jax.custom_vjp
+        def spike(h):
+            return (h >= 0).astype(h.dtype)
+
+        def fwd(h):
+            return spike(h), h
+
+        def bwd(h, g):
+            s = jax.nn.sigmoid(4.0 * h)
+            return (g * 4.0 * s * (1.0 - s),)
+
+        spike.defvjp(fwd, bwd)
+
+    def step(x, v):
+        h = v + (x - v) / tau
+        s = spike(h - 1.0)
+        return s, h * (1.0 - s)
+
+    return step
+
+
+def _assert_same(fused, loop, *, exact: bool = False) -> None:
+    if isinstance(loop, (tuple, list)):
+        assert type(fused) is type(loop) and len(fused) == len(loop)
+        for a, b in zip(fused, loop, strict=True):
+            _assert_same(a, b, exact=exact)
+        return
+    if loop is None:
+        assert fused is None
+        return
+    a, b = _np(fused), _np(loop)
+    assert a.shape == b.shape and a.dtype == b.dtype, (a.shape, a.dtype, b.shape, b.dtype)
+    if exact:
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, np.abs(b).max()))
+
+
+@pytest.fixture(params=FUSED_BACKENDS)
+def fw(request):
+    """(backend name, framework module) for each backend with a fused lowering."""
+    return request.param, _framework(request.param)
+
+
+_GRID = st.tuples(
+    st.integers(1, 6),  # T
+    st.lists(st.integers(1, 9), min_size=1, max_size=3),  # one step's shape
+    st.sampled_from(["float32", "float64"]),
+    st.sampled_from(["if", "lif", "lif_soft"]),
+    st.integers(0, 2**16),
+)
+
+
+@settings(max_examples=8)
+@given(case=_GRID)
+def test_fused_equals_loop_on_the_property_grid(fw, jax_x64, case):
+    name, _ = fw
+    steps, shape, dtype, kind, seed = case
+    rng = np.random.default_rng(seed)
+    # Inputs on a dyadic grid: every operation is exact, so spikes must agree bit for bit.
+    x = (rng.integers(-8, 12, size=(steps, *shape)) / 4).astype(dtype)
+    v0 = (rng.integers(-4, 4, size=shape) / 4).astype(dtype)
+    step = {
+        "if": if_step(with_v=True),
+        "lif": lif_step(),
+        "lif_soft": lif_step(v_reset=None, with_v=True),
+    }[kind]
+    xs, vs = _asarray(name, x), _asarray(name, v0)
+    fused = ds.multi_step_forward(xs, step, state=vs, fused=True)
+    loop = ds.multi_step_forward(xs, step, state=vs)
+    spikes = (fused[0][0], loop[0][0]) if isinstance(loop[0], tuple) else (fused[0], loop[0])
+    _assert_same(*spikes, exact=True)
+    _assert_same(fused, loop)
+
+
+def test_fused_gradients_equal_the_loop_with_a_surrogate(fw):
+    name, m = fw
+    step = _surrogate_lif(name)
+    rng = np.random.default_rng(0)
+    x = _asarray(name, (rng.normal(size=(9, 3, 70)) * 1.5).astype(np.float32))
+    v0 = _asarray(name, (rng.normal(size=(3, 70)) * 0.3).astype(np.float32))
+    w = _asarray(name, rng.normal(size=(9, 3, 70)).astype(np.float32))
+
+    def loss(x, v, fused):
+        y, v_t = ds.multi_step_forward(x, step, state=v, fused=fused)
+        return (y * w).sum() + (v_t * v_t).sum()
+
+    if name == "torch":
+        grads = []
+        for fused in (True, False):
+            xr, vr = x.clone().requires_grad_(), v0.clone().requires_grad_()
+            grads.append(m.autograd.grad(loss(xr, vr, fused), (xr, vr)))
+    else:
+        grads = [m.grad(functools.partial(loss, fused=f), (0, 1))(x, v0) for f in (True, False)]
+    _assert_same(tuple(grads[0]), tuple(grads[1]))
+    assert np.abs(_np(grads[1][0])).max() > 0  # the surrogate really carries a gradient
+
+
+def test_time_last_module_lists_and_tuple_outputs(fw):
+    name, _ = fw
+    lif = _surrogate_lif(name)
+    rng = np.random.default_rng(1)
+    x = _asarray(name, rng.normal(size=(2, 5, 6)).astype(np.float32))  # [B, N, T]
+    v0 = _asarray(name, np.zeros((2, 5), np.float32))
+    modules = [lambda a: a * 2.0, lif, lambda s: (s, s + 1.0)]
+    state = (None, v0, None)
+    fused = ds.t_last_multi_step_forward(x, modules, state=state, fused=True)
+    loop = ds.t_last_multi_step_forward(x, modules, state=state)
+    _assert_same(fused, loop)
+    assert fused[1][0] is None and fused[1][2] is None
+    if name == "torch":  # torch.stack(ys, dim=-1)'s layout, as the loop gives
+        assert fused[0][0].stride() == loop[0][0].stride()
+
+
+def test_dict_state_and_stateless_steps(fw):
+    name, m = fw
+    x = _asarray(name, np.linspace(-2, 2, 4 * 3 * 5, dtype=np.float32).reshape(4, 3, 5))
+    state = {
+        "v": _asarray(name, np.zeros((3, 5), np.float32)),
+        "n": _asarray(name, np.ones((3, 5), np.float32)),
+    }
+
+    def step(x, s):
+        v = s["v"] * 0.5 + x
+        return v * s["n"], {"n": s["n"] + 1.0, "v": v}
+
+    _assert_same(
+        ds.multi_step_forward(x, step, state=state, fused=True)[0],
+        ds.multi_step_forward(x, step, state=state)[0],
+    )
+    fused_final = ds.multi_step_forward(x, step, state=state, fused=True)[1]
+    assert set(fused_final) == {"v", "n"}
+    tanh = m.tanh if name == "torch" else m.numpy.tanh
+    _assert_same(ds.multi_step_forward(x, tanh, fused=True), ds.multi_step_forward(x, tanh))
+
+
+def test_chunked_calls_compose_with_fused_chunks(fw):
+    """A fused multi-step call is a valid chunk module: state carries across chunks, with
+    and without checkpointing."""
+    name, m = fw
+    step = _surrogate_lif(name)
+    rng = np.random.default_rng(2)
+    x = _asarray(name, (rng.normal(size=(7, 2, 9)) * 1.5).astype(np.float32))
+    v0 = _asarray(name, np.zeros((2, 9), np.float32))
+
+    def chunk(c, s):
+        return ds.multi_step_forward(c, step, state=s, fused=True)
+
+    loop = ds.multi_step_forward(x, step, state=v0)
+    for checkpoint in (False, True):
+        _assert_same(
+            ds.chunk_multi_step_forward(3, x, chunk, state=v0, checkpoint=checkpoint), loop
+        )
+
+    def loss(x, checkpoint):
+        y, v = ds.chunk_multi_step_forward(3, x, chunk, state=v0, checkpoint=checkpoint)
+        return (y * x).sum() + v.sum()
+
+    def reference(x):
+        y, v = ds.multi_step_forward(x, step, state=v0)
+        return (y * x).sum() + v.sum()
+
+    if name == "torch":
+        grads = []
+        for fn in (functools.partial(loss, checkpoint=True), reference):
+            xr = x.clone().requires_grad_()
+            grads.append(m.autograd.grad(fn(xr), xr)[0])
+    else:
+        grads = [m.grad(functools.partial(loss, checkpoint=True))(x), m.grad(reference)(x)]
+    _assert_same(grads[0], grads[1])
+
+
+def test_jax_transformations_and_traced_parameters(jax_x64):
+    jax = _framework("jax")
+    import jax.numpy as jnp
+
+    rng = np.random.default_rng(3)
+    x = jnp.asarray((rng.normal(size=(6, 4, 5)) * 1.5).astype(np.float32))
+    v0 = jnp.zeros((4, 5), jnp.float32)
+
+    def loss(tau, x, fused):
+        step = _surrogate_lif("jax", tau=tau)  # tau is a tracer of grad and jit
+        y, v = ds.multi_step_forward(x, step, state=v0, fused=fused)
+        return (y * x).sum() + (v * v).sum()
+
+    g_fused = jax.jit(jax.grad(loss, (0, 1)), static_argnums=2)(2.0, x, True)
+    g_loop = jax.grad(loss, (0, 1))(2.0, x, False)
+    _assert_same(tuple(g_fused), tuple(g_loop))
+    batch = jnp.stack([x, 2 * x])
+
+    def run(fused):
+        return jax.vmap(
+            lambda b: ds.multi_step_forward(b, _surrogate_lif("jax"), state=v0, fused=fused)
+        )
+
+    _assert_same(run(True)(batch), run(False)(batch))
+
+
+def test_torch_trace_cache_sees_changed_scalars_and_tensors():
+    torch = _framework("torch")
+    x = torch.linspace(-1, 3, 4 * 6).reshape(4, 6)
+    v0 = torch.zeros(6)
+    gain = torch.tensor(1.0)
+
+    class Neuron:
+        def __init__(self, tau):
+            self.tau = tau
+
+        def step(self, x, v):
+            v = v + (x * gain - v) / self.tau
+            return v, v
+
+    neuron = Neuron(2.0)
+    first = ds.multi_step_forward(x, neuron.step, state=v0, fused=True)
+    neuron.tau = 4.0  # an attribute rebound: a new trace
+    _assert_same(
+        ds.multi_step_forward(x, neuron.step, state=v0, fused=True),
+        ds.multi_step_forward(x, neuron.step, state=v0),
+    )
+    gain.mul_(3.0)  # a captured tensor changed in place: its version changes
+    _assert_same(
+        ds.multi_step_forward(x, neuron.step, state=v0, fused=True),
+        ds.multi_step_forward(x, neuron.step, state=v0),
+    )
+    assert not np.allclose(_np(first[0]), _np(ds.multi_step_forward(x, neuron.step, state=v0)[0]))
+
+
+def _scale(x, v, row):
+    return x * row, v
+
+
+@pytest.mark.parametrize(
+    ("make_step", "named"),
+    [
+        (lambda m, w: lambda x, v: (x @ w, v), "mm|dot_general|broadcast"),
+        (
+            lambda m, w: functools.partial(_scale, row=w[0]),
+            r"(captures|broadcasts) an array.* \(4,\)",
+        ),
+        (lambda m, w: lambda x, v: (x.sum(-1, keepdims=True) + v, v), "sum|reduce"),
+    ],
+)
+def test_fused_true_names_what_cannot_be_fused(fw, make_step, named):
+    name, m = fw
+    x = _asarray(name, np.ones((3, 2, 4), np.float32))
+    v0 = _asarray(name, np.zeros((2, 4), np.float32))
+    w = _asarray(name, np.ones((4, 4), np.float32))
+    step = make_step(m, w)
+    with pytest.raises(ds.NotFusable, match=named):
+        ds.multi_step_forward(x, step, state=v0, fused=True)
+    # 'auto' and False run the loop.
+    _assert_same(
+        ds.multi_step_forward(x, step, state=v0, fused="auto"),
+        ds.multi_step_forward(x, step, state=v0),
+    )
+
+
+def test_a_state_of_another_shape_is_not_fusable(fw):
+    name, _ = fw
+    x = _asarray(name, np.ones((3, 2, 4), np.float32))
+    with pytest.raises(ds.NotFusable, match=r"state array 0 has shape \(4,\)"):
+        ds.multi_step_forward(
+            x, lambda x, v: (x + v, v), state=_asarray(name, np.zeros(4, np.float32)), fused=True
+        )
+
+
+def test_numpy_has_no_kernels_and_auto_loops():
+    x = np.ones((3, 2))
+    with pytest.raises(ds.NotFusable, match="NumPy arrays have no fused kernel"):
+        ds.multi_step_forward(x, lambda a: a, fused=True)
+    np.testing.assert_array_equal(ds.multi_step_forward(x, lambda a: 2 * a, fused="auto"), 2 * x)
+
+
+def test_spikingjelly_memory_modules_are_not_fused():
+    torch = pytest.importorskip("torch")
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    x = torch.ones(3, 2, 4)
+    with pytest.raises(ds.NotFusable, match="SpikingJelly memory module keeps it hidden"):
+        ds.multi_step_forward(x, neuron.IFNode(), fused=True)
+    node = neuron.IFNode()
+    expected = ds.multi_step_forward(x, neuron.IFNode())
+    torch.testing.assert_close(ds.multi_step_forward(x, node, fused="auto"), expected)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"fused": "yes"}, ValueError, "`fused` must be True, False or 'auto'; got 'yes'"),
+        ({"fused": 1}, TypeError, "`fused` must be True, False or 'auto'; got 1"),
+        ({"unroll": 0}, ValueError, "`unroll` must be a positive int or None; got 0"),
+        ({"unroll": 2.0}, TypeError, "`unroll` must be a positive int or None; got 2.0"),
+        ({"unroll": True}, TypeError, "`unroll` must be a positive int or None; got True"),
+    ],
+)
+def test_fused_and_unroll_arguments_are_checked(kwargs, error, message):
+    for fn in (ds.multi_step_forward, ds.t_last_multi_step_forward):
+        with pytest.raises(error, match=message.replace("(", r"\(").replace(")", r"\)")):
+            fn(np.ones((2, 3)), lambda a: a, **kwargs)
+
+
+@pytest.mark.parametrize("unroll", [1, 3, 8])
+def test_jax_unroll_keeps_results(jax_x64, unroll):
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    x = jnp.asarray(np.random.default_rng(4).normal(size=(7, 3)))
+    step = lif_step(with_v=True)
+    _assert_same(
+        ds.multi_step_forward(x, step, state=jnp.zeros(3), unroll=unroll),
+        ds.multi_step_forward(x, step, state=jnp.zeros(3)),
+    )
