@@ -166,8 +166,9 @@ def info() -> dict[str, Any]:
         module = importlib.import_module(name)
         if name == "torch":
             devices = ["cpu"] + [f"cuda:{i}" for i in range(module.cuda.device_count())]
-        else:
-            devices = [str(d) for d in module.devices()]
+        else:  # CPU first, as for torch; jax.devices() lists the default platform's only
+            cpu = module.devices("cpu")
+            devices = [str(d) for d in cpu + [d for d in module.devices() if d not in cpu]]
         out["backends"][name] = {"version": module.__version__, "devices": devices}
     spec = importlib.util.find_spec("spikingjelly")
     out["spikingjelly"] = importlib.metadata.version("spikingjelly") if spec else None

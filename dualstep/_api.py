@@ -160,6 +160,18 @@ def _check_fused(fused: Any, unroll: Any, modules: Any) -> bool | str:
     return False if found else fused
 
 
+def _check_compile(compile: Any, checkpoint: bool) -> None:
+    if not isinstance(compile, (bool, str)):
+        raise TypeError(
+            f"`compile` must be a bool or a torch.compile mode; got {_describe(compile)}"
+        )
+    if compile is not False and checkpoint:
+        raise ValueError(
+            "`compile` and `checkpoint=True` cannot be combined: a compiled chunk would be "
+            f"recomputed outside its compiled program; got compile={compile!r}"
+        )
+
+
 def _check_split_size(split_size: Any) -> int:
     if isinstance(split_size, bool) or not isinstance(split_size, (int, np.integer)):
         raise TypeError(f"`split_size` must be a positive int; got {_describe(split_size)}")
@@ -330,6 +342,7 @@ def chunk_multi_step_forward(
     *,
     state: Any = None,
     checkpoint: bool = False,
+    compile: bool | str = False,
 ) -> Any:
     """Feed a ``[T, ...]`` sequence to multi-step module(s) in chunks of `split_size` steps.
 
@@ -364,6 +377,13 @@ def chunk_multi_step_forward(
     state : array, pytree of arrays, or tuple with one entry per module, optional
     checkpoint : bool, default False
         Recompute each chunk in the backward pass instead of storing its activations.
+    compile : bool or str, default False
+        torch only: run each chunk through ``torch.compile`` (``True``, or a mode such as
+        ``"reduce-overhead"``, which replays a CUDA graph per chunk), for steps that cannot be
+        fused. Chunk outputs are copied out of the CUDA graph's buffers before the next chunk
+        runs, so pass this instead of compiling the chunk module yourself with that mode.
+        Define the chunk module once: each new module object compiles again. JAX calls are
+        compiled already and NumPy has nothing to compile; both ignore it.
 
     Returns
     -------
@@ -374,9 +394,11 @@ def chunk_multi_step_forward(
     ------
     TypeError
         `split_size` is not an integer (``bool``, ``float``, ``str`` and ``None`` included);
-        `checkpoint` is not a bool; plus the cases of :func:`multi_step_forward`.
+        `checkpoint` is not a bool; `compile` is neither a bool nor a string; plus the cases
+        of :func:`multi_step_forward`.
     ValueError
-        ``split_size <= 0``; ``checkpoint=True`` with a SpikingJelly memory module; a
+        ``split_size <= 0``; ``checkpoint=True`` with a SpikingJelly memory module, or with
+        `compile`; a
         SpikingJelly memory module in single-step mode; plus the cases of
         :func:`multi_step_forward` (but see there for the step mode).
     RuntimeError
@@ -397,9 +419,12 @@ def chunk_multi_step_forward(
     _check_step_mode(multi_step_module, "multi_step_module", "m")
     state = _check_state(state, multi_step_module, "multi_step_module", x_seq)
     _check_checkpoint(checkpoint, multi_step_module)
+    _check_compile(compile, checkpoint)
     # A split larger than T is one chunk; clamping keeps huge NumPy integers out of torch.split.
     split_size = min(split_size, x_seq.shape[0])
-    return backend.chunk_multi_step_forward(split_size, x_seq, multi_step_module, state, checkpoint)
+    return backend.chunk_multi_step_forward(
+        split_size, x_seq, multi_step_module, state, checkpoint, compile
+    )
 
 
 def seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:

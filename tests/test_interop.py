@@ -100,7 +100,7 @@ def test_sharing_where_the_frameworks_allow_it():
     assert _ptr(to_numpy(t)) == _ptr(t)  # Tensor.numpy()
     a = np.ones((16, 4), np.float32)
     assert _ptr(to_torch(a)) == _ptr(a)  # torch.from_numpy
-    j = jnp.arange(16.0)
+    j = jnp.arange(16.0, device=jax.devices("cpu")[0])  # NumPy can share host memory only
     view = to_numpy(j)
     assert _ptr(view) == _ptr(j) and not view.flags.writeable
 

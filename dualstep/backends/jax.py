@@ -218,8 +218,9 @@ def _join_chunks(a: Any) -> Any:
 
 
 def chunk_multi_step_forward(
-    split_size: int, x_seq: Any, modules: Any, state: Any, checkpoint: bool
+    split_size: int, x_seq: Any, modules: Any, state: Any, checkpoint: bool, compile: Any = False
 ) -> Any:
+    # `compile` is for torch: JAX calls are compiled already.
     impl = functools.partial(_chunks, split_size=split_size, remat=checkpoint)
     return _run(("chunk", split_size, checkpoint), impl, x_seq, modules, state)
 

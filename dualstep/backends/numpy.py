@@ -46,9 +46,14 @@ def t_last_multi_step_forward(
 
 
 def chunk_multi_step_forward(
-    split_size: int, x_seq: np.ndarray, modules: Any, state: Any, checkpoint: bool
+    split_size: int,
+    x_seq: np.ndarray,
+    modules: Any,
+    state: Any,
+    checkpoint: bool,
+    compile: Any = False,
 ) -> Any:
-    # `checkpoint` has nothing to save on NumPy: there is no backward pass.
+    # `checkpoint` has nothing to save on NumPy (no backward pass), `compile` nothing to compile.
     chunks = (x_seq[i : i + split_size] for i in range(0, x_seq.shape[0], split_size))
     ys, final = run_steps(chunks, modules, state)
     return stacked_result(ys, _arrays(final), state, np.concatenate)

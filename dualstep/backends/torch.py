@@ -24,6 +24,7 @@ from .._modules import (
     stack_outputs,
     stacked_result,
 )
+from .._tree import map_with_path
 
 
 def _stack_first(tensors: list) -> torch.Tensor:
@@ -84,13 +85,20 @@ def t_last_multi_step_forward(
 
 
 def chunk_multi_step_forward(
-    split_size: int, x_seq: torch.Tensor, modules: Any, state: Any, checkpoint: bool
+    split_size: int,
+    x_seq: torch.Tensor,
+    modules: Any,
+    state: Any,
+    checkpoint: bool,
+    compile: bool | str = False,
 ) -> Any:
     # Slices rather than `torch.split`, whose views may not be modified in place under autograd.
     steps = x_seq.shape[0]
     chunks = [x_seq[i : i + split_size] for i in range(0, steps, split_size)]
     grad = torch.is_grad_enabled()
     call = _call_checkpointed if checkpoint and grad else call_once
+    if compile is not False:
+        call = _compiled_call(compile)
     if (grad and not checkpoint) or torch._C._are_functorch_transforms_active():
         # Plain training concatenates like SpikingJelly. Under torch.func transforms a chunk's
         # output may be batched where the first one was not: a preallocated result cannot
@@ -105,6 +113,30 @@ def chunk_multi_step_forward(
     return _chunks_preallocated(
         chunks, steps, modules, state, call, _Into.apply if grad else _copy_into
     )
+
+
+@functools.cache
+def _compiled(mode: str | None) -> Callable:
+    # One compiled `call_once` per mode: dynamo keys its code by the modules it was given
+    # (guards), so a chunk module defined once compiles once (twice with a shorter last chunk).
+    return torch.compile(call_once, mode=mode)
+
+
+def _compiled_call(compile: bool | str) -> Callable:
+    """A chunk call through ``torch.compile``; with CUDA graphs ("reduce-overhead"), each
+    chunk's outputs and state are copied out of the graph's buffers, which the next chunk's
+    replay overwrites."""
+    mode = None if compile is True else compile
+    compiled = _compiled(mode)
+    if mode != "reduce-overhead":
+        return compiled
+
+    def call(xc: Any, state: Any, modules: Any, stateful: bool) -> tuple[Any, Any]:
+        y, new = compiled(xc, state, modules, stateful)
+        own = functools.partial(map_with_path, lambda a, _: a if a is None else a.clone())
+        return own(y, ""), own(new, "")
+
+    return call
 
 
 _MISMATCH = (
