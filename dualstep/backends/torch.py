@@ -318,6 +318,12 @@ def _fits(items: tuple, out: tuple, length: int) -> bool:
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
+    if not isinstance(x_seq, tuple) and not isinstance(modules, (list, tuple)):
+        # The common call, written out: this function's whole cost is per-call overhead.
+        y = modules(x_seq.flatten(0, 1))
+        if not isinstance(y, tuple):
+            return y.unflatten(0, (x_seq.shape[0], x_seq.shape[1]))
+        return map_outputs(y, lambda a: a.unflatten(0, x_seq.shape[:2]))
     t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
     y = apply_modules(map_outputs(x_seq, lambda a: a.flatten(0, 1)), modules)
     return map_outputs(y, lambda a: a.unflatten(0, (t, b)))
