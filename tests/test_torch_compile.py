@@ -83,7 +83,8 @@ CHUNKS = textwrap.dedent(
             if grad:
                 loss = got[0].sum() + got[1].square().sum()
                 g = torch.autograd.grad(loss, linear.weight)[0]
-                ref = torch.autograd.grad(want[0].sum() + want[1].square().sum(), linear.weight, retain_graph=True)[0]
+                ref_loss = want[0].sum() + want[1].square().sum()
+                ref = torch.autograd.grad(ref_loss, linear.weight, retain_graph=True)[0]
                 torch.testing.assert_close(g, ref)
         print(mode, "ok")
     """
