@@ -74,7 +74,13 @@ def test_side_by_side_timer_and_report():
     ]
     result = {
         "rows": rows,
-        "dispatch": {"api_us": 3.0, "backend_us": 1.5, "overhead_us": 1.5},
+        "dispatch": {
+            "api_us": 3.0,
+            "backend_us": 2.0,
+            "direct_us": 1.5,
+            "overhead_us": 1.5,
+            "spikingjelly_overhead_us": 1.0,
+        },
         "compile_equals_spikingjelly": True,
         "memory": {},
         "device": "cpu",
@@ -83,6 +89,7 @@ def test_side_by_side_timer_and_report():
     got = {t["target"].split(".")[0]: t for t in run.targets(result)}
     assert got["1"]["value"] == pytest.approx(41 / 40) and got["1"]["met"] is True
     assert got["2"]["met"] is True
+    assert got["2b"]["value"] == pytest.approx(0.5) and got["2b"]["met"] is False
     assert got["3"]["value"] == pytest.approx(20.0) and got["3"]["met"] is True
     text = run.markdown(result, run.targets(result))
     assert "| dualstep torch.compile | 2000.000 (2.0x) |" in text
