@@ -34,8 +34,16 @@ def _block(value: Any) -> Any:
     return value
 
 
-def time_side_by_side(fns: list[Callable[[], Any]], budget: float, rounds: int = 7) -> list[float]:
-    """Seconds per call of each function, timed in interleaved rounds (best round each).
+def time_side_by_side(
+    fns: list[Callable[[], Any]],
+    budget: float,
+    rounds: int = 7,
+    summary: Callable[[list[float]], float] = min,
+    block_each: bool = True,
+) -> list[float]:
+    """Seconds per call of each function, timed in interleaved rounds (`summary` of the rounds,
+    the best by default). With ``block_each=False`` a round waits for the device once, after
+    its last call, rather than after every call (kernel time without a sync per call).
 
     Two warm-up calls first (they include any compilation); then each function gets a call
     count that fills its share of `budget`, and the rounds alternate between functions so that
@@ -49,14 +57,17 @@ def time_side_by_side(fns: list[Callable[[], Any]], budget: float, rounds: int =
         _block(fn())
         once = max(time.perf_counter() - start, 1e-7)
         numbers.append(max(1, int(budget / rounds / once)))
-    best = [float("inf")] * len(fns)
+    seen: list[list[float]] = [[] for _ in fns]
     for _ in range(rounds):
         for i, (fn, number) in enumerate(zip(fns, numbers, strict=True)):
             start = time.perf_counter()
             for _ in range(number):
-                _block(fn())
-            best[i] = min(best[i], (time.perf_counter() - start) / number)
-    return best
+                out = fn()
+                if block_each:
+                    _block(out)
+            _block(out)
+            seen[i].append((time.perf_counter() - start) / number)
+    return [summary(times) for times in seen]
 
 
 def dispatch_overhead_us(rounds: int = 40, number: int = 2000) -> dict:

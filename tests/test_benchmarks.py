@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -93,3 +98,22 @@ def test_side_by_side_timer_and_report():
     assert got["3"]["value"] == pytest.approx(20.0) and got["3"]["met"] is True
     text = run.markdown(result, run.targets(result))
     assert "| dualstep torch.compile | 2000.000 (2.0x) |" in text
+
+
+def test_gpu_benchmark_smoke_run_checks_every_system(tmp_path):
+    """`python -m benchmarks.gpu --smoke` on CPU (interpreted kernels): every system agrees
+    with the torch loop and every target finds both of its systems."""
+    pytest.importorskip("triton")
+    pytest.importorskip("jax")
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.gpu", "--smoke", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((tmp_path / "gpu.json").read_text())
+    for label, checks in result["checks"].items():
+        assert checks and set(checks.values()) == {"ok"}, (label, checks)
+    assert result["targets"] and all(t["value"] is not None for t in result["targets"])
+    assert "| target | figure | bound | met |" in (tmp_path / "gpu.md").read_text()
