@@ -44,6 +44,11 @@ def _wrong_step_mode(b):
     return ds.multi_step_forward(b.asarray(np.ones((4, 2))), neuron.LIFNode(step_mode="m"))
 
 
+def _fused_memory_module(b):
+    neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
+    return ds.multi_step_forward(b.asarray(np.ones((4, 2))), neuron.IFNode(), fused=True)
+
+
 def _seq(b, shape=(3, 2)):
     return b.asarray(np.ones(shape))
 
@@ -68,10 +73,19 @@ BAD_CALLS = {
     16: _wrong_step_mode,
     17: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_other_kind(b.name, np.zeros(2))),
     18: lambda b: ds.multi_step_forward(_seq(b), lambda x, s: (x, s[:1]), state=_seq(b, (2,))),
+    19: lambda b: ds.multi_step_forward(_seq(b), _ident, fused="always"),
+    20: lambda b: ds.t_last_multi_step_forward(_seq(b), _ident, fused=1),
+    21: lambda b: ds.multi_step_forward(_seq(b), _ident, unroll=2.0),
+    22: lambda b: ds.t_last_multi_step_forward(_seq(b), _ident, unroll=0),
+    23: lambda b: ds.multi_step_forward(_seq(b), lambda x: x.sum(-1), fused=True),
+    24: lambda b: ds.multi_step_forward(_seq(b), _ident, fused=True),
+    25: _fused_memory_module,
+    26: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, compile=1),
+    27: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, checkpoint=True, compile=True),
 }
-EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError}
-TORCH_ONLY = {15, 16}
-CASES = [(n, b) for n in sorted(ROWS) for b in BACKENDS if n not in TORCH_ONLY or b == "torch"]
+EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError, "NotFusable": ds.NotFusable}
+ONLY = {15: {"torch"}, 16: {"torch"}, 23: {"torch", "jax"}, 24: {"numpy"}, 25: {"torch"}}
+CASES = [(n, b) for n in sorted(ROWS) for b in BACKENDS if b in ONLY.get(n, BACKENDS)]
 
 
 def test_every_row_has_a_bad_call_and_every_bad_call_a_row():

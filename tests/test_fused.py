@@ -29,18 +29,22 @@ def _framework(name: str):
     return pytest.importorskip("jax")
 
 
+# Where `_asarray` puts arrays: set by the `fw` fixture ("cpu" runs the kernels interpreted).
+_DEVICE = {"torch": "cpu", "jax": "cpu"}
+
+
 def _asarray(name: str, a: np.ndarray):
     if name == "torch":
         import torch
 
-        return torch.from_numpy(np.array(a))
+        return torch.from_numpy(np.array(a)).to(_DEVICE["torch"])
     import jax.numpy as jnp
 
-    return jnp.asarray(a)
+    return jnp.asarray(a)  # on the default device, which the fixture sets
 
 
 def _np(a) -> np.ndarray:
-    return a.detach().numpy() if hasattr(a, "detach") else np.asarray(a)
+    return a.detach().cpu().numpy() if hasattr(a, "detach") else np.asarray(a)
 
 
 def _surrogate_lif(name: str, tau: float = 2.0):
@@ -103,10 +107,42 @@ def _assert_same(fused, loop, *, exact: bool = False) -> None:
         np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, np.abs(b).max()))
 
 
-@pytest.fixture(params=FUSED_BACKENDS)
+def _gpu(name: str) -> bool:
+    if name == "torch":
+        torch = pytest.importorskip("torch")
+        return torch.cuda.is_available()
+    jax = pytest.importorskip("jax")
+    return any(d.platform == "gpu" for d in jax.devices())
+
+
+_CUDA = pytest.mark.cuda
+
+
+@pytest.fixture(
+    params=[
+        ("torch", "cpu"),
+        ("jax", "cpu"),
+        pytest.param(("torch", "cuda"), marks=_CUDA),
+        pytest.param(("jax", "gpu"), marks=_CUDA),
+    ],
+    ids=lambda p: "-".join(p),
+)
 def fw(request):
-    """(backend name, framework module) for each backend with a fused lowering."""
-    return request.param, _framework(request.param)
+    """(backend name, framework module) for each backend with a fused lowering, on CPU (the
+    kernels interpreted) and, where there is one, on a GPU (compiled)."""
+    name, device = request.param
+    m = _framework(name)
+    if device != "cpu" and not _gpu(name):
+        pytest.skip(f"{name} sees no GPU here")
+    _DEVICE[name] = device
+    try:
+        if name == "jax":
+            with m.default_device(m.devices(device)[0]):
+                yield name, m
+        else:
+            yield name, m
+    finally:
+        _DEVICE[name] = "cpu"
 
 
 _GRID = st.tuples(

@@ -12,19 +12,23 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_torch_jax_and_porting_examples():
-    assert len(BLOCKS) == 3
+    assert len(BLOCKS) == 4
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=["torch", "jax", "porting"])
+@pytest.mark.parametrize("block", BLOCKS, ids=["torch", "jax", "porting", "fused"])
 def test_readme_example_runs(block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
         pytest.importorskip(module)
+    if "fused=True" in block:
+        pytest.importorskip("triton")
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
     if "report" in namespace:  # porting
         assert namespace["report"].ok and len(namespace["report"].rows) == 9
         assert set(namespace["params"]) == {"weight", "bias"}
         assert namespace["state"]["count"] is None
+    elif "y_loop" in namespace:  # fused: its own assertion ran
+        assert tuple(namespace["y_seq"].shape) == (8, 4, 16)
     elif "y_long" in namespace:  # torch
         assert tuple(namespace["y_seq"].shape) == (16, 8, 10)
         assert tuple(namespace["y_long"].shape) == (16, 8, 32)

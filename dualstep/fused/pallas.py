@@ -185,6 +185,13 @@ def multi_step(x_seq: Any, modules: Any, state: Any) -> Any:
     return y_seq, with_leaves(state, [unflat(a, ()) for a in final])
 
 
+# Public as jax.core.eval_jaxpr up to JAX 0.10; newer releases may keep it private only.
+try:
+    from jax.core import eval_jaxpr as _eval_jaxpr
+except ImportError:  # pragma: no cover - depends on the JAX release
+    from jax._src.core import eval_jaxpr as _eval_jaxpr
+
+
 def _interpret(x_seq: Any) -> bool:
     """Interpret on CPU (or when the device is unknown under a trace and the default is CPU)."""
     try:
@@ -223,7 +230,7 @@ class _Kernel:
         self.run.defvjp(self._fwd, self._bwd)
 
     def _apply(self, consts: list, x: Any, state: list) -> list:
-        return jax.core.eval_jaxpr(self.jaxpr, consts, x, *state)
+        return _eval_jaxpr(self.jaxpr, consts, x, *state)
 
     def _forward(self, x2d: Any, leaves: list, consts: list, save: bool) -> tuple:
         ny, nl, block, steps = self.ny, len(leaves), self.block, self.steps
