@@ -367,6 +367,37 @@ def test_a_state_of_another_shape_is_not_fusable(fw):
         )
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_half_precision_with_bool_spikes(fw, dtype):
+    name, m = fw
+    if name == "torch" and dtype == "bfloat16" and _DEVICE["torch"] == "cpu":
+        pytest.skip("Triton's interpreter computes bfloat16 wrongly; refused on CPU (below)")
+    where = m.where if name == "torch" else m.numpy.where
+
+    def step(x, v):
+        h = v + x
+        s = h >= 1.0
+        return s, where(s, 0.0, h).astype(h.dtype) if name == "jax" else where(s, 0.0, h)
+
+    x = _asarray(name, np.random.default_rng(5).random((6, 3, 7)).astype(np.float32))
+    x = x.to(getattr(m, dtype)) if name == "torch" else x.astype(dtype)
+    v0 = x[0] * 0
+    fused, loop = (ds.multi_step_forward(x, step, state=v0, fused=f) for f in (True, False))
+    assert str(fused[0].dtype).endswith("bool")
+    _assert_same(fused[0], loop[0], exact=True)
+    np.testing.assert_array_equal(
+        _np(fused[1].astype("float32") if name == "jax" else fused[1].float()),
+        _np(loop[1].astype("float32") if name == "jax" else loop[1].float()),
+    )
+
+
+def test_torch_bfloat16_is_refused_on_cpu():
+    torch = _framework("torch")
+    x = torch.ones(3, 2, dtype=torch.bfloat16)
+    with pytest.raises(ds.NotFusable, match="bfloat16"):
+        ds.multi_step_forward(x, lambda a, v: (a + v, v), state=x[0], fused=True)
+
+
 def test_numpy_has_no_kernels_and_auto_loops():
     x = np.ones((3, 2))
     with pytest.raises(ds.NotFusable, match="NumPy arrays have no fused kernel"):

@@ -297,20 +297,16 @@ def _key(obj: Any, tensors: list, depth: int = 0) -> Any:
 
 
 class _Kernels:
-    """The Triton kernels of one traced step, and what the launcher needs to know of it."""
+    """The Triton kernels of one traced step, and what the launcher needs to know of it.
 
-    def __init__(
-        self,
-        fwd: Any,
-        step: Callable,
-        example: list,
-        outputs: tuple[int, Callable],
-        out_dtypes: list,
-    ) -> None:
-        self.fwd, self.step, self.example = fwd, step, example
+    Holds no reference to the step or to the arrays it was traced with (the cache keeps these
+    objects): the backward kernel is traced with the forward one when gradients are enabled.
+    """
+
+    def __init__(self, fwd: Any, bwd: Any, outputs: tuple[int, Callable], out_dtypes: list) -> None:
+        self.fwd, self.bwd = fwd, bwd
         self.ny, self.rebuild = outputs
         self.out_dtypes = out_dtypes
-        self.bwd: Any = None
         self.diff_y = [i for i in range(self.ny) if out_dtypes[i].is_floating_point]
 
 
@@ -379,14 +375,13 @@ def _backward_source(graph: _Graph, nl: int, ng: int) -> str:
     body, results = graph.emit(names, "v")
     params = ["x_ptr", *(f"saved{i}_ptr" for i in range(nl)), *(f"gy{j}_ptr" for j in range(ng))]
     params += [f"gf{i}_ptr" for i in range(nl)] + ["gx_ptr"]
-    params += [f"g0_{i}_ptr" for i in range(nl)] + ["T", "N", "BLOCK: tl.constexpr"]
+    params += [f"g0_{i}_ptr" for i in range(nl)] + ["T", "N", "LAST", "BLOCK: tl.constexpr"]
     streams = ["x", *(f"saved{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng)), "gx"]
     lines = [
         f"def bwd({', '.join(params)}):",
         "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offs < N",
-        "    last = (T - 1).to(tl.int64) * N",
-        *(f"    {s}_ptr += last" for s in streams),
+        *(f"    {s}_ptr += LAST" for s in streams),
         *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
         "    for _ in range(0, T):",
         "        x = tl.load(x_ptr + offs, mask=mask)",
@@ -456,9 +451,13 @@ def _build(
     out_vals = [n.meta.get("val") for n in _output_nodes(graph)]
     check_layout(step_shape, out_vals[:ny], "output")
     launch = INTERPRET_LAUNCH if interpret else LAUNCH
-    source = _forward_source(graph, len(leaves), launch["unroll"])
+    fwd = _compile(_forward_source(graph, len(leaves), launch["unroll"]), "fwd", interpret)
     out_dtypes = [v.dtype for v in out_vals[:ny]]
-    return _Kernels(_compile(source, "fwd", interpret), step, example, outputs[0], out_dtypes)
+    diff_y = [i for i in range(ny) if out_dtypes[i].is_floating_point]
+    bwd = None
+    if torch.is_grad_enabled():
+        bwd = _backward_kernel(step, example, ny, out_dtypes, diff_y, interpret)
+    return _Kernels(fwd, bwd, outputs[0], out_dtypes)
 
 
 def _output_nodes(graph: _Graph) -> list:
@@ -466,15 +465,16 @@ def _output_nodes(graph: _Graph) -> list:
     return list(outs) if isinstance(outs, (tuple, list)) else [outs]
 
 
-def _backward_kernel(kernels: _Kernels, nl: int, interpret: bool) -> Any:
-    if kernels.bwd is not None:
-        return kernels.bwd
-    step, ny, diff_y = kernels.step, kernels.ny, kernels.diff_y
+def _backward_kernel(
+    step: Callable, example: list, ny: int, out_dtypes: list, diff_y: list, interpret: bool
+) -> Any:
+    """The reverse-time kernel: the vector-Jacobian product of one step, traced through
+    ``torch.autograd.grad`` (so a ``torch.autograd.Function``'s backward is what it computes)."""
+    nl = len(example) - 1
     # Distinct tensors: make_fx tells inputs apart by identity.
-    example = [a.clone() for a in kernels.example]
-    cotangents = [
-        example[0].new_zeros(example[0].shape, dtype=kernels.out_dtypes[i]) for i in diff_y
-    ]
+    example = [a.clone() for a in example]
+    shape = example[0].shape
+    cotangents = [example[0].new_zeros(shape, dtype=out_dtypes[i]) for i in diff_y]
     cotangents += [torch.zeros_like(a) for a in example[1:]]
 
     def vjp(x: torch.Tensor, *rest: torch.Tensor) -> tuple:
@@ -492,10 +492,8 @@ def _backward_kernel(kernels: _Kernels, nl: int, interpret: bool) -> Any:
             torch.zeros_like(a) if d is None else d for a, d in zip(inputs, grads, strict=True)
         )
 
-    graph = _Graph(_trace(vjp, [*example, *cotangents]), tuple(example[0].shape))
-    source = _backward_source(graph, nl, len(diff_y))
-    kernels.bwd = _compile(source, "bwd", interpret)
-    return kernels.bwd
+    graph = _Graph(_trace(vjp, [*example, *cotangents]), tuple(shape))
+    return _compile(_backward_source(graph, nl, len(diff_y)), "bwd", interpret)
 
 
 class _Fused(torch.autograd.Function):
@@ -525,20 +523,23 @@ class _Fused(torch.autograd.Function):
         )
         if save:
             ctx.save_for_backward(x2d, *saved)
-            ctx.kernels, ctx.nl = kernels, nl
+            ctx.kernels = kernels
         ctx.mark_non_differentiable(*(ys[i] for i in range(ny) if i not in kernels.diff_y))
         return (*ys, *finals)
 
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
-        kernels, nl = ctx.kernels, ctx.nl
+        kernels = ctx.kernels
         x2d, *saved = ctx.saved_tensors
         steps, n = x2d.shape
         interpret = x2d.device.type != "cuda"
         launch = INTERPRET_LAUNCH if interpret else LAUNCH
-        bwd = _backward_kernel(kernels, nl, interpret)
-        g_ys = [grads[i] for i in kernels.diff_y]
-        g_ys = [torch.zeros_like(x2d) if g is None else g.contiguous() for g in g_ys]
+        g_ys = [
+            x2d.new_zeros((steps, n), dtype=kernels.out_dtypes[i])
+            if grads[i] is None
+            else grads[i].contiguous()
+            for i in kernels.diff_y
+        ]
         g_final = [
             torch.zeros_like(s[0]) if g is None else g.contiguous()
             for g, s in zip(grads[kernels.ny :], saved, strict=True)
@@ -547,8 +548,19 @@ class _Fused(torch.autograd.Function):
         g_0 = [torch.empty_like(s[0]) for s in saved]
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else {"num_warps": launch["num_warps"]}
-        bwd[grid](
-            x2d, *saved, *g_ys, *g_final, g_x, *g_0, steps, n, BLOCK=launch["block"], **options
+        last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
+        kernels.bwd[grid](
+            x2d,
+            *saved,
+            *g_ys,
+            *g_final,
+            g_x,
+            *g_0,
+            steps,
+            n,
+            last,
+            BLOCK=launch["block"],
+            **options,
         )
         return (None, g_x, *g_0)
 
@@ -563,6 +575,8 @@ def fusable(x_seq: torch.Tensor, modules: Any, state: Any) -> None:
             raise not_fusable(f"{what} is not a floating tensor")
         if a.device != x_seq.device:
             raise not_fusable(f"state array {i - 1} is on {a.device}, `x_seq` on {x_seq.device}")
+    if x_seq.device.type != "cuda" and any(a.dtype == torch.bfloat16 for a in [x_seq, *leaves]):
+        raise not_fusable("Triton's interpreter (CPU) computes bfloat16 wrongly; use a GPU")
     if x_seq.device.type not in ("cpu", "cuda"):
         raise not_fusable(f"`x_seq` is on {x_seq.device}; kernels run on CUDA (or interpreted)")
 
