@@ -460,16 +460,15 @@ def seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
     >>> seq_to_ann_forward(np.ones((4, 3, 2)), lambda x: x.sum(-1)).shape
     (4, 3)
     """
-    if isinstance(x_seq, tuple) or isinstance(stateless_module, (list, tuple)):
-        backend = _check_seq_to_ann(x_seq, 0)
-        _check_modules(stateless_module, "stateless_module")
+    if callable(stateless_module) and not isinstance(x_seq, tuple):
+        # One array, one module (a list is not callable): the checks below, inlined, since
+        # this call is all per-call overhead.
+        backend = backend_for(x_seq)
+        if x_seq.ndim < 2:
+            _check_sequence(x_seq, *_SEQ_RANK)
         return backend.seq_to_ann_forward(x_seq, stateless_module)
-    # One array, one module: the same checks, inlined (this call is all per-call overhead).
-    backend = backend_for(x_seq)
-    if x_seq.ndim < 2:
-        _check_sequence(x_seq, *_SEQ_RANK)
-    if not callable(stateless_module):
-        _check_modules(stateless_module, "stateless_module")
+    backend = _check_seq_to_ann(x_seq, 0)
+    _check_modules(stateless_module, "stateless_module")
     return backend.seq_to_ann_forward(x_seq, stateless_module)
 
 

@@ -318,7 +318,7 @@ def _fits(items: tuple, out: tuple, length: int) -> bool:
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
-    if not isinstance(x_seq, tuple) and not isinstance(modules, (list, tuple)):
+    if callable(modules) and not isinstance(x_seq, tuple):
         # The common call, written out: this function's whole cost is per-call overhead.
         y = modules(x_seq.flatten(0, 1))
         if not isinstance(y, tuple):
