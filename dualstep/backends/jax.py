@@ -121,24 +121,30 @@ def _scan(x_seq: Any, modules: Any, state: Any, remat: bool = False, unroll: int
 GPU_UNROLL = 32
 
 
-def _on_gpu(x_seq: Any) -> bool:
-    try:
-        platforms = {d.platform for d in x_seq.devices()}
-    except (AttributeError, jax.errors.ConcretizationTypeError):  # a tracer: no devices yet
-        platforms = {jax.default_backend()}
-    return bool(platforms & {"gpu", "cuda", "rocm"})
+_GPU = frozenset({"gpu", "cuda", "rocm"})
+
+
+def _platform(x_seq: Any) -> str:
+    """Where the call runs: the array's device, or under a trace (no device yet) the default
+    device (``jax.default_device``) or backend."""
+    if not isinstance(x_seq, _Tracer):
+        return next(iter(x_seq.devices())).platform
+    device = jax.config.jax_default_device  # type: ignore[attr-defined]
+    if device is None:
+        return jax.default_backend()
+    return device if isinstance(device, str) else device.platform
 
 
 def _sequence(
-    x_seq: Any, modules: Any, state: Any, *, fused: bool | str, unroll: int | None
+    x_seq: Any, modules: Any, state: Any, *, fused: bool | str, unroll: int | None, platform: str
 ) -> Any:
     """One sequence, time first: the fused kernel when asked and possible, else the scan."""
-    gpu = _on_gpu(x_seq)
+    gpu = platform in _GPU
     if fused is True or (fused == "auto" and gpu) or (unroll is None and gpu):
         from ..fused import NotFusable, pallas  # imported by the calls that use it only
     if fused is True or (fused == "auto" and gpu):
         try:
-            return pallas.multi_step(x_seq, modules, state)
+            return pallas.multi_step(x_seq, modules, state, interpret=platform == "cpu")
         except NotFusable:
             if fused is True:
                 raise
@@ -156,14 +162,13 @@ def _sequence(
 def multi_step_forward(
     x_seq: Any, modules: Any, state: Any, fused: bool | str = False, unroll: int | None = None
 ) -> Any:
-    impl = functools.partial(_sequence, fused=fused, unroll=unroll)
-    return _run(("multi_step", fused, unroll), impl, x_seq, modules, state)
+    platform = _platform(x_seq)
+    impl = functools.partial(_sequence, fused=fused, unroll=unroll, platform=platform)
+    return _run(("multi_step", fused, unroll, platform), impl, x_seq, modules, state)
 
 
-def _sequence_time_last(
-    x_seq: Any, modules: Any, state: Any, *, fused: bool | str, unroll: int | None
-) -> Any:
-    out = _sequence(jnp.moveaxis(x_seq, -1, 0), modules, state, fused=fused, unroll=unroll)
+def _sequence_time_last(x_seq: Any, modules: Any, state: Any, **options: Any) -> Any:
+    out = _sequence(jnp.moveaxis(x_seq, -1, 0), modules, state, **options)
     ys, final = (out, None) if state is None else out
     ys = map_outputs(ys, lambda a: jnp.moveaxis(a, 0, -1))
     return ys if state is None else (ys, final)
@@ -172,8 +177,9 @@ def _sequence_time_last(
 def t_last_multi_step_forward(
     x_seq: Any, modules: Any, state: Any, fused: bool | str = False, unroll: int | None = None
 ) -> Any:
-    impl = functools.partial(_sequence_time_last, fused=fused, unroll=unroll)
-    return _run(("t_last_multi_step", fused, unroll), impl, x_seq, modules, state)
+    platform = _platform(x_seq)
+    impl = functools.partial(_sequence_time_last, fused=fused, unroll=unroll, platform=platform)
+    return _run(("t_last_multi_step", fused, unroll, platform), impl, x_seq, modules, state)
 
 
 def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: bool) -> Any:

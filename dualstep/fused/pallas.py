@@ -155,10 +155,10 @@ def fusable(x_seq: Any, modules: Any, state: Any) -> Any:
     return closed
 
 
-def multi_step(x_seq: Any, modules: Any, state: Any) -> Any:
-    """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``."""
+def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
+    """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``; `interpret`
+    runs the kernels through Pallas' interpreter (on CPU)."""
     fusable(x_seq, modules, state)
-    interpret = _interpret(x_seq)
     launch = INTERPRET_LAUNCH if interpret else LAUNCH
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = size(step_shape)
@@ -190,15 +190,6 @@ try:
     from jax.core import eval_jaxpr as _eval_jaxpr
 except ImportError:  # pragma: no cover - depends on the JAX release
     from jax._src.core import eval_jaxpr as _eval_jaxpr
-
-
-def _interpret(x_seq: Any) -> bool:
-    """Interpret on CPU (or when the device is unknown under a trace and the default is CPU)."""
-    try:
-        platforms = {d.platform for d in x_seq.devices()}
-    except (AttributeError, jax.errors.ConcretizationTypeError):
-        platforms = {jax.default_backend()}
-    return platforms == {"cpu"}
 
 
 class _Kernel:
