@@ -2,11 +2,12 @@
 
 The step is traced once per block shape into a jaxpr; values it captures (scalars, possibly
 tracers of an enclosing ``jit`` or ``grad``) become kernel inputs. Each program owns a block of
-the N elements of a step and loops over time with ``lax.fori_loop``, reading ``x[t]`` and the
-carried state, writing ``y[t]``. Gradients come from a second kernel that loops backwards over
-time, calling ``jax.vjp`` of the step (its own ``custom_vjp``/``custom_jvp`` surrogates
-included) on the state saved before each step. On CPU the kernels run in Pallas' interpret
-mode (for testing); on a GPU through Pallas' Triton backend.
+the N elements of a step and loops over time with ``lax.fori_loop``, several steps per
+iteration, reading ``x[t]`` and the carried state, writing ``y[t]``. Gradients come from a
+second kernel that loops backwards over time, calling ``jax.vjp`` of the step (its own
+``custom_vjp``/``custom_jvp`` surrogates included) on the state saved before each step. On CPU
+the kernels run in Pallas' interpret mode (for testing); on a GPU through Pallas' Triton
+backend.
 """
 
 from __future__ import annotations
@@ -192,6 +193,28 @@ except ImportError:  # pragma: no cover - depends on the JAX release
     from jax._src.core import eval_jaxpr as _eval_jaxpr
 
 
+def _time_loop(
+    steps: int, unroll: int, load: Any, body: Any, carry: Any, reverse: bool = False
+) -> Any:
+    """``carry = body(t, load(t), carry)`` for every time step t (backwards with `reverse`),
+    `unroll` steps per loop iteration with all their loads issued before the first step's
+    arithmetic, so that loads of later steps are in flight while the recurrence runs."""
+
+    def at(i: Any) -> Any:
+        return steps - 1 - i if reverse else i
+
+    def group(g: Any, carry: Any) -> Any:
+        times = [at(g * unroll + k) for k in range(unroll)]
+        loaded = [load(t) for t in times]
+        for t, item in zip(times, loaded, strict=True):
+            carry = body(t, item, carry)
+        return carry
+
+    carry = lax.fori_loop(0, steps // unroll, group, carry)
+    rest = steps - steps % unroll
+    return lax.fori_loop(rest, steps, lambda i, c: body(at(i), load(at(i)), c), carry)
+
+
 class _Kernel:
     """The forward and backward kernels of one traced step, as a ``jax.custom_vjp``."""
 
@@ -233,15 +256,18 @@ class _Kernel:
             cols = pl.ds(pl.program_id(0) * block, block)
             c = [r[0] for r in c_refs]
 
-            def body(t: Any, s: list) -> list:
+            def load(t: Any) -> Any:
+                return x_ref[t, cols]
+
+            def body(t: Any, x: Any, s: list) -> list:
                 for r, v in zip(saved_refs, s, strict=False):
                     r[t, cols] = v
-                outs = self._apply(c, x_ref[t, cols], s)
+                outs = self._apply(c, x, s)
                 for r, y in zip(y_refs, outs[:ny], strict=True):
                     r[t, cols] = y
                 return list(outs[ny:])
 
-            s = lax.fori_loop(0, steps, body, [r[cols] for r in s_refs], unroll=self.unroll)
+            s = _time_loop(steps, self.unroll, load, body, [r[cols] for r in s_refs])
             for r, v in zip(final_refs, s, strict=True):
                 r[cols] = v
 
@@ -289,19 +315,23 @@ class _Kernel:
                 outs = self._apply(full, x, s)
                 return [outs[i] for i in diff_y] + list(outs[ny:])
 
-            def body(i: Any, carry: tuple) -> tuple:
-                g_s, g_c = carry
-                t = steps - 1 - i
-                s_t = [r[t, cols] for r in saved_refs]
-                _, vjp = jax.vjp(step, x_ref[t, cols], s_t, [c[j] for j in diff_c])
-                g_x, g_s, g_dc = vjp([r[t, cols] for r in gy_refs] + list(g_s))
+            def load(t: Any) -> tuple:
+                return (
+                    x_ref[t, cols],
+                    [r[t, cols] for r in saved_refs],
+                    [r[t, cols] for r in gy_refs],
+                )
+
+            def body(t: Any, loaded: tuple, carry: tuple) -> tuple:
+                (x_t, s_t, gy_t), (g_s, g_c) = loaded, carry
+                _, vjp = jax.vjp(step, x_t, s_t, [c[j] for j in diff_c])
+                g_x, g_s, g_dc = vjp(gy_t + list(g_s))
                 gx_ref[t, cols] = g_x
                 return list(g_s), [a + b for a, b in zip(g_c, g_dc, strict=True)]
 
             zeros = [jnp.zeros((), consts[j].dtype) for j in diff_c]
-            g_s, g_c = lax.fori_loop(
-                0, steps, body, ([r[cols] for r in gf_refs], zeros), unroll=self.unroll
-            )
+            carry = ([r[cols] for r in gf_refs], zeros)
+            g_s, g_c = _time_loop(steps, self.unroll, load, body, carry, reverse=True)
             for r, v in zip(g0_refs, g_s, strict=True):
                 r[cols] = v
             for r, v in zip(gc_refs, g_c, strict=True):
