@@ -443,3 +443,36 @@ def test_jax_unroll_keeps_results(jax_x64, unroll):
         ds.multi_step_forward(x, step, state=jnp.zeros(3), unroll=unroll),
         ds.multi_step_forward(x, step, state=jnp.zeros(3)),
     )
+
+
+def _scan_unrolls(fn, x) -> list:
+    import jax
+
+    jaxpr = jax.make_jaxpr(fn)(x)
+    return [e.params["unroll"] for e in jaxpr.jaxpr.eqns if e.primitive.name == "scan"]
+
+
+def test_jax_default_unroll_is_32_on_a_gpu_for_elementwise_steps_only():
+    """Traced under ``jax.default_device("gpu")`` (no GPU needed to trace): the scan of an
+    elementwise step unrolls 32 steps, a matmul step and any step on CPU keep 1, and
+    `unroll=` overrides the default."""
+    jax = _framework("jax")
+    import jax.numpy as jnp
+
+    x, short, v = jnp.ones((40, 3)), jnp.ones((5, 3)), jnp.zeros(3)
+    w = jnp.ones((3, 3))
+    lif = lif_step()
+
+    def matmul(a, s):
+        return a @ w, s
+
+    def run(step, **kw):
+        return lambda x: ds.multi_step_forward(x, step, state=v, **kw)
+
+    with jax.default_device("gpu"):
+        assert _scan_unrolls(run(lif), x) == [32]
+        assert _scan_unrolls(run(lif), short) == [5]
+        assert _scan_unrolls(run(matmul), x) == [1]
+        assert _scan_unrolls(run(lif, unroll=4), x) == [4]
+    with jax.default_device("cpu"):
+        assert _scan_unrolls(run(lif), x) == [1]
