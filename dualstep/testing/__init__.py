@@ -2,6 +2,8 @@
 
 - `assert_backends_close`: run a step function through the forward functions on every
   installed backend against the NumPy float64 oracle; a `Report` of the errors.
+- `assert_implementations_close`: two implementations of one model (a torch model and its
+  JAX port, a model before and after NIR), on any two backends, compared step by step.
 - Reference step functions written once against the array API (`affine_tanh`, `if_step`,
   `lif_step`); they run unchanged on torch, JAX and NumPy.
 - :mod:`dualstep.testing.strategies`: hypothesis strategies for sequences and split sizes
@@ -9,6 +11,14 @@
 """
 
 from ._steps import affine_tanh, if_step, lif_step
-from ._validate import Report, Row, assert_backends_close
+from ._validate import Report, Row, assert_backends_close, assert_implementations_close
 
-__all__ = ["Report", "Row", "affine_tanh", "assert_backends_close", "if_step", "lif_step"]
+__all__ = [
+    "Report",
+    "Row",
+    "affine_tanh",
+    "assert_backends_close",
+    "assert_implementations_close",
+    "if_step",
+    "lif_step",
+]

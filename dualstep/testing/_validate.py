@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import importlib.util
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -14,6 +15,8 @@ from array_api_compat import array_namespace
 import dualstep as ds
 
 from .. import interop
+from .._api import _memory_modules
+from .._dispatch import kind_of
 from .._tree import leaves_with_path
 
 FUNCTIONS = (
@@ -41,9 +44,11 @@ class Row:
     """One backend and function against the oracle.
 
     `first_bad_step` is the first time step (index into ``T``) whose output is outside the
-    tolerance, ``"final state"`` when only the final state is, ``"dtype"`` or ``"shape"`` when
-    those differ, ``None`` when all agree. The errors are those at that step (over the whole
-    output when all agree); the relative error of two values is
+    tolerance, ``"final state"`` when only the final state is, ``"dtype"``, ``"shape"`` or
+    ``"structure"`` when those differ, ``None`` when all agree. `leaf` names the output or
+    state array concerned (``y``, ``y[1]``, ``state['v']``): the one that diverged first, or
+    every leaf its own row in :func:`assert_implementations_close`. The errors are those at
+    that step (over the whole output when all agree); the relative error of two values is
     ``|got - want| / max(|got|, |want|)``, between 0 and 2, so it stays meaningful near zero.
     """
 
@@ -53,6 +58,7 @@ class Row:
     max_rel_error: float
     first_bad_step: int | str | None
     dtype: str
+    leaf: str = ""
 
     @property
     def ok(self) -> bool:
@@ -72,15 +78,19 @@ class Report:
         return all(r.ok for r in self.rows)
 
     def __str__(self) -> str:
+        wide = max([8, *(len(r.backend) for r in self.rows)])
+        leaf = max([4, *(len(r.leaf) for r in self.rows)])
         lines = [
-            f"{'backend':<8} {'function':<27} {'dtype':<9} {'max abs err':>11} "
-            f"{'max rel err':>11}  first bad step  (rtol={self.rtol:g}, atol={self.atol:g})"
+            f"{'backend':<{wide}} {'function':<27} {'dtype':<9} {'max abs err':>11} "
+            f"{'max rel err':>11}  first bad step  {'leaf':<{leaf}}  "
+            f"(rtol={self.rtol:g}, atol={self.atol:g})"
         ]
         for r in self.rows:
             bad = "-" if r.first_bad_step is None else str(r.first_bad_step)
             lines.append(
-                f"{r.backend:<8} {r.function:<27} {r.dtype:<9} {r.max_abs_error:>11.3g} "
-                f"{r.max_rel_error:>11.3g}  {bad:<14}  {'ok' if r.ok else 'FAIL'}"
+                f"{r.backend:<{wide}} {r.function:<27} {r.dtype:<9} {r.max_abs_error:>11.3g} "
+                f"{r.max_rel_error:>11.3g}  {bad:<14}  {r.leaf or '-':<{leaf}}  "
+                f"{'ok' if r.ok else 'FAIL'}"
             )
         return "\n".join(lines)
 
@@ -143,9 +153,13 @@ def _run(function: str, step: Any, x: Any, state: Any, split_size: int) -> tuple
     return y, final
 
 
-def _leaves(tree: Any) -> list:
+def _leaves(tree: Any, path: str = "") -> list:
     """The arrays of `tree`, dicts by sorted key (JAX's order, so backends line up)."""
-    return [leaf for _, leaf in leaves_with_path(tree, "", sort_keys=True) if leaf is not None]
+    return [leaf for _, leaf in _named_leaves(tree, path)]
+
+
+def _named_leaves(tree: Any, path: str) -> list[tuple[str, Any]]:
+    return [(p, a) for p, a in leaves_with_path(tree, path, sort_keys=True) if a is not None]
 
 
 def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple[np.ndarray, ...]:
@@ -167,6 +181,77 @@ def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple
     return abs_err, rel_err, abs_err > atol + rtol * np.abs(w)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Leaf:
+    """One array compared with its expected value."""
+
+    path: str
+    max_abs: float
+    max_rel: float
+    first_bad: int | str | None  # a time step, "final state", "dtype" or "shape"
+    dtype: str
+
+
+def _compare_leaf(
+    path: str,
+    got: Any,
+    want: Any,
+    expected_dtype: str,
+    tolerance: Callable[[str], tuple[float, float]],
+    over_time: bool,
+) -> _Leaf:
+    """`got` against `want`: dtype, shape, then values, the first step out of tolerance (for
+    an output, time first) or the whole array (a final state)."""
+    dtype = interop._dtype_name(got)
+    if dtype != expected_dtype:
+        return _Leaf(path, np.nan, np.nan, "dtype", f"{dtype}!={expected_dtype}")
+    want = interop.to_numpy(want)
+    if tuple(got.shape) != tuple(want.shape):
+        return _Leaf(path, np.nan, np.nan, "shape", dtype)
+    abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
+    worst = (float(abs_err.max(initial=0.0)), float(rel_err.max(initial=0.0)))
+    if over_time and bad.ndim:
+        steps = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
+        if len(steps):
+            t = int(steps[0])
+            return _Leaf(path, float(abs_err[t].max()), float(rel_err[t].max()), t, dtype)
+    elif bad.any():
+        return _Leaf(path, *worst, "final state", dtype)
+    return _Leaf(path, *worst, None, dtype)
+
+
+def _compare_all(
+    got_ys: list,
+    got_finals: list,
+    want_ys: list,
+    want_finals: list,
+    dtypes: list,
+    tolerance: Callable[[str], tuple[float, float]],
+) -> list[_Leaf] | None:
+    """Every leaf compared (outputs over time, then final states), or None when the two
+    have another number of leaves. `got_*` hold ``(path, array)`` pairs."""
+    if len(got_ys) != len(want_ys) or len(got_finals) != len(want_finals):
+        return None
+    pairs = [(p, g, w, True) for (p, g), w in zip(got_ys, want_ys, strict=True)]
+    pairs += [(p, g, w, False) for (p, g), w in zip(got_finals, want_finals, strict=True)]
+    return [
+        _compare_leaf(path, got, want, dtype, tolerance, over_time)
+        for (path, got, want, over_time), dtype in zip(pairs, dtypes, strict=True)
+    ]
+
+
+def _first_bad(leaves: list[_Leaf]) -> _Leaf | None:
+    """The leaf that diverges first: a dtype or shape mismatch, else the earliest time step of
+    an output, else a final state."""
+    for leaf in leaves:
+        if leaf.first_bad in ("dtype", "shape"):
+            return leaf
+    steps = [leaf for leaf in leaves if isinstance(leaf.first_bad, int)]
+    if steps:
+        return min(steps, key=lambda leaf: leaf.first_bad)  # type: ignore[arg-type, return-value]
+    return next((leaf for leaf in leaves if leaf.first_bad is not None), None)
+
+
 def _compare(
     backend: str,
     function: str,
@@ -178,35 +263,16 @@ def _compare(
     tolerance: Callable[[str], tuple[float, float]],
 ) -> Row:
     """One row: the first time step of any output that is out of tolerance, else the state."""
-
-    def row(abs_e: float, rel_e: float, bad: int | str | None, dtype: str) -> Row:
-        return Row(backend, function, abs_e, rel_e, bad, dtype)
-
     dtype = dtypes[0] if dtypes else "-"
-    if len(ys) != len(want_ys) or len(finals) != len(want_finals):
-        return row(np.nan, np.nan, "structure", dtype)
-    for got, want, expected_dtype in zip(ys + finals, want_ys + want_finals, dtypes, strict=True):
-        if interop._dtype_name(got) != expected_dtype:
-            return row(np.nan, np.nan, "dtype", f"{interop._dtype_name(got)}!={expected_dtype}")
-        if tuple(got.shape) != tuple(want.shape):
-            return row(np.nan, np.nan, "shape", expected_dtype)
-    worst_abs = worst_rel = 0.0
-    first: tuple[int, float, float] | None = None
-    for got, want, expected_dtype in zip(ys, want_ys, dtypes, strict=False):
-        abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
-        worst_abs = max(worst_abs, float(abs_err.max(initial=0.0)))
-        worst_rel = max(worst_rel, float(rel_err.max(initial=0.0)))
-        steps = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
-        if len(steps) and (first is None or steps[0] < first[0]):
-            t = int(steps[0])
-            first = (t, float(abs_err[t].max()), float(rel_err[t].max()))
-    if first is not None:
-        return row(first[1], first[2], first[0], dtype)
-    for got, want, expected_dtype in zip(finals, want_finals, dtypes[len(ys) :], strict=True):
-        abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
-        if bad.any():
-            return row(float(abs_err.max()), float(rel_err.max()), "final state", dtype)
-    return row(worst_abs, worst_rel, None, dtype)
+    leaves = _compare_all(ys, finals, want_ys, want_finals, dtypes, tolerance)
+    if leaves is None:
+        return Row(backend, function, np.nan, np.nan, "structure", dtype)
+    bad = _first_bad(leaves)
+    if bad is not None:
+        return Row(backend, function, bad.max_abs, bad.max_rel, bad.first_bad, bad.dtype, bad.path)
+    worst_abs = max((leaf.max_abs for leaf in leaves), default=0.0)
+    worst_rel = max((leaf.max_rel for leaf in leaves), default=0.0)
+    return Row(backend, function, worst_abs, worst_rel, None, dtype)
 
 
 @contextlib.contextmanager
@@ -241,7 +307,9 @@ def assert_backends_close(
     `step` (a step function written against the array API, or a list of them) runs through each
     of `functions` on each of `backends`, with `x_seq` and `state` converted to that backend in
     `x_seq`'s dtype. Every output is compared with the oracle: `multi_step_forward` on NumPy in
-    float64. The output dtypes must equal those NumPy gives in `x_seq`'s dtype.
+    float64 (on the first of `backends` when NumPy is not among them: a step written for one
+    framework only). The output dtypes must equal those the oracle's backend gives in
+    `x_seq`'s dtype.
 
     Parameters
     ----------
@@ -300,10 +368,18 @@ def assert_backends_close(
     def f64(tree: Any) -> Any:
         return interop._map(tree, lambda a, kind, path: a.astype(np.float64), "state")
 
-    oracle_y, oracle_s = _run("multi_step_forward", step, f64(x), f64(state), split)
-    native_y, native_s = _run("multi_step_forward", step, x, state, split)
-    want_ys, want_finals = _leaves(oracle_y), _leaves(oracle_s)
-    dtypes = [interop._dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
+    # The oracle runs on NumPy; a step written for one framework only is checked against
+    # that framework in float64 when NumPy is not among `backends`.
+    oracle = "numpy" if "numpy" in backends else backends[0]
+    to_oracle = CONVERT[oracle]
+    with jax_x64(oracle == "jax"):
+        oracle_y, oracle_s = _run(
+            "multi_step_forward", step, to_oracle(f64(x)), to_oracle(f64(state)), split
+        )
+        want_ys = [interop.to_numpy(a) for a in _leaves(oracle_y)]
+        want_finals = [interop.to_numpy(a) for a in _leaves(oracle_s)]
+        native_y, native_s = _run("multi_step_forward", step, to_oracle(x), to_oracle(state), split)
+        dtypes = [interop._dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
     def tolerance(dtype: str) -> tuple[float, float]:
         r, a = TOLERANCES.get(dtype, (0.0, 0.0))
@@ -320,8 +396,8 @@ def assert_backends_close(
                     _compare(
                         backend,
                         function,
-                        _leaves(y),
-                        _leaves(final),
+                        _named_leaves(y, "y"),
+                        _named_leaves(final, "state"),
                         want_ys,
                         want_finals,
                         dtypes,
@@ -331,5 +407,162 @@ def assert_backends_close(
     first_dtype = dtypes[0] if dtypes else "float64"
     report = Report(tuple(rows), *tolerance(first_dtype))
     if not report.ok:
-        raise AssertionError("backends disagree with the NumPy float64 oracle:\n" + str(report))
+        raise AssertionError(f"backends disagree with the {oracle} float64 oracle:\n{report}")
+    return report
+
+
+def _side_backend(modules: Any, state: Any, x_seq: Any, given: str | None, side: str) -> str:
+    """The backend one side runs on: `given`, else its state's kind, else torch for torch
+    modules, else `x_seq`'s kind."""
+    if given is not None:
+        return _check_backends([given])[0]
+    for leaf in _leaves(state):
+        return "numpy" if isinstance(leaf, np.generic) else (kind_of(leaf) or "numpy")
+    torch = sys.modules.get("torch")
+    items = modules if isinstance(modules, (list, tuple)) else [modules]
+    if torch is not None and any(isinstance(m, torch.nn.Module) for m in items):
+        return "torch"
+    kind = kind_of(x_seq)
+    if kind is None:
+        raise TypeError(f"`{side}_backend` is needed: nothing tells where `{side}` runs")
+    return kind
+
+
+def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[Any, Any]:
+    """`multi_step_forward` of one side on its backend, from fresh hidden memory."""
+    for module in _memory_modules(modules):
+        module.reset()
+    convert = CONVERT[backend]
+    out = ds.multi_step_forward(
+        convert(x), modules, state=None if state is None else convert(state)
+    )
+    return out if state is not None else (out, None)
+
+
+def assert_implementations_close(
+    reference: Any,
+    candidate: Any,
+    x_seq: Any,
+    *,
+    reference_state: Any = None,
+    candidate_state: Any = None,
+    reference_backend: str | None = None,
+    candidate_backend: str | None = None,
+    compare_state: bool | None = None,
+    rtol: float | None = None,
+    atol: float | None = None,
+    check: bool = True,
+) -> Report:
+    """Check, step by step, that two implementations of one model agree: a port.
+
+    Each side is a step function, a module or a list of modules, on any backend: a torch
+    model (SpikingJelly neurons keep their memory; pass no state), a JAX or NumPy port (pure
+    steps; pass their initial state). Both run through :func:`dualstep.multi_step_forward`
+    over the same input, converted with :mod:`dualstep.interop`; SpikingJelly memory modules
+    are reset first. Every output array is compared over time, and the final states when both
+    sides have the same state structure, with the engine of :func:`assert_backends_close`.
+
+    Parameters
+    ----------
+    reference, candidate : callable or list of callables
+        The model both sides implement; `candidate` is checked against `reference`.
+    x_seq : array, shape ``[T, batch_size, ...]``
+        Time first, any backend; each side gets it converted, in its dtype.
+    reference_state, candidate_state : array or nesting of arrays, optional
+        Each side's initial state (arrays of the backend it runs on), or None for a side
+        called without state.
+    reference_backend, candidate_backend : {"numpy", "torch", "jax"}, optional
+        Where each side runs; by default the kind of its state, torch for torch modules,
+        else `x_seq`'s kind.
+    compare_state : bool, optional
+        Compare the final states; by default when both sides have one with as many arrays.
+    rtol, atol : float, optional
+        Default by the reference's dtype, as in :func:`assert_backends_close`; integer and
+        bool outputs must be equal.
+    check : bool, default True
+        Raise when the sides disagree; ``False`` returns the report either way.
+
+    Returns
+    -------
+    Report
+        One row per output array (``y``, ``y[0]``...) and compared state array: max abs and
+        rel error, the first time step out of tolerance, dtype, shape or structure
+        mismatches. The backend column reads ``candidate vs reference``.
+
+    Raises
+    ------
+    AssertionError
+        With `check`, when any row fails; the message is the report.
+    TypeError
+        A side's backend cannot be told; pass it.
+    ValueError
+        An unknown or uninstalled backend; ``compare_state=True`` with a side without state.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.testing import assert_implementations_close
+    >>> def reference(x, v):
+    ...     v = 0.5 * v + x
+    ...     return v, v
+    >>> def port(x, v):
+    ...     v = v / 2 + x
+    ...     return v, v
+    >>> x = np.linspace(0, 1, 12).reshape(6, 2)
+    >>> report = assert_implementations_close(
+    ...     reference, port, x, reference_state=np.zeros(2), candidate_state=np.zeros(2))
+    >>> [(r.leaf, r.ok) for r in report.rows]
+    [('y', True), ('state', True)]
+    """
+    x = interop.to_numpy(x_seq)
+    ref_on = _side_backend(reference, reference_state, x_seq, reference_backend, "reference")
+    cand_on = _side_backend(candidate, candidate_state, x_seq, candidate_backend, "candidate")
+    both = reference_state is not None and candidate_state is not None
+    if compare_state and not both:
+        raise ValueError("`compare_state=True` needs `reference_state` and `candidate_state`")
+    wide = interop.needs_x64(x)
+    with jax_x64(wide and "jax" in (ref_on, cand_on)):
+        ref_y, ref_s = _run_side(reference, ref_on, x, reference_state)
+        cand_y, cand_s = _run_side(candidate, cand_on, x, candidate_state)
+        want_ys = [(p, interop.to_numpy(a)) for p, a in _named_leaves(ref_y, "y")]
+        want_s = [(p, interop.to_numpy(a)) for p, a in _named_leaves(ref_s, "state")]
+        got_ys, got_s = _named_leaves(cand_y, "y"), _named_leaves(cand_s, "state")
+        if compare_state is None:
+            compare_state = both and len(want_s) == len(got_s)
+        if not compare_state:
+            want_s, got_s = [], []
+        dtypes = [interop._dtype_name(a) for _, a in want_ys + want_s]
+        first = dtypes[0] if dtypes else "float64"
+        r, a = TOLERANCES.get(first, (0.0, 0.0))
+        tol = (r if rtol is None else rtol, a if atol is None else atol)
+
+        def tolerance(dtype: str) -> tuple[float, float]:
+            r, a = TOLERANCES.get(dtype, (0.0, 0.0))
+            return (r if rtol is None else rtol), (a if atol is None else atol)
+
+        who = f"{cand_on} vs {ref_on}"
+        leaves = _compare_all(
+            got_ys, got_s, [w for _, w in want_ys], [w for _, w in want_s], dtypes, tolerance
+        )
+    if leaves is None:
+        counts = f"{len(got_ys)} outputs, {len(got_s)} state arrays"
+        rows: tuple[Row, ...] = (
+            Row(who, "multi_step_forward", np.nan, np.nan, "structure", first, counts),
+        )
+    else:
+        rows = tuple(
+            Row(
+                who,
+                "multi_step_forward",
+                leaf.max_abs,
+                leaf.max_rel,
+                leaf.first_bad,
+                leaf.dtype,
+                leaf.path,
+            )
+            for leaf in leaves
+        )
+    report = Report(rows, *tol)
+    if check and not report.ok:
+        raise AssertionError(f"candidate ({cand_on}) differs from reference ({ref_on}):\n{report}")
     return report
