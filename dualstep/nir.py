@@ -1,0 +1,500 @@
+"""Run NIR graphs (the Neuromorphic Intermediate Representation) on torch, JAX and NumPy.
+
+:func:`load` turns a graph (a ``nir.NIRGraph`` or a file written by ``nir.write``) into one step
+function and its initial state, written once against the array API, so the graph runs through
+the five functions on every backend (and, on JAX, under ``jit``, ``grad`` and ``vmap``)::
+
+    model = dualstep.nir.load("net.nir", dt=1e-4)
+    y_seq, final = dualstep.multi_step_forward(x_seq, model.step, state=model.initial_state(x_seq))
+
+Discretisation is forward Euler with the given ``dt``, as NIR's documentation writes each node's
+equation: ``LIF``: ``v += dt / tau * (v_leak - v + r * I)``, then ``z = v > v_threshold`` and
+``v = v_reset`` where ``z``; ``IF``: ``v += dt * r * I``; ``LI`` and ``I`` (integrator) without
+the spike; ``CubaLIF``/``CubaLI``: the synaptic current first (``I += dt / tau_syn * (w_in * S -
+I)``), then the membrane from the new current. Exporters that follow another convention are
+read with `convention` (README, "NIR graphs").
+
+Needs the ``nir`` package: ``pip install 'dualstep[nir]'``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from array_api_compat import array_namespace
+
+from ._dispatch import kind_of
+
+__all__ = ["CONVENTIONS", "Model", "UnsupportedNode", "load"]
+
+# How a neuron fires and resets, by the exporter whose graphs follow it.
+CONVENTIONS = {
+    # NIR's documentation: z = v > v_threshold, then v = v_reset where z.
+    "nir": {"inclusive": False, "subtract": False},
+    # SpikingJelly fires at v >= v_threshold (a Heaviside with H(0) = 1), then resets the same.
+    "spikingjelly": {"inclusive": True, "subtract": False},
+    # snnTorch (Leaky, default reset "subtract"): v_threshold is subtracted one step late, where
+    # the previous step's membrane was above it; z = v > v_threshold; no reset to v_reset.
+    "snntorch": {"inclusive": False, "subtract": True},
+}
+
+
+class UnsupportedNode(NotImplementedError):
+    """The graph holds a node type (or a form of one) that dualstep cannot run."""
+
+
+def _nir() -> Any:
+    try:
+        import nir
+    except ImportError as error:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "dualstep.nir needs the nir package: pip install 'dualstep[nir]'"
+        ) from error
+    return nir
+
+
+def _like(p: np.ndarray, x: Any) -> Any:
+    """NumPy parameter `p` as an array of `x`'s kind, dtype and device."""
+    kind = kind_of(x)
+    if kind == "torch":
+        import torch
+
+        return torch.as_tensor(p, dtype=x.dtype, device=x.device)
+    if kind == "jax":
+        import jax.numpy as jnp
+
+        return jnp.asarray(p, dtype=x.dtype)
+    return np.asarray(p, dtype=x.dtype)
+
+
+def _fire(v: Any, threshold: Any, inclusive: bool) -> Any:
+    xp = array_namespace(v)
+    return xp.astype(v >= threshold if inclusive else v > threshold, v.dtype)
+
+
+def _pair(value: Any, n: int) -> tuple:
+    a = np.atleast_1d(np.asarray(value)).astype(int).tolist()
+    return tuple(a * n if len(a) == 1 else a)
+
+
+@dataclasses.dataclass
+class _Node:
+    """One node: ``apply(x, state) -> (y, state)`` and the zeros of its state."""
+
+    name: str
+    kind: str
+    apply: Callable[[Any, Any], tuple[Any, Any]]
+    state_shapes: dict[str, tuple]
+
+
+def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _Node:
+    p = {k: np.asarray(v, dtype=np.float64) for k, v in vars(node).items() if _is_param(v)}
+    shape = tuple(np.asarray(node.output_type["output"]).tolist())
+    inclusive = convention["inclusive"]
+
+    def get(key: str, x: Any) -> Any:
+        return _like(p[key], x)
+
+    def fire_and_reset(v_before: Any, v: Any, x: Any) -> tuple:
+        threshold = get("v_threshold", x)
+        if convention["subtract"]:
+            v = v - _fire(v_before, threshold, inclusive) * threshold
+            return _fire(v, threshold, inclusive), v
+        z = _fire(v, threshold, inclusive)
+        return z, z * get("v_reset", x) + (1.0 - z) * v
+
+    if kind == "LIF":
+
+        def apply(x: Any, s: Any) -> tuple:
+            v = s["v"] + (get("v_leak", x) - s["v"] + get("r", x) * x) * _like(dt / p["tau"], x)
+            z, v = fire_and_reset(s["v"], v, x)
+            return z, {"v": v}
+
+        return _Node(name, kind, apply, {"v": shape})
+    if kind == "IF":
+
+        def apply(x: Any, s: Any) -> tuple:
+            z, v = fire_and_reset(s["v"], s["v"] + _like(dt * p["r"], x) * x, x)
+            return z, {"v": v}
+
+        return _Node(name, kind, apply, {"v": shape})
+    if kind == "LI":
+
+        def apply(x: Any, s: Any) -> tuple:
+            v = s["v"] + (get("v_leak", x) - s["v"] + get("r", x) * x) * _like(dt / p["tau"], x)
+            return v, {"v": v}
+
+        return _Node(name, kind, apply, {"v": shape})
+    if kind == "I":
+
+        def apply(x: Any, s: Any) -> tuple:
+            v = s["v"] + _like(dt * p["r"], x) * x
+            return v, {"v": v}
+
+        return _Node(name, kind, apply, {"v": shape})
+    # CubaLIF, CubaLI: the synaptic current, then the membrane driven by the new current.
+    spiking = kind == "CubaLIF"
+
+    def apply(x: Any, s: Any) -> tuple:
+        i = s["i"] + (get("w_in", x) * x - s["i"]) * _like(dt / p["tau_syn"], x)
+        v = s["v"] + (get("v_leak", x) - s["v"] + get("r", x) * i) * _like(dt / p["tau_mem"], x)
+        if not spiking:
+            return v, {"i": i, "v": v}
+        z, v = fire_and_reset(s["v"], v, x)
+        return z, {"i": i, "v": v}
+
+    return _Node(name, kind, apply, {"i": shape, "v": shape})
+
+
+def _is_param(v: Any) -> bool:
+    return isinstance(v, (np.ndarray, float, int)) and not isinstance(v, bool)
+
+
+def _stateless(name: str, kind: str, fn: Callable[[Any], Any]) -> _Node:
+    return _Node(name, kind, lambda x, s: (fn(x), s), {})
+
+
+def _dense(node: Any, kind: str, name: str) -> _Node:
+    if kind == "Scale":
+        scale = np.asarray(node.scale)
+        return _stateless(name, kind, lambda x: x * _like(scale, x))
+    weight_t = np.ascontiguousarray(np.asarray(node.weight).T)
+    if weight_t.ndim != 2:
+        raise UnsupportedNode(f"node {name!r}: {kind} with a weight of {weight_t.ndim} dimensions")
+    bias = np.asarray(node.bias) if kind == "Affine" else None
+
+    def fn(x: Any) -> Any:
+        y = x @ _like(weight_t, x)
+        return y if bias is None else y + _like(bias, x)
+
+    return _stateless(name, kind, fn)
+
+
+def _flatten(node: Any, name: str) -> _Node:
+    # NIR's dimensions leave out the batch: dimension d of a node is d + 1 of the array.
+    in_shape = tuple(np.asarray(node.input_type["input"]).tolist())
+    start = node.start_dim % len(in_shape)
+    end = node.end_dim % len(in_shape)
+
+    def fn(x: Any) -> Any:
+        xp = array_namespace(x)
+        shape = (*x.shape[: start + 1], -1, *x.shape[end + 2 :])
+        return xp.reshape(x, shape)
+
+    return _stateless(name, "Flatten", fn)
+
+
+def _conv_node(node: Any, kind: str, name: str) -> _Node:
+    dims = 1 if kind == "Conv1d" else 2
+    weight = np.asarray(node.weight)
+    bias = np.asarray(node.bias) if node.bias is not None else None
+    stride, dilation = _pair(node.stride, dims), _pair(node.dilation, dims)
+    padding = node.padding
+    if isinstance(padding, str):
+        if padding == "valid":
+            padding = (0,) * dims
+        else:  # "same", for stride 1: the total padding split as torch does (more at the end)
+            total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
+            padding = tuple((t // 2, t - t // 2) for t in total)
+    else:
+        padding = _pair(padding, dims)
+    pads = tuple(p if isinstance(p, tuple) else (p, p) for p in padding)
+
+    def fn(x: Any) -> Any:
+        y = _conv(x, _like(weight, x), stride, pads, dilation, int(node.groups))
+        if bias is None:
+            return y
+        return y + _like(bias.reshape((-1,) + (1,) * dims), x)
+
+    return _stateless(name, kind, fn)
+
+
+def _pool_node(node: Any, kind: str, name: str) -> _Node:
+    kernel, stride = _pair(node.kernel_size, 2), _pair(node.stride, 2)
+    pads = tuple((p, p) for p in _pair(node.padding, 2))
+    channels = int(np.asarray(node.input_type["input"])[0])
+    ones = np.ones((channels, 1, *kernel))
+    scale = 1.0 / math.prod(kernel) if kind == "AvgPool2d" else 1.0
+
+    def fn(x: Any) -> Any:
+        # A pool is a grouped convolution with a kernel of ones (average: padding counted).
+        return _conv(x, _like(ones * scale, x), stride, pads, (1, 1), channels)
+
+    return _stateless(name, kind, fn)
+
+
+def _conv(x: Any, w: Any, stride: tuple, pads: tuple, dilation: tuple, groups: int) -> Any:
+    """An N-d cross-correlation, channels first (``[B, C, ...]``), as torch's ``convNd``."""
+    kind = kind_of(x)
+    dims = len(stride)
+    if kind == "torch":
+        import torch.nn.functional as F
+
+        flat = [p for pair in reversed(pads) for p in pair]
+        x = F.pad(x, flat)
+        conv = F.conv1d if dims == 1 else F.conv2d
+        return conv(x, w, stride=stride, dilation=dilation, groups=groups)
+    if kind == "jax":
+        from jax import lax
+
+        spec = ("NCH", "OIH", "NCH") if dims == 1 else ("NCHW", "OIHW", "NCHW")
+        return lax.conv_general_dilated(
+            x,
+            w,
+            window_strides=stride,
+            padding=list(pads),
+            rhs_dilation=dilation,
+            dimension_numbers=spec,
+            feature_group_count=groups,
+            precision=lax.Precision.HIGHEST,
+        )
+    return _conv_numpy(x, w, stride, pads, dilation, groups)
+
+
+def _conv_numpy(
+    x: np.ndarray, w: np.ndarray, stride: tuple, pads: tuple, dilation: tuple, groups: int
+) -> np.ndarray:
+    dims = len(stride)
+    x = np.pad(x, [(0, 0), (0, 0), *pads])
+    kernel = w.shape[2:]
+    span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
+    windows = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + dims)))
+    index = (Ellipsis, *(slice(None, None, d) for d in dilation))
+    windows = windows[index]  # [B, C, *out_full, *kernel]
+    windows = windows[(slice(None), slice(None), *(slice(None, None, s) for s in stride))]
+    c_in, c_out = x.shape[1] // groups, w.shape[0] // groups
+    outs = []
+    letters = "hw"[:dims]
+    for g in range(groups):
+        xs = windows[:, g * c_in : (g + 1) * c_in]
+        ws = w[g * c_out : (g + 1) * c_out]
+        spec = f"bc{letters}{letters.upper()},oc{letters.upper()}->bo{letters}"
+        outs.append(np.einsum(spec, xs, ws))
+    return np.concatenate(outs, axis=1).astype(x.dtype, copy=False)
+
+
+_NEURONS = ("LIF", "IF", "LI", "I", "CubaLIF", "CubaLI")
+
+
+def _build_node(name: str, node: Any, dt: float, convention: dict) -> _Node:
+    kind = type(node).__name__
+    if kind in ("Input", "Output"):
+        return _stateless(name, kind, lambda x: x)
+    if kind in _NEURONS:
+        return _neuron(node, kind, dt, convention, name)
+    if kind in ("Affine", "Linear", "Scale"):
+        return _dense(node, kind, name)
+    if kind == "Flatten":
+        return _flatten(node, name)
+    if kind in ("Conv1d", "Conv2d"):
+        return _conv_node(node, kind, name)
+    if kind in ("SumPool2d", "AvgPool2d"):
+        return _pool_node(node, kind, name)
+    if kind == "Threshold":
+        threshold = np.asarray(node.threshold)
+        inclusive = convention["inclusive"]
+        return _stateless(name, kind, lambda x: _fire(x, _like(threshold, x), inclusive))
+    raise UnsupportedNode(
+        f"node {name!r} is a {kind}, which dualstep.nir cannot run; supported: Input, Output, "
+        "Affine, Linear, Scale, Flatten, Conv1d, Conv2d, SumPool2d, AvgPool2d, Threshold, "
+        "IF, LIF, LI, I (integrator), CubaLIF, CubaLI"
+    )
+
+
+def _node_name(endpoint: str, nodes: dict) -> str:
+    """An edge endpoint's node: ``"lif"``, or ``"lif.output"`` for a port of it."""
+    if endpoint in nodes:
+        return endpoint
+    head = endpoint.split(".")[0]
+    if head in nodes:
+        return head
+    raise UnsupportedNode(f"edge endpoint {endpoint!r} names no node of the graph")
+
+
+@dataclasses.dataclass
+class Model:
+    """A NIR graph as one step function: ``step(x, state) -> (y, state)``.
+
+    `state` is a dict: one entry per stateful node (``{"v": ...}``, ``{"i": ..., "v": ...}``)
+    and, for recurrent edges, the previous step's output of each node that feeds back. Build
+    it with :meth:`initial_state`. ``y`` is the output node's value, or a tuple for several
+    output nodes (by name).
+    """
+
+    nodes: dict[str, _Node]
+    order: list[str]
+    inputs: dict[str, list[str]]  # node -> its sources this step
+    recurrent: dict[str, list[str]]  # node -> its sources from the previous step
+    input_name: str
+    output_names: list[str]
+    output_shapes: dict[str, tuple]
+    dt: float
+    convention: str
+
+    def step(self, x: Any, state: Any) -> tuple[Any, Any]:
+        values: dict[str, Any] = {}
+        new_state: dict[str, Any] = {}
+        for name in self.order:
+            node = self.nodes[name]
+            if name == self.input_name:
+                value = x
+            else:
+                parts = [values[src] for src in self.inputs[name]]
+                parts += [state["recurrent"][src] for src in self.recurrent.get(name, ())]
+                value = parts[0]
+                for part in parts[1:]:
+                    value = value + part
+            y, s = node.apply(value, state.get(name))
+            values[name] = y
+            if node.state_shapes:
+                new_state[name] = s
+        if "recurrent" in state:
+            new_state["recurrent"] = {src: values[src] for src in state["recurrent"]}
+        outs = tuple(values[name] for name in self.output_names)
+        return (outs[0] if len(outs) == 1 else outs), new_state
+
+    def initial_state(self, x_seq: Any) -> dict:
+        """Zeros for every stateful node, for `x_seq` (``[T, batch, ...]``): its kind of
+        array, dtype, device and batch size."""
+        xp = array_namespace(x_seq)
+        batch = x_seq.shape[1]
+
+        def zeros(shape: tuple) -> Any:
+            return xp.zeros((batch, *shape), dtype=x_seq.dtype, device=_device(x_seq))
+
+        state: dict[str, Any] = {
+            name: {key: zeros(shape) for key, shape in node.state_shapes.items()}
+            for name, node in self.nodes.items()
+            if node.state_shapes
+        }
+        feeding = sorted({src for sources in self.recurrent.values() for src in sources})
+        if feeding:
+            state["recurrent"] = {src: zeros(self.output_shapes[src]) for src in feeding}
+        return state
+
+
+def _device(x: Any) -> Any:
+    from array_api_compat import device
+
+    return device(x)
+
+
+def load(source: Any, *, dt: float, convention: str = "nir") -> Model:
+    """Read a NIR graph into a :class:`Model`: one step function and its initial state.
+
+    Parameters
+    ----------
+    source : nir.NIRGraph, str or os.PathLike
+        A graph, or a file written by ``nir.write``.
+    dt : float
+        The time step, in the unit of the graph's time constants (seconds for SpikingJelly's
+        and snnTorch's exporters, which take it as an argument too).
+    convention : {"nir", "spikingjelly", "snntorch"}
+        How neurons fire and reset: ``"nir"`` as NIR documents it (``v > v_threshold``, then
+        ``v_reset``); ``"spikingjelly"`` as SpikingJelly computes (``v >= v_threshold``);
+        ``"snntorch"`` as snnTorch's ``Leaky`` does (``v_threshold`` subtracted one step
+        late), which its exporter writes as a reset to ``v_reset`` all the same.
+
+    Returns
+    -------
+    Model
+        ``model.step(x, state) -> (y, state)`` for the five functions, and
+        ``model.initial_state(x_seq)``.
+
+    Raises
+    ------
+    UnsupportedNode
+        A node type (or form) that cannot run, named with the node; an edge to no node.
+    ValueError
+        `dt` is not a positive number; an unknown `convention`; a graph without exactly one
+        ``Input`` node or without an ``Output`` node.
+    ImportError
+        The ``nir`` package is not installed.
+
+    Examples
+    --------
+    >>> import numpy as np, nir
+    >>> import dualstep as ds
+    >>> from dualstep.nir import load
+    >>> graph = nir.NIRGraph.from_list(nir.Linear(weight=np.ones((2, 3))), nir.IF(
+    ...     r=np.ones(2), v_threshold=np.ones(2), v_reset=np.zeros(2)))
+    >>> model = load(graph, dt=1.0)
+    >>> x = np.full((3, 1, 3), 0.25)
+    >>> y, final = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    >>> y[:, 0, 0].tolist()  # v = 0.75, 1.5 (fires, resets), 0.75
+    [0.0, 1.0, 0.0]
+    """
+    nir = _nir()
+    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
+        raise ValueError(f"`dt` must be a positive number; got {dt!r}")
+    if convention not in CONVENTIONS:
+        raise ValueError(f"`convention` must be one of {sorted(CONVENTIONS)}; got {convention!r}")
+    graph = nir.read(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source
+    rules = CONVENTIONS[convention]
+    nodes = {name: _build_node(name, node, float(dt), rules) for name, node in graph.nodes.items()}
+    shapes = {
+        name: tuple(np.asarray(next(iter(node.output_type.values()))).tolist())
+        for name, node in graph.nodes.items()
+    }
+    kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
+    inputs_ = [name for name, kind in kinds.items() if kind == "Input"]
+    outputs = sorted(name for name, kind in kinds.items() if kind == "Output")
+    if len(inputs_) != 1 or not outputs:
+        raise ValueError(
+            f"a graph needs one Input node and at least one Output node; got inputs {inputs_} "
+            f"and outputs {outputs}"
+        )
+    edges = [(_node_name(a, nodes), _node_name(b, nodes)) for a, b in graph.edges]
+    order, forward, back = _order(inputs_[0], list(nodes), edges)
+    return Model(
+        nodes,
+        order,
+        forward,
+        back,
+        inputs_[0],
+        outputs,
+        shapes,
+        float(dt),
+        convention,
+    )
+
+
+def _order(start: str, names: list[str], edges: list) -> tuple[list, dict, dict]:
+    """Nodes in the order one step computes them (depth first from the input), each node's
+    sources computed before it this step, and its sources from the previous step (the edges
+    that close a cycle)."""
+    successors: dict[str, list[str]] = {n: [] for n in names}
+    for a, b in edges:
+        successors[a].append(b)
+    finished: list[str] = []
+    on_path: set[str] = set()
+    back_edges: set[tuple[str, str]] = set()
+
+    def visit(n: str) -> None:
+        on_path.add(n)
+        for m in successors[n]:
+            if m in on_path:
+                back_edges.add((n, m))
+            elif m not in finished:
+                visit(m)
+        on_path.discard(n)
+        finished.append(n)
+
+    visit(start)
+    order = finished[::-1]
+    unreached = [n for n in names if n not in order]
+    if unreached:
+        raise UnsupportedNode(f"nodes {unreached} cannot be reached from the input")
+    forward: dict[str, list[str]] = {n: [] for n in names}
+    back: dict[str, list[str]] = {}
+    for a, b in edges:
+        if (a, b) in back_edges:
+            back.setdefault(b, []).append(a)
+        else:
+            forward[b].append(a)
+    return order, forward, back
