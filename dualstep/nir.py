@@ -108,47 +108,37 @@ def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _No
         z = _fire(v, threshold, inclusive)
         return z, z * get("v_reset", x) + (1.0 - z) * v
 
-    if kind == "LIF":
+    def leak(x: Any, v: Any, drive: Any, tau: str) -> Any:
+        return v + (get("v_leak", x) - v + get("r", x) * drive) * _like(dt / p[tau], x)
 
-        def apply(x: Any, s: Any) -> tuple:
-            v = s["v"] + (get("v_leak", x) - s["v"] + get("r", x) * x) * _like(dt / p["tau"], x)
-            z, v = fire_and_reset(s["v"], v, x)
-            return z, {"v": v}
+    def lif(x: Any, s: Any) -> tuple:
+        z, v = fire_and_reset(s["v"], leak(x, s["v"], x, "tau"), x)
+        return z, {"v": v}
 
-        return _Node(name, kind, apply, {"v": shape})
-    if kind == "IF":
+    def if_(x: Any, s: Any) -> tuple:
+        z, v = fire_and_reset(s["v"], s["v"] + _like(dt * p["r"], x) * x, x)
+        return z, {"v": v}
 
-        def apply(x: Any, s: Any) -> tuple:
-            z, v = fire_and_reset(s["v"], s["v"] + _like(dt * p["r"], x) * x, x)
-            return z, {"v": v}
+    def li(x: Any, s: Any) -> tuple:
+        v = leak(x, s["v"], x, "tau")
+        return v, {"v": v}
 
-        return _Node(name, kind, apply, {"v": shape})
-    if kind == "LI":
+    def integrator(x: Any, s: Any) -> tuple:
+        v = s["v"] + _like(dt * p["r"], x) * x
+        return v, {"v": v}
 
-        def apply(x: Any, s: Any) -> tuple:
-            v = s["v"] + (get("v_leak", x) - s["v"] + get("r", x) * x) * _like(dt / p["tau"], x)
-            return v, {"v": v}
-
-        return _Node(name, kind, apply, {"v": shape})
-    if kind == "I":
-
-        def apply(x: Any, s: Any) -> tuple:
-            v = s["v"] + _like(dt * p["r"], x) * x
-            return v, {"v": v}
-
-        return _Node(name, kind, apply, {"v": shape})
-    # CubaLIF, CubaLI: the synaptic current, then the membrane driven by the new current.
-    spiking = kind == "CubaLIF"
-
-    def apply(x: Any, s: Any) -> tuple:
+    def cuba(x: Any, s: Any) -> tuple:
+        # The synaptic current first, then the membrane driven by the new current.
         i = s["i"] + (get("w_in", x) * x - s["i"]) * _like(dt / p["tau_syn"], x)
-        v = s["v"] + (get("v_leak", x) - s["v"] + get("r", x) * i) * _like(dt / p["tau_mem"], x)
-        if not spiking:
+        v = leak(x, s["v"], i, "tau_mem")
+        if kind == "CubaLI":
             return v, {"i": i, "v": v}
         z, v = fire_and_reset(s["v"], v, x)
         return z, {"i": i, "v": v}
 
-    return _Node(name, kind, apply, {"i": shape, "v": shape})
+    apply = {"LIF": lif, "IF": if_, "LI": li, "I": integrator, "CubaLIF": cuba, "CubaLI": cuba}
+    keys = ("i", "v") if kind.startswith("Cuba") else ("v",)
+    return _Node(name, kind, apply[kind], dict.fromkeys(keys, shape))
 
 
 def _is_param(v: Any) -> bool:
@@ -264,9 +254,10 @@ def _conv_numpy(
     kernel = w.shape[2:]
     span = [d * (k - 1) + 1 for d, k in zip(dilation, kernel, strict=True)]
     windows = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + dims)))
-    index = (Ellipsis, *(slice(None, None, d) for d in dilation))
+    index: tuple[Any, ...] = (Ellipsis, *(slice(None, None, d) for d in dilation))
     windows = windows[index]  # [B, C, *out_full, *kernel]
-    windows = windows[(slice(None), slice(None), *(slice(None, None, s) for s in stride))]
+    strided: tuple[Any, ...] = (slice(None), slice(None), *(slice(None, None, s) for s in stride))
+    windows = windows[strided]
     c_in, c_out = x.shape[1] // groups, w.shape[0] // groups
     outs = []
     letters = "hw"[:dims]

@@ -1,0 +1,375 @@
+"""`dualstep.nir`: NIR graphs run on torch, JAX and NumPy, cross-checked with the frameworks'
+own exporters and importers step by step (`assert_implementations_close`)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+import dualstep as ds
+from dualstep.testing import assert_backends_close, assert_implementations_close
+
+nir = pytest.importorskip("nir")
+torch = pytest.importorskip("torch")
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+from dualstep.nir import UnsupportedNode, load  # noqa: E402
+
+DT = 1e-4
+
+
+def _states(model, x):
+    """The model's initial state on each backend, for `x` (NumPy)."""
+    return {
+        "numpy": model.initial_state(x),
+        "torch": model.initial_state(torch.from_numpy(x)),
+        "jax": model.initial_state(jnp.asarray(x)),
+    }
+
+
+def _sj():
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("nirtorch")
+    from spikingjelly.activation_based import functional, layer, neuron
+    from spikingjelly.activation_based.nir_exchange.from_nir import import_from_nir
+    from spikingjelly.activation_based.nir_exchange.to_nir import export_to_nir
+
+    return layer, neuron, functional, export_to_nir, import_from_nir
+
+
+def _sj_dense():
+    layer, neuron, _, export, _ = _sj()
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        layer.Linear(6, 5), neuron.LIFNode(tau=2.0), layer.Linear(5, 4), neuron.IFNode()
+    )
+    with torch.no_grad():  # excitatory weights: the neurons fire
+        net[0].weight.abs_()
+        net[2].weight.abs_()
+    return net, export(net, torch.rand(1, 6), dt=DT)
+
+
+def _x(shape, scale=2.0, seed=0):
+    return (np.random.default_rng(seed).random(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_spikingjelly_export_runs_step_for_step_like_spikingjelly(backend):
+    net, graph = _sj_dense()
+    model = load(graph, dt=DT, convention="spikingjelly")
+    x = _x((16, 3, 6))
+    report = assert_implementations_close(
+        net, model.step, x, candidate_state=_states(model, x)[backend]
+    )
+    assert [(r.backend, r.leaf, r.max_abs_error) for r in report.rows] == [
+        (f"{backend} vs torch", "y", 0.0)
+    ]
+    y, _ = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    assert 0 < y.sum() < y.size  # it spikes, and not everywhere
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+def test_spikingjelly_conv_snn_export(backend):
+    layer, neuron, _, export, _ = _sj()
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        layer.Conv2d(1, 2, 3, padding=1),
+        neuron.LIFNode(tau=2.0),
+        layer.AvgPool2d(2),
+        layer.Flatten(),
+        layer.Linear(8, 3),
+        neuron.IFNode(),
+    )
+    with torch.no_grad():
+        net[0].weight.abs_()
+        net[4].weight.abs_()
+    graph = export(net, torch.rand(1, 1, 4, 4), dt=DT)
+    assert {type(n).__name__ for n in graph.nodes.values()} >= {"Conv2d", "AvgPool2d", "Flatten"}
+    model = load(graph, dt=DT, convention="spikingjelly")
+    x = _x((10, 2, 1, 4, 4), scale=3.0, seed=1)
+    report = assert_implementations_close(
+        net, model.step, x, candidate_state=_states(model, x)[backend]
+    )
+    assert report.rows[0].max_abs_error == 0.0
+
+
+def test_spikingjelly_fires_at_the_threshold_where_nir_does_not():
+    """SpikingJelly's neurons fire at v >= v_threshold, NIR documents v > v_threshold: with a
+    membrane that reaches the threshold exactly, the NIR reading of SpikingJelly's own export
+    diverges at that step; `convention="spikingjelly"` reads it as SpikingJelly runs it."""
+    layer, neuron, _, export, _ = _sj()
+    net = torch.nn.Sequential(layer.Linear(1, 1, bias=False), neuron.IFNode())
+    with torch.no_grad():
+        net[0].weight.fill_(0.5)
+    graph = export(net, torch.rand(1, 1), dt=DT)
+    x = np.ones((4, 1, 1), np.float32)  # v = 0.5, 1.0 (SpikingJelly fires), ...
+    model = load(graph, dt=DT, convention="spikingjelly")
+    assert_implementations_close(net, model.step, x, candidate_state=model.initial_state(x))
+    strict = load(graph, dt=DT)
+    report = assert_implementations_close(
+        net, strict.step, x, candidate_state=strict.initial_state(x), check=False
+    )
+    (row,) = report.rows
+    assert (row.first_bad_step, row.leaf, row.max_abs_error) == (1, "y", 1.0)
+
+
+def test_spikingjelly_import_of_its_export_agrees():
+    """The other way: SpikingJelly's `import_from_nir` of the graph runs like dualstep."""
+    *_, import_from_nir = _sj()
+    _, graph = _sj_dense()
+    model = load(graph, dt=DT, convention="spikingjelly")
+    imported = _Stepper(import_from_nir(graph, dt=DT))
+    x = _x((16, 3, 6))
+    assert_implementations_close(
+        imported, model.step, x, reference_backend="torch", candidate_state=model.initial_state(x)
+    )
+
+
+class _Stepper:
+    """A NIR importer's ``forward(x, state) -> (y, state)`` module as a step with hidden state."""
+
+    def __init__(self, module):
+        self.module, self.state = module, None
+
+    def __call__(self, x):
+        y, self.state = self.module(x, self.state)
+        return y[0] if isinstance(y, tuple) else y
+
+
+def _snntorch():
+    snn = pytest.importorskip("snntorch")
+    pytest.importorskip("nirtorch")
+    import snntorch.utils
+    from snntorch.export_nir import export_to_nir
+    from snntorch.import_nir import import_from_nir
+
+    torch.manual_seed(0)
+    # Per-neuron beta and threshold: with scalars the exporter's graph fails nir 1.0.8's type
+    # check (README, "NIR graphs").
+    net = torch.nn.Sequential(
+        torch.nn.Linear(4, 3),
+        snn.Leaky(
+            beta=torch.full((3,), 0.9), threshold=torch.ones(3), init_hidden=True, output=True
+        ),
+    )
+    with torch.no_grad():
+        net[0].weight.abs_()
+    return net, export_to_nir(net, torch.rand(4)), snntorch.utils.reset, import_from_nir
+
+
+def test_snntorch_export_changes_the_reset_and_the_report_says_where():
+    """snnTorch's Leaky subtracts the threshold one step late; its exporter writes a reset to
+    zero. Read as NIR defines it, the graph diverges from snnTorch's own loop at a named step;
+    `convention="snntorch"` reproduces the loop."""
+    net, graph, reset, _ = _snntorch()
+
+    def reference(x):
+        return net(x)[0]  # (spikes, membrane) -> spikes
+
+    x = _x((20, 2, 4), scale=1.5)
+    nir_model = load(graph, dt=DT)
+    reset(net)
+    report = assert_implementations_close(
+        reference,
+        nir_model.step,
+        x,
+        reference_backend="torch",
+        candidate_state=nir_model.initial_state(jnp.asarray(x)),
+        check=False,
+    )
+    (row,) = report.rows
+    assert not row.ok and isinstance(row.first_bad_step, int) and row.leaf == "y"
+    snn_model = load(graph, dt=DT, convention="snntorch")
+    reset(net)
+    assert_implementations_close(
+        reference,
+        snn_model.step,
+        x,
+        reference_backend="torch",
+        candidate_state=snn_model.initial_state(jnp.asarray(x)),
+    )
+
+
+def test_snntorch_import_of_its_export_runs_nir_semantics():
+    """The other way: snnTorch's `import_from_nir` of that graph resets to zero, as NIR says
+    (so the round trip changes snnTorch's own dynamics); dualstep's NIR reading agrees."""
+    _, graph, reset, import_from_nir = _snntorch()
+    imported = import_from_nir(graph)
+    reset(imported)
+    model = load(graph, dt=DT)
+    x = _x((20, 2, 4), scale=1.5)
+    assert_implementations_close(
+        _Stepper(imported),
+        model.step,
+        x,
+        reference_backend="torch",
+        candidate_state=model.initial_state(x),
+    )
+
+
+def _graph(*nodes, edges=None, in_shape=(3,)):
+    named = {"input": nir.Input(input_type=np.array(in_shape))}
+    named.update({f"n{i}": node for i, node in enumerate(nodes)})
+    out_shape = next(iter(nodes[-1].output_type.values()))
+    named["output"] = nir.Output(output_type=np.array(out_shape))
+    if edges is None:
+        names = list(named)
+        edges = list(itertools.pairwise(names))
+    return nir.NIRGraph(nodes=named, edges=edges)
+
+
+def _neurons(n=3):
+    ones, zeros = np.ones(n), np.zeros(n)
+    return {
+        "lif": nir.LIF(
+            tau=ones * 2e-3, r=ones * 2, v_leak=zeros + 0.1, v_threshold=ones, v_reset=zeros
+        ),
+        "if": nir.IF(r=ones * 1e3, v_threshold=ones, v_reset=zeros - 0.2),
+        "li": nir.LI(tau=ones * 3e-3, r=ones, v_leak=zeros),
+        "i": nir.I(r=ones * 500.0),
+        "cubalif": nir.CubaLIF(
+            tau_syn=ones * 2e-3,
+            tau_mem=ones * 4e-3,
+            r=ones * 2,
+            v_leak=zeros,
+            v_threshold=ones * 0.5,
+            v_reset=zeros,
+            w_in=ones * 1.5,
+        ),
+        "cubali": nir.CubaLI(tau_syn=ones * 2e-3, tau_mem=ones * 4e-3, r=ones, v_leak=zeros),
+        "threshold": nir.Threshold(threshold=ones * 0.7),
+        "scale": nir.Scale(scale=np.array([0.5, -1.0, 2.0])),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_neurons()))
+def test_every_node_agrees_across_backends_with_the_float64_oracle(kind):
+    w = np.array([[0.6, -0.2, 0.4], [0.1, 0.9, -0.3], [0.2, 0.2, 0.7]])
+    graph = _graph(nir.Affine(weight=w, bias=np.array([0.1, 0.0, -0.1])), _neurons()[kind])
+    model = load(graph, dt=1e-3)
+    x = _x((12, 2, 3), scale=1.2, seed=3)
+    report = assert_backends_close(model.step, x, state=model.initial_state(x))
+    assert report.ok
+
+
+def test_neuron_equations_as_nir_documents_them():
+    """LIF by hand: v += dt / tau * (v_leak - v + r * I), fire at v > threshold, reset."""
+    lif = _neurons(1)["lif"]
+    model = load(_graph(nir.Linear(weight=np.eye(1)), lif, in_shape=(1,)), dt=1e-3)
+    x = np.array([0.7, 0.7, 0.9, 0.0, 2.0]).reshape(5, 1, 1)
+    y, final = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    v, spikes = 0.0, []
+    for i in x.ravel():
+        v = v + 1e-3 / 2e-3 * (0.1 - v + 2 * i)
+        spikes.append(float(v > 1.0))
+        v = 0.0 if v > 1.0 else v
+    np.testing.assert_allclose(y.ravel(), spikes)
+    np.testing.assert_allclose(final["n1"]["v"].ravel(), [v])
+
+
+def test_conv1d_sum_pool_and_flatten_across_backends():
+    rng = np.random.default_rng(5)
+    conv = nir.Conv1d(
+        input_shape=8,
+        weight=rng.normal(size=(4, 2, 3)),
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        bias=rng.normal(size=4),
+    )
+    conv2 = nir.Conv2d(
+        input_shape=(6, 6),
+        weight=rng.normal(size=(2, 1, 3, 3)),
+        stride=2,
+        padding="valid",
+        dilation=1,
+        groups=1,
+        bias=np.zeros(2),
+    )
+    pool = nir.SumPool2d(
+        kernel_size=np.array([2, 2]), stride=np.array([1, 1]), padding=np.array([0, 0])
+    )
+    flat = nir.Flatten(input_type={"input": np.array([2, 1, 1])}, start_dim=0, end_dim=-1)
+    report = assert_backends_close(
+        load(_graph(conv, in_shape=(2, 8)), dt=1.0).step, _x((3, 2, 2, 8)), state={}
+    )
+    assert report.ok
+    model = load(_graph(conv2, pool, flat, in_shape=(1, 6, 6)), dt=1.0)
+    assert assert_backends_close(model.step, _x((3, 2, 1, 6, 6)), state={}).ok
+
+
+def test_recurrent_edges_feed_the_previous_step():
+    """input -> affine -> li -> output, and li -> recurrent linear -> li: the recurrent
+    term is the previous step's output, as a hand-written loop computes it."""
+    ones = np.ones(2)
+    nodes = {
+        "input": nir.Input(input_type=np.array([2])),
+        "aff": nir.Affine(weight=np.eye(2), bias=np.zeros(2)),
+        "li": nir.LI(tau=ones * 2.0, r=ones, v_leak=0 * ones),
+        "rec": nir.Linear(weight=np.array([[0.0, 0.5], [-0.5, 0.0]])),
+        "output": nir.Output(output_type=np.array([2])),
+    }
+    edges = [("input", "aff"), ("aff", "li"), ("li", "rec"), ("rec", "li"), ("li", "output")]
+    model = load(nir.NIRGraph(nodes=nodes, edges=edges), dt=1.0)
+    x = _x((6, 1, 2), seed=7).astype(np.float64)
+    y, _ = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    v, rec, want = np.zeros(2), np.zeros(2), []
+    for xt in x[:, 0]:
+        v = v + 0.5 * (-v + xt + rec)
+        rec = nodes["rec"].weight @ v
+        want.append(v)
+    np.testing.assert_allclose(y[:, 0], np.array(want))
+    assert assert_backends_close(model.step, x, state=model.initial_state(x)).ok
+
+
+def test_jax_jit_grad_and_vmap_of_a_nir_step():
+    _, graph = _sj_dense()
+    model = load(graph, dt=DT)
+    x = jnp.asarray(_x((8, 3, 6)))
+    state = model.initial_state(x)
+
+    def rate(x):
+        y, _ = ds.multi_step_forward(x, model.step, state=state)
+        return y.mean()
+
+    assert float(jax.jit(rate)(x)) == pytest.approx(float(rate(x)))
+    assert (
+        jax.grad(lambda x: ds.multi_step_forward(x, model.step, state=state)[1]["_1"]["v"].sum())(
+            x
+        ).shape
+        == x.shape
+    )
+    batched = jax.vmap(lambda xb: ds.multi_step_forward(xb, model.step, state=state)[0])(
+        jnp.stack([x, x])
+    )
+    np.testing.assert_array_equal(np.asarray(batched[0]), np.asarray(batched[1]))
+
+
+def test_files_written_by_nir_are_read(tmp_path):
+    pytest.importorskip("h5py")
+    _, graph = _sj_dense()
+    path = tmp_path / "net.nir"
+    nir.write(str(path), graph)
+    x = _x((5, 2, 6))
+    a = ds.multi_step_forward(x, load(path, dt=DT).step, state=load(graph, dt=DT).initial_state(x))
+    b = ds.multi_step_forward(x, load(graph, dt=DT).step, state=load(graph, dt=DT).initial_state(x))
+    np.testing.assert_array_equal(a[0], b[0])
+
+
+def test_unsupported_nodes_and_bad_arguments_are_named():
+    delay = nir.Delay(delay=np.ones(3)) if hasattr(nir, "Delay") else None
+    if delay is not None:
+        with pytest.raises(UnsupportedNode, match=r"node 'n0' is a Delay"):
+            load(_graph(delay), dt=1.0)
+    lif = _neurons()["lif"]
+    with pytest.raises(ValueError, match="`dt` must be a positive number; got 0"):
+        load(_graph(lif), dt=0)
+    with pytest.raises(ValueError, match="`convention` must be one of"):
+        load(_graph(lif), dt=1.0, convention="norse")
+    graph = _graph(lif)
+    graph.edges.append(("n0", "ghost"))
+    with pytest.raises(UnsupportedNode, match="edge endpoint 'ghost' names no node"):
+        load(graph, dt=1.0)
