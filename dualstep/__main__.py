@@ -10,11 +10,15 @@ Subcommands:
 - ``bench``: the quick benchmark suite (from a source checkout), with progress, writing the
   table, JSON and plot.
 - ``info``: dualstep's version, the installed backends with their versions and devices.
+- ``nir FILE``: a NIR graph (``dualstep.nir``) on random input through the three multi-step
+  functions on every installed backend against the NumPy float64 oracle, as a table of
+  ``assert_backends_close`` (``--json``: its rows). Exits 1 if any backend disagrees.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import importlib
 import importlib.metadata
@@ -191,9 +195,38 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_nir(path: str, dt: float, convention: str, steps: int, batch: int, seed: int) -> Any:
+    """The report of a NIR graph on random input in [0, 2) against the float64 oracle."""
+    from dualstep.nir import load
+    from dualstep.testing import assert_backends_close
+
+    model = load(path, dt=dt, convention=convention)
+    rng = np.random.default_rng(seed)
+    x = (rng.random((steps, batch, *model.input_shape)) * 2).astype(np.float32)
+    return assert_backends_close(model.step, x, state=model.initial_state(x), check=False)
+
+
+def _nir(args: argparse.Namespace) -> int:
+    report = run_nir(args.file, args.dt, args.convention, args.T, args.batch, args.seed)
+    if args.json:
+        rows = [dataclasses.asdict(r) for r in report.rows]
+        settings = {k: getattr(args, k) for k in ("file", "dt", "convention", "T", "batch", "seed")}
+        print(json.dumps({"version": ds.__version__, **settings, "rows": rows}, indent=1))
+    else:
+        print(
+            f"dualstep {ds.__version__}: {args.file} (dt={args.dt:g}, convention="
+            f"{args.convention}) on random input, T={args.T}, batch={args.batch}; "
+            "against the NumPy float64 oracle"
+        )
+        print(report)
+        bad = sum(not r.ok for r in report.rows)
+        print(f"{len(report.rows) - bad} agree, {bad} disagree")
+    return 0 if report.ok else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualstep", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{check,bench,info}")
+    commands = parser.add_subparsers(dest="command", metavar="{check,bench,info,nir}")
     check_args = commands.add_parser("check", help="validate every backend (the default)")
     check_args.add_argument("--T", type=int, default=64, help="time steps (default 64)")
     check_args.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
@@ -208,20 +241,34 @@ def _parser() -> argparse.ArgumentParser:
     )
     info_args = commands.add_parser("info", help="installed backends, versions and devices")
     info_args.add_argument("--json", action="store_true", help="print as JSON")
+    nir_args = commands.add_parser("nir", help="a NIR file on every backend (dualstep[nir])")
+    nir_args.add_argument("file", help="a graph written by nir.write")
+    nir_args.add_argument("--dt", type=float, default=1e-4, help="time step (default 1e-4)")
+    nir_args.add_argument(
+        "--convention", choices=["nir", "snntorch", "spikingjelly"], default="nir"
+    )
+    nir_args.add_argument("--T", type=int, default=32, help="time steps (default 32)")
+    nir_args.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
+    nir_args.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    nir_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("check", "bench", "info", "-h", "--help"):
+    if not argv or argv[0] not in ("check", "bench", "info", "nir", "-h", "--help"):
         argv.insert(0, "check")  # `dualstep --T 8` means `dualstep check --T 8`
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "check":
-        for flag in ("T", "batch", "features", "repeat"):
+    if args.command in ("check", "nir"):
+        flags = ("T", "batch", "features", "repeat") if args.command == "check" else ("T", "batch")
+        for flag in flags:
             if getattr(args, flag) < 1:
                 parser.error(f"--{flag} must be a positive integer; got {getattr(args, flag)}")
-    return {"check": _check, "bench": _bench, "info": _info}[args.command](args)
+    if args.command == "nir" and not args.dt > 0:
+        parser.error(f"--dt must be positive; got {args.dt}")
+    commands = {"check": _check, "bench": _bench, "info": _info, "nir": _nir}
+    return commands[args.command](args)
 
 
 if __name__ == "__main__":

@@ -322,6 +322,7 @@ class Model:
     inputs: dict[str, list[str]]  # node -> its sources this step
     recurrent: dict[str, list[str]]  # node -> its sources from the previous step
     input_name: str
+    input_shape: tuple  # one example's, without the batch
     output_names: list[str]
     output_shapes: dict[str, tuple]
     dt: float
@@ -448,6 +449,7 @@ def load(source: Any, *, dt: float, convention: str = "nir") -> Model:
         forward,
         back,
         inputs_[0],
+        shapes[inputs_[0]],
         outputs,
         shapes,
         float(dt),

@@ -4,6 +4,7 @@ own exporters and importers step by step (`assert_implementations_close`)."""
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -373,3 +374,26 @@ def test_unsupported_nodes_and_bad_arguments_are_named():
     graph.edges.append(("n0", "ghost"))
     with pytest.raises(UnsupportedNode, match="edge endpoint 'ghost' names no node"):
         load(graph, dt=1.0)
+
+
+def test_main_job_runs_a_nir_file_on_every_backend(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    from dualstep import __main__ as main_job
+
+    _, graph = _sj_dense()
+    path = tmp_path / "net.nir"
+    nir.write(str(path), graph)
+    assert main_job.main(["nir", str(path), "--T", "8", "--batch", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "against the NumPy float64 oracle" in out and "9 agree, 0 disagree" in out
+    assert main_job.main(["nir", str(path), "--T", "8", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["T"] == 8 and found["convention"] == "nir"
+    assert {(r["backend"], r["function"]) for r in found["rows"]} >= {
+        ("numpy", "multi_step_forward"),
+        ("torch", "chunk_multi_step_forward"),
+        ("jax", "t_last_multi_step_forward"),
+    }
+    assert all(r["first_bad_step"] is None for r in found["rows"])
+    with pytest.raises(SystemExit):
+        main_job.main(["nir", str(path), "--dt", "0"])
