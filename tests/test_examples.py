@@ -47,3 +47,14 @@ def test_port_spikingjelly_spikes_identical_and_backends_agree():
         line.split()[-1] for line in text.splitlines() if line.startswith(("numpy", "torch", "jax"))
     ]
     assert verdicts == ["ok"] * 9
+
+
+def test_validate_port_through_nir_names_the_step_where_conventions_part():
+    pytest.importorskip("spikingjelly")
+    pytest.importorskip("nirtorch")
+    pytest.importorskip("jax")
+    text = _run("validate_port.py")
+    nir_part, sj_part = text.split("convention='spikingjelly'")
+    assert re.search(r"jax vs torch +multi_step_forward .* \d+ +y +FAIL", nir_part)
+    assert "agrees spike for spike" in sj_part and re.search(r" y +ok", sj_part)
+    assert float(re.search(r"done in (\S+) s", text).group(1)) < 60
