@@ -117,3 +117,15 @@ def test_gpu_benchmark_smoke_run_checks_every_system(tmp_path):
         assert checks and set(checks.values()) == {"ok"}, (label, checks)
     assert result["targets"] and all(t["value"] is not None for t in result["targets"])
     assert "| target | figure | bound | met |" in (tmp_path / "gpu.md").read_text()
+
+
+def test_nir_benchmark_checks_then_times_both_steps():
+    pytest.importorskip("nir")
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.nir", "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "NIR step / hand-written step (Linear -> LIF, 8x4x16, jax.jit):" in out.stdout
