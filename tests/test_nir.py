@@ -397,3 +397,9 @@ def test_main_job_runs_a_nir_file_on_every_backend(tmp_path, capsys):
     assert all(r["first_bad_step"] is None for r in found["rows"])
     with pytest.raises(SystemExit):
         main_job.main(["nir", str(path), "--dt", "0"])
+
+
+def test_a_missing_nir_package_names_the_extra(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "nir", None)  # import nir -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'dualstep\[nir\]'"):
+        load("net.nir", dt=1.0)
