@@ -104,7 +104,7 @@ def _assert_same(fused, loop, *, exact: bool = False) -> None:
     if exact:
         np.testing.assert_array_equal(a, b)
     else:
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, np.abs(b).max()))
+        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, np.abs(b).max(initial=0.0)))
 
 
 def _gpu(name: str) -> bool:
@@ -476,3 +476,16 @@ def test_jax_default_unroll_is_32_on_a_gpu_for_elementwise_steps_only():
         assert _scan_unrolls(run(lif, unroll=4), x) == [4]
     with jax.default_device("cpu"):
         assert _scan_unrolls(run(lif), x) == [1]
+
+
+def test_empty_steps_and_nested_outputs(fw):
+    """No elements per step: the loop's (empty) result, no launch. A nested output cannot be
+    fused and says so."""
+    name, _ = fw
+    x = _asarray(name, np.ones((3, 0, 4), np.float32))
+    step = lif_step()
+    fused = ds.multi_step_forward(x, step, state=x[0], fused=True)
+    _assert_same(fused, ds.multi_step_forward(x, step, state=x[0]))
+    x = _asarray(name, np.ones((3, 2), np.float32))
+    with pytest.raises(ds.NotFusable, match="nested structure"):
+        ds.multi_step_forward(x, lambda a, v: (((a, a), a), v), state=x[0], fused=True)

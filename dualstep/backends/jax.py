@@ -142,7 +142,7 @@ def _sequence(
     gpu = platform in _GPU
     if fused is True or (fused == "auto" and gpu) or (unroll is None and gpu):
         from ..fused import NotFusable, pallas  # imported by the calls that use it only
-    if fused is True or (fused == "auto" and gpu):
+    if (fused is True or (fused == "auto" and gpu)) and x_seq[0].size:  # no elements: scan
         try:
             return pallas.multi_step(x_seq, modules, state, interpret=platform == "cpu")
         except NotFusable:

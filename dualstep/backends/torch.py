@@ -50,6 +50,8 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
     with a step that cannot be fused."""
     if fused is False or (fused == "auto" and x_seq.device.type != "cuda"):
         return None
+    if x_seq[0].numel() == 0:  # nothing to compute per step: the loop's result, no launch
+        return None
     from ..fused import NotFusable, triton
 
     try:

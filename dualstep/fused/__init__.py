@@ -57,7 +57,8 @@ def with_leaves(state: Any, leaves: Any) -> Any:
 def output_leaves(y: Any) -> tuple[list, Callable[[list], Any]]:
     """A step's output as a list of arrays and the function that rebuilds its structure."""
     if isinstance(y, tuple):
-        return list(y), lambda items: type(y)(*items) if hasattr(y, "_fields") else tuple(items)
+        cls = type(y) if hasattr(y, "_fields") else None  # the type only: no array is kept
+        return list(y), lambda items: tuple(items) if cls is None else cls(*items)
     return [y], lambda items: items[0]
 
 
@@ -71,6 +72,8 @@ def flat_step(modules: Any, state: Any, outputs: list) -> Callable[..., tuple]:
     def step(x: Any, *leaves: Any) -> tuple:
         y, new = call_once(x, with_leaves(state, leaves) if stateful else None, modules, stateful)
         ys, rebuild = output_leaves(y)
+        if any(a is None or isinstance(a, (tuple, list, dict)) for a in ys):
+            raise not_fusable("an output is None or a nested structure; return arrays")
         if not outputs:
             outputs.append((len(ys), rebuild))
         return (*ys, *(state_leaves(new) if stateful else ()))
