@@ -1,4 +1,5 @@
-"""Where the time goes for an IF neuron at 256x64x1024 under torch.compile (target 5).
+"""Where the time goes for an IF neuron at 256x64x1024 under torch.compile (the figure "best
+dualstep path as a fraction of memory-copy bandwidth" of `python -m benchmarks`).
 
 `python -m benchmarks.moonshot` prints each variant's time per step and its fraction of the
 bandwidth of a memory copy of the same bytes, measured in the same run:
