@@ -128,7 +128,8 @@ def _check(args: argparse.Namespace) -> int:
         rows = check(args.T, args.batch, args.features, args.dtype, args.repeat)
     failed = [r for r in rows if not r["ok"]]
     if args.json:
-        print(json.dumps({"version": ds.__version__, "dtype": args.dtype, "rows": rows}, indent=1))
+        settings = {k: getattr(args, k) for k in ("T", "batch", "features", "dtype")}
+        print(json.dumps({"version": ds.__version__, **settings, "rows": rows}, indent=1))
         return 1 if failed else 0
     print(
         f"dualstep {ds.__version__}: LIF (tau=2) on random input, T={args.T}, "
@@ -224,15 +225,31 @@ def _nir(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive; got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualstep", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", metavar="{check,bench,info,nir}")
     check_args = commands.add_parser("check", help="validate every backend (the default)")
-    check_args.add_argument("--T", type=int, default=64, help="time steps (default 64)")
-    check_args.add_argument("--batch", type=int, default=32, help="batch size (default 32)")
-    check_args.add_argument("--features", type=int, default=256, help="neurons (default 256)")
+    check_args.add_argument("--T", type=_positive_int, default=64, help="time steps (default 64)")
+    check_args.add_argument("--batch", type=_positive_int, default=32, help="batch (default 32)")
+    check_args.add_argument(
+        "--features", type=_positive_int, default=256, help="neurons (default 256)"
+    )
     check_args.add_argument("--dtype", choices=sorted(TOLERANCE), default="float32")
-    check_args.add_argument("--repeat", type=int, default=10, help="timed calls per cell")
+    check_args.add_argument("--repeat", type=_positive_int, default=10, help="timed calls per cell")
     check_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     bench_args = commands.add_parser("bench", help="the quick benchmark suite (source checkout)")
     bench_args.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
@@ -243,12 +260,14 @@ def _parser() -> argparse.ArgumentParser:
     info_args.add_argument("--json", action="store_true", help="print as JSON")
     nir_args = commands.add_parser("nir", help="a NIR file on every backend (dualstep[nir])")
     nir_args.add_argument("file", help="a graph written by nir.write")
-    nir_args.add_argument("--dt", type=float, default=1e-4, help="time step (default 1e-4)")
+    nir_args.add_argument(
+        "--dt", type=_positive_float, default=1e-4, help="time step (default 1e-4)"
+    )
     nir_args.add_argument(
         "--convention", choices=["nir", "snntorch", "spikingjelly"], default="nir"
     )
-    nir_args.add_argument("--T", type=int, default=32, help="time steps (default 32)")
-    nir_args.add_argument("--batch", type=int, default=4, help="batch size (default 4)")
+    nir_args.add_argument("--T", type=_positive_int, default=32, help="time steps (default 32)")
+    nir_args.add_argument("--batch", type=_positive_int, default=4, help="batch (default 4)")
     nir_args.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
     nir_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
@@ -260,13 +279,6 @@ def main(argv: list[str] | None = None) -> int:
         argv.insert(0, "check")  # `dualstep --T 8` means `dualstep check --T 8`
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command in ("check", "nir"):
-        flags = ("T", "batch", "features", "repeat") if args.command == "check" else ("T", "batch")
-        for flag in flags:
-            if getattr(args, flag) < 1:
-                parser.error(f"--{flag} must be a positive integer; got {getattr(args, flag)}")
-    if args.command == "nir" and not args.dt > 0:
-        parser.error(f"--dt must be positive; got {args.dt}")
     commands = {"check": _check, "bench": _bench, "info": _info, "nir": _nir}
     return commands[args.command](args)
 

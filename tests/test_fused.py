@@ -104,7 +104,9 @@ def _assert_same(fused, loop, *, exact: bool = False) -> None:
     if exact:
         np.testing.assert_array_equal(a, b)
     else:
-        np.testing.assert_allclose(a, b, rtol=RTOL, atol=RTOL * max(1.0, np.abs(b).max(initial=0.0)))
+        np.testing.assert_allclose(
+            a, b, rtol=RTOL, atol=RTOL * max(1.0, np.abs(b).max(initial=0.0))
+        )
 
 
 def _gpu(name: str) -> bool:

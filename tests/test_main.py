@@ -33,10 +33,12 @@ def test_disagreement_gives_non_zero_exit(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
-def test_bad_argument_is_a_usage_error():
+def test_bad_argument_is_a_usage_error_of_the_subcommand(capsys):
     with pytest.raises(SystemExit) as info:
         main_job.main(["--T", "0"])
     assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: dualstep check" in err and "--T: must be a positive integer; got 0" in err
 
 
 def test_float64_check_restores_jax_config():
@@ -50,6 +52,7 @@ def test_check_json_rows(capsys):
     assert main_job.main(["check", *ARGS, "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["dtype"] == "float32" and len(found["rows"]) == 5 * len(INSTALLED)
+    assert (found["T"], found["batch"], found["features"]) == (9, 2, 3)
     assert {r["backend"] for r in found["rows"]} == set(INSTALLED)
     assert all(r["ok"] and r["max_abs_error"] <= 1e-5 for r in found["rows"])
 
