@@ -11,14 +11,6 @@ from ._dispatch import backend_for, kind_of
 from ._tree import leaves_with_path
 from .fused import NotFusable, check_fused
 
-_STATE_RULE = """
-    With ``state=None`` (the default) every module is called as ``m(x)`` and the call returns
-    the output sequence only. With ``state=s0`` (an array or any tuple/dict nesting of arrays) a
-    module is called as ``m(x, state) -> (y, state)`` and the call returns
-    ``(y_seq, final_state)``. With a list or tuple of modules, `state` is a tuple with one entry
-    per module; a ``None`` entry marks a stateless module (called as ``m(x)``) and stays ``None``
-    in the returned final state."""
-
 
 def _describe(value: Any) -> str:
     shape = getattr(value, "shape", None)
@@ -221,7 +213,13 @@ def multi_step_forward(
     The module is called once per step on ``x_seq[t]`` for t = 0..T-1, in order; a list or
     tuple of modules is applied in order at every step. Outputs are stacked along axis 0. A step
     that returns a tuple of arrays gives the tuple of stacked arrays.
-    {state_rule}
+
+    With ``state=None`` (the default) every module is called as ``m(x)`` and the call returns
+    the output sequence only. With ``state=s0`` (an array or any tuple/dict nesting of arrays) a
+    module is called as ``m(x, state) -> (y, state)`` and the call returns
+    ``(y_seq, final_state)``. With a list or tuple of modules, `state` is a tuple with one entry
+    per module; a ``None`` entry marks a stateless module (called as ``m(x)``) and stays ``None``
+    in the returned final state.
 
     Parameters
     ----------
@@ -297,7 +295,8 @@ def t_last_multi_step_forward(
     Identical to :func:`multi_step_forward` with the time axis last: the module is called on
     ``x_seq[..., t]`` for t = 0..T-1 and the outputs are stacked along the last axis. On torch
     the result has the shape and strides that ``torch.stack(ys, dim=-1)`` gives.
-    {state_rule}
+
+    `state` follows the state rule of :func:`multi_step_forward`.
 
     Parameters
     ----------
@@ -350,9 +349,9 @@ def chunk_multi_step_forward(
     ``split_size > T`` gives one chunk); the module is called once per chunk, in order, and the
     outputs are concatenated along axis 0. State kept inside a module (torch) or passed with
     `state` carries from chunk to chunk, so the result equals the unchunked call.
-    {state_rule}
-    With `state`, a valid chunk module is
-    ``lambda x_chunk, s: multi_step_forward(x_chunk, step, state=s)``.
+
+    `state` follows the state rule of :func:`multi_step_forward`; with `state`, a valid chunk
+    module is ``lambda x_chunk, s: multi_step_forward(x_chunk, step, state=s)``.
 
     Without gradients (torch under ``torch.no_grad()``) the chunk outputs are written into one
     preallocated result once the first chunk tells its shape, instead of being concatenated at
@@ -511,8 +510,3 @@ def t_last_seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
     backend = _check_seq_to_ann(x_seq, -1)
     _check_modules(stateless_module, "stateless_module")
     return backend.t_last_seq_to_ann_forward(x_seq, stateless_module)
-
-
-for _f in (multi_step_forward, t_last_multi_step_forward, chunk_multi_step_forward):
-    _f.__doc__ = (_f.__doc__ or "").replace("{state_rule}", _STATE_RULE.strip("\n"))
-del _f
