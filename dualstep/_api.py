@@ -176,10 +176,10 @@ _SEQ_RANK = (2, "[T, batch_size, ...]", None)
 _T_LAST_RANK = (1, "[..., T]", -1)
 
 
-def _check_seq_to_ann(x_seq: Any, leading: int):
+def _check_seq_to_ann(x_seq: Any, time_axis: int):
     """Dispatch a stateless call; a tuple `x_seq`'s arrays share their time (and batch) axes."""
     # For seq_to_ann T == 0 is fine (the flat batch is empty); the time-last map needs T > 0.
-    rank = _SEQ_RANK if leading == 0 else _T_LAST_RANK
+    rank = _SEQ_RANK if time_axis == 0 else _T_LAST_RANK
     if not isinstance(x_seq, tuple):
         return _check_sequence(x_seq, *rank)
     if len(x_seq) == 0:
@@ -193,9 +193,9 @@ def _check_seq_to_ann(x_seq: Any, leading: int):
             )
         _check_sequence(item, *rank)
     shapes = [tuple(item.shape) for item in x_seq]
-    key = slice(0, 2) if leading == 0 else slice(-1, None)
+    key = slice(0, 2) if time_axis == 0 else slice(-1, None)
     if any(s[key] != shapes[0][key] for s in shapes[1:]):
-        dims = "[T, batch_size] leading dimensions" if leading == 0 else "last (time) dimension"
+        dims = "[T, batch_size] leading dimensions" if time_axis == 0 else "last (time) dimension"
         raise ValueError(f"all arrays in `x_seq` must share the same {dims}; got shapes {shapes}")
     return backend
 

@@ -140,9 +140,10 @@ def call_once(x: Any, state: Any, modules: Any, stateful: bool) -> tuple[Any, An
     return apply_stateful(x, state, modules)
 
 
-def stacked_result(ys: Sequence[Any], final: Any, state: Any, stack: Callable[[list], Any]) -> Any:
-    """The loop's return value: stacked outputs, with the final state when a state was given
-    (`state` is the caller's initial state)."""
+def loop_result(ys: Sequence[Any], final: Any, state: Any, stack: Callable[[list], Any]) -> Any:
+    """A loop's return value: the per-step (or per-chunk) outputs joined by `stack` (which may
+    stack or concatenate), with the final state when a state was given (`state` is the
+    caller's initial state)."""
     y_seq = stack_outputs(ys, stack)
     return y_seq if state is None else (y_seq, final)
 
@@ -160,8 +161,9 @@ def stack_outputs(ys: Sequence[Any], stack: Callable[[list], Any]) -> Any:
     return stack(list(ys))
 
 
-def map_outputs(y: Any, fn: Callable[[Any], Any]) -> Any:
-    """Apply `fn` to an array, or to each item of a tuple of arrays (named tuples kept)."""
+def map_items(y: Any, fn: Callable[[Any], Any]) -> Any:
+    """Apply `fn` to an array, or to each item of a tuple of arrays (named tuples kept): the
+    inputs and outputs of the seq_to_ann functions, which may be either."""
     if isinstance(y, tuple):
         return same_tuple(y, (fn(item) for item in y))
     return fn(y)

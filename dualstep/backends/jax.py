@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _config
-from .._modules import apply_modules, apply_stateful, map_outputs, stack_outputs
+from .._modules import apply_modules, apply_stateful, map_items, stack_outputs
 from ._jax_split import Uncacheable, key_and_arrays, rebuild
 
 CACHE_SIZE = 128
@@ -69,7 +69,7 @@ def _is_traced(x_seq: Any) -> bool:
     return isinstance(x_seq, _Tracer)
 
 
-def _run(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
+def _cached_call(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
     """``impl(x_seq, modules, *args)``: directly under a trace, else through the cache.
 
     `key` names `impl` and its static parameters; the step structure is added to it.
@@ -164,13 +164,13 @@ def multi_step_forward(
 ) -> Any:
     platform = _platform(x_seq)
     impl = functools.partial(_sequence, fused=fused, unroll=unroll, platform=platform)
-    return _run(("multi_step", fused, unroll, platform), impl, x_seq, modules, state)
+    return _cached_call(("multi_step", fused, unroll, platform), impl, x_seq, modules, state)
 
 
 def _sequence_time_last(x_seq: Any, modules: Any, state: Any, **options: Any) -> Any:
     out = _sequence(jnp.moveaxis(x_seq, -1, 0), modules, state, **options)
     ys, final = (out, None) if state is None else out
-    ys = map_outputs(ys, lambda a: jnp.moveaxis(a, 0, -1))
+    ys = map_items(ys, lambda a: jnp.moveaxis(a, 0, -1))
     return ys if state is None else (ys, final)
 
 
@@ -179,7 +179,7 @@ def t_last_multi_step_forward(
 ) -> Any:
     platform = _platform(x_seq)
     impl = functools.partial(_sequence_time_last, fused=fused, unroll=unroll, platform=platform)
-    return _run(("t_last_multi_step", fused, unroll, platform), impl, x_seq, modules, state)
+    return _cached_call(("t_last_multi_step", fused, unroll, platform), impl, x_seq, modules, state)
 
 
 def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: bool) -> Any:
@@ -203,7 +203,7 @@ def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: boo
         body_x = x_seq[: n_full * split_size].reshape((n_full, split_size, *x_seq.shape[1:]))
         out = _scan(body_x, modules, state, remat)
         ys, state = out if stateful else (out, None)
-        parts.append(map_outputs(ys, _join_chunks))
+        parts.append(map_items(ys, _join_chunks))
     elif n_full == 1:
         call(x_seq[:split_size])
     if rest:
@@ -228,7 +228,7 @@ def chunk_multi_step_forward(
 ) -> Any:
     # `compile` is for torch: JAX calls are compiled already.
     impl = functools.partial(_chunks, split_size=split_size, remat=checkpoint)
-    return _run(("chunk", split_size, checkpoint), impl, x_seq, modules, state)
+    return _cached_call(("chunk", split_size, checkpoint), impl, x_seq, modules, state)
 
 
 def _merge_batch_major(x: Any) -> bool:
@@ -247,11 +247,11 @@ def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     first = x_seq[0] if isinstance(x_seq, tuple) else x_seq
     t, b = first.shape[:2]
     if not _merge_batch_major(first):
-        y = apply_modules(map_outputs(x_seq, lambda a: a.reshape((t * b, *a.shape[2:]))), modules)
-        return map_outputs(y, lambda a: a.reshape((t, b, *a.shape[1:])))
-    flat = map_outputs(x_seq, lambda a: jnp.swapaxes(a, 0, 1).reshape((b * t, *a.shape[2:])))
+        y = apply_modules(map_items(x_seq, lambda a: a.reshape((t * b, *a.shape[2:]))), modules)
+        return map_items(y, lambda a: a.reshape((t, b, *a.shape[1:])))
+    flat = map_items(x_seq, lambda a: jnp.swapaxes(a, 0, 1).reshape((b * t, *a.shape[2:])))
     y = apply_modules(flat, modules)
-    return map_outputs(y, lambda a: jnp.swapaxes(a.reshape((b, t, *a.shape[1:])), 0, 1))
+    return map_items(y, lambda a: jnp.swapaxes(a.reshape((b, t, *a.shape[1:])), 0, 1))
 
 
 def _map_time_last(x_seq: Any, modules: Any) -> Any:
@@ -259,4 +259,4 @@ def _map_time_last(x_seq: Any, modules: Any) -> Any:
 
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
-    return _run(("t_last_seq_to_ann",), _map_time_last, x_seq, modules)
+    return _cached_call(("t_last_seq_to_ann",), _map_time_last, x_seq, modules)

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .._modules import apply_modules, map_outputs, run_steps, stack_outputs, stacked_result
+from .._modules import apply_modules, loop_result, map_items, run_steps, stack_outputs
 from .._tree import map_with_path
 from ..fused import NotFusable
 
@@ -34,7 +34,7 @@ def multi_step_forward(
     _no_kernels(fused)  # `unroll` is for lax.scan; this loop runs step by step
     # `x_seq[t, ...]` is a 0-d array for a [T] input (`x_seq[t]` would be a NumPy scalar).
     ys, final = run_steps((x_seq[t, ...] for t in range(x_seq.shape[0])), modules, state)
-    return stacked_result(ys, _arrays(final), state, np.stack)
+    return loop_result(ys, _arrays(final), state, np.stack)
 
 
 def t_last_multi_step_forward(
@@ -42,7 +42,7 @@ def t_last_multi_step_forward(
 ) -> Any:
     _no_kernels(fused)
     ys, final = run_steps((x_seq[..., t] for t in range(x_seq.shape[-1])), modules, state)
-    return stacked_result(ys, _arrays(final), state, _stack_last)
+    return loop_result(ys, _arrays(final), state, _stack_last)
 
 
 def chunk_multi_step_forward(
@@ -56,19 +56,19 @@ def chunk_multi_step_forward(
     # `checkpoint` has nothing to save on NumPy (no backward pass), `compile` nothing to compile.
     chunks = (x_seq[i : i + split_size] for i in range(0, x_seq.shape[0], split_size))
     ys, final = run_steps(chunks, modules, state)
-    return stacked_result(ys, _arrays(final), state, np.concatenate)
+    return loop_result(ys, _arrays(final), state, np.concatenate)
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
-    flat = map_outputs(x_seq, lambda a: a.reshape((t * b, *a.shape[2:])))
+    flat = map_items(x_seq, lambda a: a.reshape((t * b, *a.shape[2:])))
     y = apply_modules(flat, modules)
-    return map_outputs(y, lambda a: a.reshape((t, b, *a.shape[1:])))
+    return map_items(y, lambda a: a.reshape((t, b, *a.shape[1:])))
 
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     steps = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[-1]
-    ys = [apply_modules(map_outputs(x_seq, _select_last(t)), modules) for t in range(steps)]
+    ys = [apply_modules(map_items(x_seq, _select_last(t)), modules) for t in range(steps)]
     return stack_outputs(ys, _stack_last)
 
 

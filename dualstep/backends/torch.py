@@ -18,11 +18,11 @@ from torch.utils import checkpoint as _ckpt
 from .._modules import (
     apply_modules,
     call_once,
-    map_outputs,
+    loop_result,
+    map_items,
     run_steps,
     same_tuple,
     stack_outputs,
-    stacked_result,
 )
 from .._tree import map_with_path
 
@@ -70,7 +70,7 @@ def multi_step_forward(
     if out is not None:
         return out
     ys, final = run_steps(_steps(x_seq, 0), modules, state)
-    return stacked_result(ys, final, state, _stack_first)
+    return loop_result(ys, final, state, _stack_first)
 
 
 def t_last_multi_step_forward(
@@ -80,10 +80,10 @@ def t_last_multi_step_forward(
         out = _fused(x_seq.movedim(-1, 0), modules, state, fused)
         if out is not None:  # time back last, laid out as torch.stack(ys, dim=-1) would
             ys, final = (out, None) if state is None else out
-            ys = map_outputs(ys, lambda a: a.movedim(0, -1).contiguous())
+            ys = map_items(ys, lambda a: a.movedim(0, -1).contiguous())
             return ys if state is None else (ys, final)
     ys, final = run_steps(_steps(x_seq, -1), modules, state)
-    return stacked_result(ys, final, state, _stack_last)
+    return loop_result(ys, final, state, _stack_last)
 
 
 def chunk_multi_step_forward(
@@ -109,11 +109,11 @@ def chunk_multi_step_forward(
         for xc in chunks:
             y, final = call(xc, final, modules, state is not None)
             ys.append(y)
-        return stacked_result(ys, final, state, _cat_first)
+        return loop_result(ys, final, state, _cat_first)
     # No gradient: nothing to save, the outputs go straight into one preallocated result.
-    # Checkpointing: each chunk's output is written into it through autograd (`_Into`).
+    # Checkpointing: each chunk's output is written into it through autograd (`_WriteInto`).
     return _chunks_preallocated(
-        chunks, steps, modules, state, call, _Into.apply if grad else _copy_into
+        chunks, steps, modules, state, call, _WriteInto.apply if grad else _copy_into
     )
 
 
@@ -244,7 +244,7 @@ def _copy_into(out: torch.Tensor, y: torch.Tensor, offset: int) -> torch.Tensor:
     return out
 
 
-class _Into(torch.autograd.Function):
+class _WriteInto(torch.autograd.Function):
     """`_copy_into` for autograd: the gradient of the chunk is a view of the result's gradient.
 
     ``torch.cat`` would need every chunk's output alive at once next to the result, and an
@@ -325,10 +325,10 @@ def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
         y = modules(x_seq.flatten(0, 1))
         if not isinstance(y, tuple):
             return y.unflatten(0, (x_seq.shape[0], x_seq.shape[1]))
-        return map_outputs(y, lambda a: a.unflatten(0, x_seq.shape[:2]))
+        return map_items(y, lambda a: a.unflatten(0, x_seq.shape[:2]))
     t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
-    y = apply_modules(map_outputs(x_seq, lambda a: a.flatten(0, 1)), modules)
-    return map_outputs(y, lambda a: a.unflatten(0, (t, b)))
+    y = apply_modules(map_items(x_seq, lambda a: a.flatten(0, 1)), modules)
+    return map_items(y, lambda a: a.unflatten(0, (t, b)))
 
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:

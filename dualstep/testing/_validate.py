@@ -130,7 +130,9 @@ def _move_time(y: Any, src: int, dst: int) -> Any:
     return array_namespace(y).moveaxis(y, src, dst)
 
 
-def _run(function: str, step: Any, x: Any, state: Any, split_size: int) -> tuple[Any, Any]:
+def _call_function(
+    function: str, step: Any, x: Any, state: Any, split_size: int
+) -> tuple[Any, Any]:
     """Call `function` on time-first `x`: ``(y_seq time-first, final state or None)``."""
     kwargs = {} if state is None else {"state": state}
     if function == "seq_to_ann_forward":
@@ -376,12 +378,14 @@ def assert_backends_close(
     oracle = "numpy" if "numpy" in backends else backends[0]
     to_oracle = CONVERT[oracle]
     with jax_x64(oracle == "jax"):
-        oracle_y, oracle_s = _run(
+        oracle_y, oracle_s = _call_function(
             "multi_step_forward", step, to_oracle(f64(x)), to_oracle(f64(state)), split
         )
         want_ys = [interop.to_numpy(a) for a in _leaves(oracle_y)]
         want_finals = [interop.to_numpy(a) for a in _leaves(oracle_s)]
-        native_y, native_s = _run("multi_step_forward", step, to_oracle(x), to_oracle(state), split)
+        native_y, native_s = _call_function(
+            "multi_step_forward", step, to_oracle(x), to_oracle(state), split
+        )
         dtypes = [interop._dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
     def tolerance(dtype: str) -> tuple[float, float]:
@@ -394,7 +398,7 @@ def assert_backends_close(
         for backend in backends:
             convert = CONVERT[backend]
             for function in functions:
-                y, final = _run(function, step, convert(x), convert(state), split)
+                y, final = _call_function(function, step, convert(x), convert(state), split)
                 rows.append(
                     _compare(
                         backend,
