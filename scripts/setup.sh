@@ -11,3 +11,5 @@ pip install ${DUALSTEP_TORCH:-torch==2.13.0}  # DUALSTEP_TORCH: another build, e
 pip install -e '.[all,test,dev,bench]'
 # SpikingJelly, which the compatibility tests compare with, without its heavy dependencies.
 pip install --no-deps spikingjelly==2.0.0 loguru tqdm
+# What scripts/test.sh compares to skip this setup when nothing it depends on changed.
+bash scripts/setup_stamp.sh > .venv/.dualstep-setup

@@ -1,8 +1,12 @@
 #!/usr/bin/env bash
-# Set up (scripts/setup.sh), then run the whole test suite. Extra arguments go to pytest.
+# Set up (scripts/setup.sh, when needed), then run the whole test suite. Extra arguments go to
+# pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+# The setup (about 30 s) runs when .venv is missing or was set up from other requirements.
+if ! [ -f .venv/.dualstep-setup ] || ! diff -q <(bash scripts/setup_stamp.sh) .venv/.dualstep-setup >/dev/null; then
+  bash scripts/setup.sh
+fi
 # Every backend installed above must import: a failed install fails the run instead of skipping.
 export DUALSTEP_REQUIRE=numpy,torch,jax,spikingjelly,equinox,flax,triton,nir,nirtorch,snntorch
 exec .venv/bin/python -m pytest "$@"
