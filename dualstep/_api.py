@@ -172,14 +172,26 @@ def _check_split_size(split_size: Any) -> int:
     return int(split_size)
 
 
-_SEQ_RANK = (2, "[T, batch_size, ...]", None)
+_SEQ_TO_ANN_RANK = (2, "[T, batch_size, ...]", None)
+_TIME_FIRST_RANK = (1, "[T, ...]", 0)
 _T_LAST_RANK = (1, "[..., T]", -1)
+
+
+def _check_stepping(x_seq: Any, modules: Any, state: Any, rank: tuple, mode: str) -> tuple:
+    """The checks of the three multi-step functions: ``(backend, state)``. `mode` is the
+    step mode SpikingJelly modules must be in: single-step ``"s"`` modules are called once per
+    step, multi-step ``"m"`` ones once per chunk."""
+    argument = "single_step_module" if mode == "s" else "multi_step_module"
+    backend = _check_sequence(x_seq, *rank)
+    _check_modules(modules, argument)
+    _check_step_mode(modules, argument, mode)
+    return backend, _check_state(state, modules, argument, x_seq)
 
 
 def _check_seq_to_ann(x_seq: Any, time_axis: int):
     """Dispatch a stateless call; a tuple `x_seq`'s arrays share their time (and batch) axes."""
     # For seq_to_ann T == 0 is fine (the flat batch is empty); the time-last map needs T > 0.
-    rank = _SEQ_RANK if time_axis == 0 else _T_LAST_RANK
+    rank = _SEQ_TO_ANN_RANK if time_axis == 0 else _T_LAST_RANK
     if not isinstance(x_seq, tuple):
         return _check_sequence(x_seq, *rank)
     if len(x_seq) == 0:
@@ -274,10 +286,7 @@ def multi_step_forward(
     >>> y.tolist(), v.tolist()
     ([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]], [3.0, 3.0])
     """
-    backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
-    _check_modules(single_step_module, "single_step_module")
-    _check_step_mode(single_step_module, "single_step_module", "s")
-    state = _check_state(state, single_step_module, "single_step_module", x_seq)
+    backend, state = _check_stepping(x_seq, single_step_module, state, _TIME_FIRST_RANK, "s")
     fused = _check_fused(fused, unroll, single_step_module)
     return backend.multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
@@ -326,10 +335,7 @@ def t_last_multi_step_forward(
     array([[ 0.,  1.,  3.],
            [ 3.,  7., 12.]])
     """
-    backend = _check_sequence(x_seq, 1, "[..., T]", -1)
-    _check_modules(single_step_module, "single_step_module")
-    _check_step_mode(single_step_module, "single_step_module", "s")
-    state = _check_state(state, single_step_module, "single_step_module", x_seq)
+    backend, state = _check_stepping(x_seq, single_step_module, state, _T_LAST_RANK, "s")
     fused = _check_fused(fused, unroll, single_step_module)
     return backend.t_last_multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
@@ -413,10 +419,7 @@ def chunk_multi_step_forward(
     array([1., 2., 3., 4., 5.])
     """
     split_size = _check_split_size(split_size)
-    backend = _check_sequence(x_seq, 1, "[T, ...]", 0)
-    _check_modules(multi_step_module, "multi_step_module")
-    _check_step_mode(multi_step_module, "multi_step_module", "m")
-    state = _check_state(state, multi_step_module, "multi_step_module", x_seq)
+    backend, state = _check_stepping(x_seq, multi_step_module, state, _TIME_FIRST_RANK, "m")
     _check_checkpoint(checkpoint, multi_step_module)
     _check_compile(compile, checkpoint)
     # A split larger than T is one chunk; clamping keeps huge NumPy integers out of torch.split.
@@ -464,7 +467,7 @@ def seq_to_ann_forward(x_seq: Any, stateless_module: Any) -> Any:
         # this call is all per-call overhead.
         backend = backend_for(x_seq)
         if x_seq.ndim < 2:
-            _check_sequence(x_seq, *_SEQ_RANK)
+            _check_sequence(x_seq, *_SEQ_TO_ANN_RANK)
         return backend.seq_to_ann_forward(x_seq, stateless_module)
     backend = _check_seq_to_ann(x_seq, 0)
     _check_modules(stateless_module, "stateless_module")

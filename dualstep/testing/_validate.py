@@ -183,6 +183,17 @@ def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple
     return abs_err, rel_err, abs_err > atol + rtol * np.abs(w)
 
 
+def _tolerance(rtol: float | None, atol: float | None) -> Callable[[str], tuple[float, float]]:
+    """``dtype name -> (rtol, atol)``: TOLERANCES by dtype (0 for integers and bool), with the
+    caller's values where given."""
+
+    def tolerance(dtype: str) -> tuple[float, float]:
+        r, a = TOLERANCES.get(dtype, (0.0, 0.0))
+        return (r if rtol is None else rtol), (a if atol is None else atol)
+
+    return tolerance
+
+
 @dataclasses.dataclass(frozen=True)
 class _Leaf:
     """One array compared with its expected value."""
@@ -388,10 +399,7 @@ def assert_backends_close(
         )
         dtypes = [interop._dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
-    def tolerance(dtype: str) -> tuple[float, float]:
-        r, a = TOLERANCES.get(dtype, (0.0, 0.0))
-        return (r if rtol is None else rtol), (a if atol is None else atol)
-
+    tolerance = _tolerance(rtol, atol)
     rows = []
     wide = any(interop.needs_x64(a) for a in [x, *_leaves(state)])
     with jax_x64(wide and "jax" in backends):
@@ -540,12 +548,8 @@ def assert_implementations_close(
             want_s, got_s = [], []
         dtypes = [interop._dtype_name(a) for _, a in want_ys + want_s]
         first = dtypes[0] if dtypes else "float64"
-        r, a = TOLERANCES.get(first, (0.0, 0.0))
-        tol = (r if rtol is None else rtol, a if atol is None else atol)
-
-        def tolerance(dtype: str) -> tuple[float, float]:
-            r, a = TOLERANCES.get(dtype, (0.0, 0.0))
-            return (r if rtol is None else rtol), (a if atol is None else atol)
+        tolerance = _tolerance(rtol, atol)
+        tol = tolerance(first)
 
         who = f"{cand_on} vs {ref_on}"
         leaves = _compare_all(
