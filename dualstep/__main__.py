@@ -35,12 +35,18 @@ from typing import Any
 import numpy as np
 
 import dualstep as ds
-from dualstep import interop
-from dualstep.testing import affine_tanh, lif_step
-from dualstep.testing._validate import BACKENDS, CONVERT, installed_backends, jax_x64
+from dualstep.testing import (
+    BACKENDS,
+    TOLERANCES,
+    affine_tanh,
+    assert_backends_close,
+    installed_backends,
+    jax_x64,
+    lif_step,
+)
+from dualstep.testing._validate import CONVERT
 
 SPLIT = 16
-TOLERANCE = {"float32": 1e-5, "float64": 1e-12}
 
 
 def _block(y: Any) -> Any:
@@ -79,36 +85,56 @@ def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
     return statistics.median(times)
 
 
-def check(steps: int, batch: int, features: int, dtype: str, repeat: int) -> list[dict]:
+def check(
+    steps: int,
+    batch: int,
+    features: int,
+    dtype: str,
+    repeat: int,
+    rtol: float | None = None,
+    atol: float | None = None,
+) -> list[dict]:
+    """Every installed backend and function against the oracle (`assert_backends_close`, its
+    tolerance rule), each timed."""
     rng = np.random.default_rng(0)
     # Inputs on a dyadic grid keep LIF (tau=2) exact in float32, so spikes match the oracle.
     x = (rng.integers(-16, 17, size=(steps, batch, features)) / 8).astype(dtype)
     inputs = (x, np.moveaxis(x, 0, -1).copy(), np.zeros((batch, features), dtype))
-    calls = _calls()
-    oracle = {n: f(*(a.astype(np.float64) for a in inputs)) for n, f in calls.items()}
-    rows = []
     installed = installed_backends()
     for backend in BACKENDS:
         if backend not in installed:
             print(f"{backend} is not installed: pip install 'dualstep[{backend}]'", file=sys.stderr)
-            continue
-        args = [CONVERT[backend](a) for a in inputs]
-        for name, fn in calls.items():
-            y = interop.to_numpy(fn(*args))
-            err = float(np.max(np.abs(y.astype(np.float64) - oracle[name]))) if y.size else 0.0
-            ok = y.dtype == np.dtype(dtype) and y.shape == oracle[name].shape
-            ok = ok and err <= TOLERANCE[dtype]
-            seconds = _median_seconds(functools.partial(fn, *args), repeat)
-            rows.append(
-                {
-                    "backend": backend,
-                    "function": name,
-                    "max_abs_error": err,
-                    "seconds_per_call": seconds,
-                    "ok": ok,
-                }
-            )
+    compare = functools.partial(
+        assert_backends_close, backends=installed, rtol=rtol, atol=atol, check=False
+    )
+    reports = [
+        compare(lif_step(), x, state=inputs[2], split_size=SPLIT),
+        compare(affine_tanh(), x, functions=_STATELESS),
+    ]
+    calls = _calls()
+    rows = []
+    for row in sorted((r for rep in reports for r in rep.rows), key=_order):
+        args = [CONVERT[row.backend](a) for a in inputs]
+        rows.append(
+            {
+                "backend": row.backend,
+                "function": row.function,
+                "max_abs_error": row.max_abs_error,
+                "seconds_per_call": _median_seconds(
+                    functools.partial(calls[row.function], *args), repeat
+                ),
+                "ok": row.ok,
+            }
+        )
     return rows
+
+
+_STATELESS = ("seq_to_ann_forward", "t_last_seq_to_ann_forward")
+
+
+def _order(row: Any) -> tuple[int, int]:
+    """Rows by backend, then function, in the order of the five functions."""
+    return BACKENDS.index(row.backend), list(_calls()).index(row.function)
 
 
 def _table(rows: list[dict]) -> str:
@@ -125,7 +151,9 @@ def _table(rows: list[dict]) -> str:
 
 def _check(args: argparse.Namespace) -> int:
     with jax_x64(args.dtype == "float64"):
-        rows = check(args.T, args.batch, args.features, args.dtype, args.repeat)
+        rows = check(
+            args.T, args.batch, args.features, args.dtype, args.repeat, args.rtol, args.atol
+        )
     failed = [r for r in rows if not r["ok"]]
     if args.json:
         settings = {k: getattr(args, k) for k in ("T", "batch", "features", "dtype")}
@@ -248,7 +276,11 @@ def _parser() -> argparse.ArgumentParser:
     check_args.add_argument(
         "--features", type=_positive_int, default=256, help="neurons (default 256)"
     )
-    check_args.add_argument("--dtype", choices=sorted(TOLERANCE), default="float32")
+    check_args.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    check_args.add_argument(
+        "--rtol", type=float, help=f"relative tolerance (default by dtype: {TOLERANCES})"
+    )
+    check_args.add_argument("--atol", type=float, help="absolute tolerance (default by dtype)")
     check_args.add_argument("--repeat", type=_positive_int, default=10, help="timed calls per cell")
     check_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     bench_args = commands.add_parser("bench", help="the quick benchmark suite (source checkout)")

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from dualstep._tree import map_with_path
+from dualstep.testing import BACKENDS, TOLERANCES
 
 # JAX compiles on first call, so no per-example deadline. The backend fixture only flips
 # configuration that it restores, so reusing it across examples is safe.
@@ -23,8 +24,6 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("dualstep")
-
-BACKENDS = ("numpy", "torch", "jax")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,13 +99,6 @@ def jax_backend(jax_x64) -> Backend:
     return _jax_backend()
 
 
-TOLERANCES = {
-    np.dtype(np.float16): (1e-3, 1e-3),
-    np.dtype(np.float32): (2e-5, 2e-6),
-    np.dtype(np.float64): (1e-12, 1e-12),
-}
-
-
 def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool = False) -> None:
     """Shape, then dtype, then values; tuples item by item; tolerance picked by dtype.
 
@@ -126,5 +118,5 @@ def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool =
     if exact:
         np.testing.assert_array_equal(actual, expected.astype(want))
         return
-    rtol, atol = TOLERANCES.get(want, (0, 0))
+    rtol, atol = TOLERANCES.get(want.name, (0, 0))
     np.testing.assert_allclose(actual, expected.astype(want), rtol=rtol, atol=atol)

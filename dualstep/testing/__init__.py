@@ -4,6 +4,8 @@
   installed backend against the NumPy float64 oracle; a `Report` of the errors.
 - `assert_implementations_close`: two implementations of one model (a torch model and its
   JAX port, a model before and after NIR), on any two backends, compared step by step.
+- `BACKENDS`, `installed_backends()`, `TOLERANCES` (by dtype name) and `jax_x64(enable)`: the
+  backends and the tolerance rule both helpers use, for tests and tools that compare too.
 - Reference step functions written once against the array API (`affine_tanh`, `if_step`,
   `lif_step`); they run unchanged on torch, JAX and NumPy.
 - :mod:`dualstep.testing.strategies`: hypothesis strategies for sequences and split sizes
@@ -11,14 +13,27 @@
 """
 
 from ._steps import affine_tanh, if_step, lif_step
-from ._validate import Report, Row, assert_backends_close, assert_implementations_close
+from ._validate import (
+    BACKENDS,
+    TOLERANCES,
+    Report,
+    Row,
+    assert_backends_close,
+    assert_implementations_close,
+    installed_backends,
+    jax_x64,
+)
 
 __all__ = [
+    "BACKENDS",
+    "TOLERANCES",
     "Report",
     "Row",
     "affine_tanh",
     "assert_backends_close",
     "assert_implementations_close",
     "if_step",
+    "installed_backends",
+    "jax_x64",
     "lif_step",
 ]

@@ -30,7 +30,8 @@ _STATEFUL = FUNCTIONS[:3]
 BACKENDS = ("numpy", "torch", "jax")
 CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
 
-# (rtol, atol) by dtype name; integer and bool outputs must match exactly.
+# (rtol, atol) by dtype name: a value passes when |got - want| <= atol + rtol * |want|; integer
+# and bool outputs must match exactly.
 TOLERANCES = {
     "float16": (1e-3, 1e-3),
     "bfloat16": (1e-2, 1e-2),
