@@ -160,7 +160,8 @@ def test_state_of_another_kind_is_rejected_naming_the_leaf(backend, function):
         "chunk": lambda s: ds.chunk_multi_step_forward(2, x, lambda c, v: (c, v), state=s),
     }
     others = [*_other(backend.name).values(), 0.0]
-    assert len(others) == 3  # both other kinds are installed in CI, plus a Python float
+    if len(others) < 3:  # CI's full environment has both (DUALSTEP_REQUIRE); a reduced one not
+        pytest.skip("needs the two other backends")
     for array in others:
         with pytest.raises(TypeError, match=r"`state\['v'\]\[1\]` must be the same kind of"):
             calls[function]({"v": (backend.asarray(np.zeros(2)), array)})
