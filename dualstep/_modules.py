@@ -167,3 +167,11 @@ def map_items(y: Any, fn: Callable[[Any], Any]) -> Any:
     if isinstance(y, tuple):
         return same_tuple(y, (fn(item) for item in y))
     return fn(y)
+
+
+def seq_to_ann_by_reshape(x_seq: Any, modules: Any) -> Any:
+    """``[T, B, ...]`` (or a tuple of such) merged T-major into one batch by reshape, the
+    module(s) applied once, every output reshaped back to ``[T, B, ...]``."""
+    t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
+    y = apply_modules(map_items(x_seq, lambda a: a.reshape((t * b, *a.shape[2:]))), modules)
+    return map_items(y, lambda a: a.reshape((t, b, *a.shape[1:])))

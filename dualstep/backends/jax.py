@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from .. import _config
-from .._modules import apply_modules, apply_stateful, map_items, stack_outputs
+from .._modules import apply_modules, call_once, map_items, seq_to_ann_by_reshape, stack_outputs
 from ._jax_split import Uncacheable, key_and_arrays, rebuild
 
 CACHE_SIZE = 128
@@ -91,12 +91,12 @@ def _cached_call(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: An
 
 
 def _step(modules: Any, stateful: bool, remat: bool) -> Callable:
-    """One call of the module(s): ``x -> y`` or ``(x, s) -> (y, s)``, rematerialised if asked."""
-    fn: Callable
-    if stateful:
-        fn = lambda x, s: apply_stateful(x, s, modules)  # noqa: E731
-    else:
-        fn = lambda x: apply_modules(x, modules)  # noqa: E731
+    """One call of the module(s) as ``(x, s) -> (y, s)`` (`s` None when stateless), the
+    shared rule of :func:`call_once`, rematerialised if asked."""
+
+    def fn(x: Any, s: Any) -> tuple[Any, Any]:
+        return call_once(x, s, modules, stateful)
+
     return jax.checkpoint(fn) if remat else fn
 
 
@@ -104,7 +104,7 @@ def _scan(x_seq: Any, modules: Any, state: Any, remat: bool = False, unroll: int
     """Scan the module(s) over axis 0; ``(y_seq, final_state)`` or ``y_seq``."""
     step = _step(modules, state is not None, remat)
     if state is None:
-        _, ys = lax.scan(lambda c, x: (c, step(x)), None, x_seq, unroll=unroll)
+        _, ys = lax.scan(lambda c, x: (c, step(x, None)[0]), None, x_seq, unroll=unroll)
         return ys
 
     def body(s: Any, x: Any) -> tuple[Any, Any]:
@@ -193,10 +193,8 @@ def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: boo
 
     def call(xc: Any) -> None:
         nonlocal state
-        if stateful:
-            y, state = step(xc, state)
-        else:
-            y = step(xc)
+        y, new = step(xc, state)
+        state = new if stateful else state
         parts.append(y)
 
     if n_full > 1:
@@ -247,8 +245,7 @@ def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
     first = x_seq[0] if isinstance(x_seq, tuple) else x_seq
     t, b = first.shape[:2]
     if not _merge_batch_major(first):
-        y = apply_modules(map_items(x_seq, lambda a: a.reshape((t * b, *a.shape[2:]))), modules)
-        return map_items(y, lambda a: a.reshape((t, b, *a.shape[1:])))
+        return seq_to_ann_by_reshape(x_seq, modules)
     flat = map_items(x_seq, lambda a: jnp.swapaxes(a, 0, 1).reshape((b * t, *a.shape[2:])))
     y = apply_modules(flat, modules)
     return map_items(y, lambda a: jnp.swapaxes(a.reshape((b, t, *a.shape[1:])), 0, 1))

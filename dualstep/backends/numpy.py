@@ -7,7 +7,14 @@ from typing import Any
 
 import numpy as np
 
-from .._modules import apply_modules, loop_result, map_items, run_steps, stack_outputs
+from .._modules import (
+    apply_modules,
+    loop_result,
+    map_items,
+    run_steps,
+    seq_to_ann_by_reshape,
+    stack_outputs,
+)
 from .._tree import map_with_path
 from ..fused import NotFusable
 
@@ -60,10 +67,7 @@ def chunk_multi_step_forward(
 
 
 def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
-    t, b = (x_seq[0] if isinstance(x_seq, tuple) else x_seq).shape[:2]
-    flat = map_items(x_seq, lambda a: a.reshape((t * b, *a.shape[2:])))
-    y = apply_modules(flat, modules)
-    return map_items(y, lambda a: a.reshape((t, b, *a.shape[1:])))
+    return seq_to_ann_by_reshape(x_seq, modules)
 
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
