@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 
@@ -27,6 +28,11 @@ def kind_of(x: object) -> str | None:
     if isinstance(x, np.ndarray):
         return "numpy"
     return None
+
+
+def dtype_name(a: Any) -> str:
+    """The dtype's name, the same on every backend (``"float32"``, ``"bfloat16"``, ``"bool"``)."""
+    return str(a.dtype).removeprefix("torch.")
 
 
 def _load(name: str) -> ModuleType:

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ._dispatch import SUPPORTED, kind_of
+from ._dispatch import SUPPORTED, dtype_name, kind_of
 from ._tree import map_with_path
 
 __all__ = ["module_from_jax", "module_to_jax", "to_jax", "to_numpy", "to_torch"]
@@ -92,7 +92,7 @@ _NEEDS_X64 = {"float64", "int64", "uint64", "complex128"}
 
 def needs_x64(a: Any) -> bool:
     """Whether JAX needs ``jax_enable_x64`` to hold an array of `a`'s dtype unchanged."""
-    return _dtype_name(a) in _NEEDS_X64
+    return dtype_name(a) in _NEEDS_X64
 
 
 def _check_jax_dtype(name: str, path: str) -> None:
@@ -127,11 +127,6 @@ def to_torch(tree: Any) -> Any:
     return _map(tree, _to_torch_leaf, "tree")
 
 
-def _dtype_name(a: Any) -> str:
-    """The dtype's name, the same on every backend (``"float32"``, ``"bfloat16"``, ``"bool"``)."""
-    return str(a.dtype).removeprefix("torch.")
-
-
 def _to_torch_leaf(x: Any, kind: str, path: str) -> Any:
     if kind == "torch":
         return x
@@ -153,7 +148,7 @@ def _to_numpy_leaf(x: Any, kind: str, path: str) -> Any:
 def _to_jax_leaf(x: Any, kind: str, path: str) -> Any:
     if kind == "jax":
         return x
-    _check_jax_dtype(_dtype_name(x), path)
+    _check_jax_dtype(dtype_name(x), path)
     import jax
     import jax.dlpack
 
@@ -231,7 +226,7 @@ def _narrowed(t: Any, name: str) -> Any:
     info = np.iinfo(narrow)
     if t.numel() and (int(t.min()) < info.min or int(t.max()) > info.max):
         raise ValueError(
-            f"`{name}` is {_dtype_name(t)} with values outside {narrow}, which JAX without "
+            f"`{name}` is {dtype_name(t)} with values outside {narrow}, which JAX without "
             "64-bit types cannot hold; enable them first: "
             "jax.config.update('jax_enable_x64', True)"
         )
@@ -308,7 +303,7 @@ def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
                 f"`params[{name!r}]` must be a {SUPPORTED}; "
                 f"got {type(src).__module__}.{type(src).__qualname__}"
             )
-        widened = _NARROW.get(str(t.dtype)) == _dtype_name(src)
+        widened = _NARROW.get(str(t.dtype)) == dtype_name(src)
         if src.shape != t.shape or (src.dtype != t.dtype and not widened):
             raise ValueError(
                 f"`params[{name!r}]` must have shape {tuple(t.shape)} and dtype {t.dtype}; "

@@ -16,8 +16,8 @@ import dualstep as ds
 
 from .. import interop
 from .._api import _memory_modules
-from .._dispatch import kind_of
-from .._tree import leaves_with_path
+from .._dispatch import dtype_name, kind_of
+from .._tree import leaves_with_path, map_with_path
 
 FUNCTIONS = (
     "multi_step_forward",
@@ -216,7 +216,7 @@ def _compare_leaf(
 ) -> _Leaf:
     """`got` against `want`: dtype, shape, then values, the first step out of tolerance (for
     an output, time first) or the whole array (a final state)."""
-    dtype = interop._dtype_name(got)
+    dtype = dtype_name(got)
     if dtype != expected_dtype:
         return _Leaf(path, np.nan, np.nan, "dtype", f"{dtype}!={expected_dtype}")
     want = interop.to_numpy(want)
@@ -383,7 +383,7 @@ def assert_backends_close(
     split = split_size if split_size is not None else max(1, t // 3)
 
     def f64(tree: Any) -> Any:
-        return interop._map(tree, lambda a, kind, path: a.astype(np.float64), "state")
+        return map_with_path(lambda a, _: None if a is None else a.astype(np.float64), tree, "")
 
     # The oracle runs on NumPy; a step written for one framework only is checked against
     # that framework in float64 when NumPy is not among `backends`.
@@ -398,7 +398,7 @@ def assert_backends_close(
         native_y, native_s = _call_function(
             "multi_step_forward", step, to_oracle(x), to_oracle(state), split
         )
-        dtypes = [interop._dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
+        dtypes = [dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
     tolerance = _tolerance(rtol, atol)
     rows = []
@@ -547,7 +547,7 @@ def assert_implementations_close(
             compare_state = both and len(want_s) == len(got_s)
         if not compare_state:
             want_s, got_s = [], []
-        dtypes = [interop._dtype_name(a) for _, a in want_ys + want_s]
+        dtypes = [dtype_name(a) for _, a in want_ys + want_s]
         first = dtypes[0] if dtypes else "float64"
         tolerance = _tolerance(rtol, atol)
         tol = tolerance(first)
