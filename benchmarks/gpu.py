@@ -27,6 +27,7 @@ import dualstep as ds
 
 from .run import RESULTS, time_side_by_side
 from .systems import (
+    NAMES,
     System,
     _copy_system,
     _jax_put,
@@ -364,6 +365,15 @@ TARGETS = [
 ]
 
 
+def _check_targets() -> None:
+    """Every system a target names exists (a rename fails here, not as a silent "missing")."""
+    for name, _, num, den, *_ in TARGETS:
+        for system in (num, den):
+            for fw in ("torch", "JAX"):
+                if system.format(fw=fw) not in NAMES:
+                    raise KeyError(f"target {name!r} names {system.format(fw=fw)!r}, unknown")
+
+
 def targets(result: dict, smoke: bool) -> list[dict]:
     sizes = {
         "forward": SMOKE["forward"] if smoke else FORWARD_SIZES,
@@ -371,6 +381,7 @@ def targets(result: dict, smoke: bool) -> list[dict]:
         "default": SMOKE["forward"][:1] if smoke else FORWARD_SIZES[:1],
         "generic": [SMOKE["generic"] if smoke else GENERIC_SIZE],
     }
+    _check_targets()
     rows = []
     for name, workload, num, den, bound, which in TARGETS:
         kinds = ("IF", "LIF") if "{kind}" in workload else ("",)

@@ -244,6 +244,11 @@ def targets(result: dict) -> list[dict]:
         out.append({"target": name, "value": value, "bound": bound, "met": met})
 
     def ratio(num: str, den: str, workload: str, size: tuple) -> float | None:
+        """`num` / `den`; None when one was not run (SpikingJelly absent, --no-compile, a size
+        --quick leaves out), an error when no system has that name."""
+        for name in (num, den):
+            if name not in systems.NAMES:
+                raise KeyError(f"target names system {name!r}, which systems.NAMES lacks")
         a, b = _time(rows, workload, size, num), _time(rows, workload, size, den)
         return None if a is None or b is None else a / b
 

@@ -23,11 +23,46 @@ SPLIT = 16
 TAU, V_TH = 2.0, 1.0
 
 
+# Every system name a workload can hold. Targets name systems from this set and a System must
+# be one of them, so a renamed system fails loudly instead of turning a target into "n/a".
+NAMES = frozenset(
+    {
+        "memory copy",
+        "SpikingJelly multi_step_forward",
+        "SpikingJelly multi-step neuron",
+        "SpikingJelly seq_to_ann_forward",
+        "SpikingJelly chunk_multi_step_forward",
+        "torch Python loop",
+        "torch flatten-call-unflatten",
+        "dualstep torch",
+        "dualstep torch, state=",
+        "dualstep torch, module (SJ neuron)",
+        "dualstep torch.compile",
+        "dualstep torch.compile, module (SJ neuron)",
+        "dualstep torch (preallocated)",
+        "dualstep torch fused",
+        "dualstep torch loop",
+        "compile='reduce-overhead' chunks",
+        "compile=True chunks",
+        "dualstep JAX eager",
+        "dualstep JAX in jit",
+        "dualstep JAX fused",
+        "dualstep JAX, no option",
+        "hand-written jit(lax.scan)",
+        "JAX Python loop",
+    }
+)
+
+
 @dataclass
 class System:
     name: str
     fn: Callable[[], Any]
     framework: str  # "torch" | "jax" | "copy"
+
+    def __post_init__(self) -> None:
+        if self.name not in NAMES:
+            raise ValueError(f"system {self.name!r} is not in systems.NAMES; add it there")
 
 
 # --- step functions in each framework's ops ---------------------------------------------------

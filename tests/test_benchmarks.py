@@ -129,3 +129,21 @@ def test_nir_benchmark_checks_then_times_both_steps():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "NIR step / hand-written step (Linear -> LIF, 8x4x16, jax.jit):" in out.stdout
+
+
+def test_targets_name_only_systems_that_exist(monkeypatch):
+    """A renamed system fails loudly: a System must be in systems.NAMES, and a target naming
+    a system that is not raises instead of reading "n/a"."""
+    with pytest.raises(ValueError, match=r"is not in systems\.NAMES"):
+        systems.System("dualstep torch (renamed)", lambda: None, "torch")
+    result = {
+        "rows": [],
+        "dispatch": {"api_us": 3.0, "backend_us": 2.0, "direct_us": 1.5, "overhead_us": 1.5},
+        "compile_equals_spikingjelly": None,
+        "memory": {},
+    }
+    assert all(t["met"] is None for t in run.targets(result) if t["value"] is None)
+    # As if the system had been renamed in systems.py but not in the targets:
+    monkeypatch.setattr(systems, "NAMES", systems.NAMES - {"SpikingJelly multi_step_forward"})
+    with pytest.raises(KeyError, match="SpikingJelly multi_step_forward"):
+        run.targets(result)
