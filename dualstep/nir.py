@@ -20,8 +20,10 @@ Needs the ``nir`` package: ``pip install 'dualstep[nir]'``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -58,18 +60,40 @@ def _nir() -> Any:
     return nir
 
 
+# NumPy parameters already converted for torch or NumPy, by the parameter's id, with a weak
+# reference that tells a live parameter from a new one at a reused id. The step runs once per
+# time step: without this every step would copy every weight (to the GPU, on CUDA).
+_converted: dict[int, tuple[Any, dict]] = {}
+
+
+def _forget(key: int, _: Any, table: dict = _converted) -> None:
+    # `table` bound here: at interpreter exit the module's globals may already be gone.
+    table.pop(key, None)
+
+
 def _like(p: np.ndarray, x: Any) -> Any:
     """NumPy parameter `p` as an array of `x`'s kind, dtype and device."""
     kind = kind_of(x)
-    if kind == "torch":
-        import torch
-
-        return torch.as_tensor(p, dtype=x.dtype, device=x.device)
-    if kind == "jax":
+    if kind == "jax":  # traced once per program: JAX keeps the constant
         import jax.numpy as jnp
 
         return jnp.asarray(p, dtype=x.dtype)
-    return np.asarray(p, dtype=x.dtype)
+    device = getattr(x, "device", None)
+    entry = _converted.get(id(p))
+    if entry is None or entry[0]() is not p:
+        entry = (weakref.ref(p, functools.partial(_forget, id(p))), {})
+        _converted[id(p)] = entry
+    key = (kind, x.dtype, device)
+    value = entry[1].get(key)
+    if value is None:
+        if kind == "torch":
+            import torch
+
+            value = torch.as_tensor(p, dtype=x.dtype, device=device)
+        else:
+            value = np.asarray(p, dtype=x.dtype)
+        entry[1][key] = value
+    return value
 
 
 def _fire(v: Any, threshold: Any, inclusive: bool) -> Any:
@@ -94,6 +118,12 @@ class _Node:
 
 def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _Node:
     p = {k: np.asarray(v, dtype=np.float64) for k, v in vars(node).items() if _is_param(v)}
+    # The Euler factors, once: each step then converts the same arrays (cached by `_like`).
+    for tau in ("tau", "tau_syn", "tau_mem"):
+        if tau in p:
+            p[f"dt/{tau}"] = dt / p[tau]
+    if "r" in p:
+        p["dt*r"] = dt * p["r"]
     shape = tuple(np.asarray(node.output_type["output"]).tolist())
     inclusive = convention["inclusive"]
 
@@ -109,14 +139,14 @@ def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _No
         return z, z * get("v_reset", x) + (1.0 - z) * v
 
     def leak(x: Any, v: Any, drive: Any, tau: str) -> Any:
-        return v + (get("v_leak", x) - v + get("r", x) * drive) * _like(dt / p[tau], x)
+        return v + (get("v_leak", x) - v + get("r", x) * drive) * get(f"dt/{tau}", x)
 
     def lif(x: Any, s: Any) -> tuple:
         z, v = fire_and_reset(s["v"], leak(x, s["v"], x, "tau"), x)
         return z, {"v": v}
 
     def if_(x: Any, s: Any) -> tuple:
-        z, v = fire_and_reset(s["v"], s["v"] + _like(dt * p["r"], x) * x, x)
+        z, v = fire_and_reset(s["v"], s["v"] + get("dt*r", x) * x, x)
         return z, {"v": v}
 
     def li(x: Any, s: Any) -> tuple:
@@ -124,12 +154,12 @@ def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _No
         return v, {"v": v}
 
     def integrator(x: Any, s: Any) -> tuple:
-        v = s["v"] + _like(dt * p["r"], x) * x
+        v = s["v"] + get("dt*r", x) * x
         return v, {"v": v}
 
     def cuba(x: Any, s: Any) -> tuple:
         # The synaptic current first, then the membrane driven by the new current.
-        i = s["i"] + (get("w_in", x) * x - s["i"]) * _like(dt / p["tau_syn"], x)
+        i = s["i"] + (get("w_in", x) * x - s["i"]) * get("dt/tau_syn", x)
         v = leak(x, s["v"], i, "tau_mem")
         if kind == "CubaLI":
             return v, {"i": i, "v": v}
@@ -195,11 +225,12 @@ def _conv_node(node: Any, kind: str, name: str) -> _Node:
         padding = _pair(padding, dims)
     pads = tuple(p if isinstance(p, tuple) else (p, p) for p in padding)
 
+    if bias is not None:
+        bias = bias.reshape((-1,) + (1,) * dims)  # over the channels of [B, C, ...]
+
     def fn(x: Any) -> Any:
         y = _conv(x, _like(weight, x), stride, pads, dilation, int(node.groups))
-        if bias is None:
-            return y
-        return y + _like(bias.reshape((-1,) + (1,) * dims), x)
+        return y if bias is None else y + _like(bias, x)
 
     return _stateless(name, kind, fn)
 
@@ -208,12 +239,12 @@ def _pool_node(node: Any, kind: str, name: str) -> _Node:
     kernel, stride = _pair(node.kernel_size, 2), _pair(node.stride, 2)
     pads = tuple((p, p) for p in _pair(node.padding, 2))
     channels = int(np.asarray(node.input_type["input"])[0])
-    ones = np.ones((channels, 1, *kernel))
     scale = 1.0 / math.prod(kernel) if kind == "AvgPool2d" else 1.0
+    # A pool is a grouped convolution with a kernel of ones (average: padding counted).
+    window = np.ones((channels, 1, *kernel)) * scale
 
     def fn(x: Any) -> Any:
-        # A pool is a grouped convolution with a kernel of ones (average: padding counted).
-        return _conv(x, _like(ones * scale, x), stride, pads, (1, 1), channels)
+        return _conv(x, _like(window, x), stride, pads, (1, 1), channels)
 
     return _stateless(name, kind, fn)
 
