@@ -112,8 +112,10 @@ def check(
         compare(affine_tanh(), x, functions=_STATELESS),
     ]
     calls = _calls()
+    names = list(calls)
     rows = []
-    for row in sorted((r for rep in reports for r in rep.rows), key=_order):
+    results = (r for report in reports for r in report.rows)
+    for row in sorted(results, key=lambda r: (BACKENDS.index(r.backend), names.index(r.function))):
         args = [CONVERT[row.backend](a) for a in inputs]
         rows.append(
             {
@@ -130,11 +132,6 @@ def check(
 
 
 _STATELESS = ("seq_to_ann_forward", "t_last_seq_to_ann_forward")
-
-
-def _order(row: Any) -> tuple[int, int]:
-    """Rows by backend, then function, in the order of the five functions."""
-    return BACKENDS.index(row.backend), list(_calls()).index(row.function)
 
 
 def _table(rows: list[dict]) -> str:

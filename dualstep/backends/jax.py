@@ -142,15 +142,17 @@ def _sequence(
     gpu = platform in _GPU
     if fused is True or (fused == "auto" and gpu) or (unroll is None and gpu):
         from ..fused import NotFusable, pallas  # imported by the calls that use it only
+    elementwise = None  # unknown until a check has run
     if (fused is True or (fused == "auto" and gpu)) and x_seq[0].size:  # no elements: scan
         try:
             return pallas.multi_step(x_seq, modules, state, interpret=platform == "cpu")
         except NotFusable:
             if fused is True:
                 raise
+            elementwise = False
     if unroll is None:
         unroll = 1
-        if gpu:  # elementwise steps only: unrolling a matmul or conv step buys little
+        if gpu and elementwise is None:  # an elementwise step: unrolling a matmul buys little
             try:
                 pallas.fusable(x_seq, modules, state)
                 unroll = min(GPU_UNROLL, x_seq.shape[0])

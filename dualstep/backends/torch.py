@@ -46,9 +46,9 @@ def _steps(x_seq: torch.Tensor, dim: int) -> list:
 
 
 def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> Any:
-    """The fused kernel's result, or None for the loop: `fused` False, 'auto' off CUDA or
-    with a step that cannot be fused."""
-    if fused is False or (fused == "auto" and x_seq.device.type != "cuda"):
+    """For `fused` True or 'auto': the fused kernel's result, or None for the loop ('auto'
+    off CUDA or with a step that cannot be fused)."""
+    if fused == "auto" and x_seq.device.type != "cuda":
         return None
     if x_seq[0].numel() == 0:  # nothing to compute per step: the loop's result, no launch
         return None
@@ -66,9 +66,10 @@ def multi_step_forward(
     x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
 ) -> Any:
     # `unroll` is for lax.scan; this loop runs step by step.
-    out = _fused(x_seq, modules, state, fused) if fused is not False else None
-    if out is not None:
-        return out
+    if fused is not False:
+        out = _fused(x_seq, modules, state, fused)
+        if out is not None:
+            return out
     ys, final = run_steps(_steps(x_seq, 0), modules, state)
     return loop_result(ys, final, state, _stack_first)
 

@@ -565,9 +565,9 @@ class _Fused(torch.autograd.Function):
         return (None, g_x, *g_0)
 
 
-def fusable(x_seq: torch.Tensor, modules: Any, state: Any) -> None:
-    """Raise NotFusable unless `modules` can run as one kernel over `x_seq`."""
-    leaves = state_leaves(state) if state is not None else []
+def _check_arrays(x_seq: torch.Tensor, leaves: list) -> None:
+    """Raise NotFusable unless `x_seq` and the state arrays can feed a kernel (the step itself
+    is checked when it is traced)."""
     check_layout(tuple(x_seq.shape[1:]), leaves, "state array")
     for i, a in enumerate([x_seq, *leaves]):
         if not isinstance(a, torch.Tensor) or not a.is_floating_point():
@@ -583,8 +583,8 @@ def fusable(x_seq: torch.Tensor, modules: Any, state: Any) -> None:
 
 def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``."""
-    fusable(x_seq, modules, state)
     leaves = state_leaves(state) if state is not None else []
+    _check_arrays(x_seq, leaves)
     kernels = _kernels(x_seq, modules, state, leaves)
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = size(step_shape)
@@ -597,4 +597,4 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     return y_seq, with_leaves(state, [a.view(step_shape) for a in outs[kernels.ny :]])
 
 
-__all__ = ["NotFusable", "fusable", "multi_step"]
+__all__ = ["NotFusable", "multi_step"]

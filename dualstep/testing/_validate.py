@@ -156,9 +156,9 @@ def _call_function(
     return y, final
 
 
-def _leaves(tree: Any, path: str = "") -> list:
+def _leaves(tree: Any) -> list:
     """The arrays of `tree`, dicts by sorted key (JAX's order, so backends line up)."""
-    return [leaf for _, leaf in _named_leaves(tree, path)]
+    return [leaf for _, leaf in _named_leaves(tree, "")]
 
 
 def _named_leaves(tree: Any, path: str) -> list[tuple[str, Any]]:
@@ -209,7 +209,7 @@ class _Leaf:
 def _compare_leaf(
     path: str,
     got: Any,
-    want: Any,
+    want: np.ndarray,
     expected_dtype: str,
     tolerance: Callable[[str], tuple[float, float]],
     over_time: bool,
@@ -219,7 +219,6 @@ def _compare_leaf(
     dtype = dtype_name(got)
     if dtype != expected_dtype:
         return _Leaf(path, np.nan, np.nan, "dtype", f"{dtype}!={expected_dtype}")
-    want = interop.to_numpy(want)
     if tuple(got.shape) != tuple(want.shape):
         return _Leaf(path, np.nan, np.nan, "shape", dtype)
     abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
