@@ -13,7 +13,6 @@ gives each program a block of N and loops over time inside the program.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
@@ -89,10 +88,6 @@ def check_layout(step_shape: tuple, leaves: list, kind: str) -> None:
                 f"{kind} {i} has shape {tuple(leaf.shape)}, not the shape of one time step of "
                 f"`x_seq`, {tuple(step_shape)}"
             )
-
-
-def size(shape: tuple) -> int:
-    return math.prod(shape)
 
 
 def not_fusable(what: str) -> NotFusable:

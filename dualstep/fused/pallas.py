@@ -12,6 +12,7 @@ backend.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import jax
@@ -26,7 +27,6 @@ from . import (
     check_layout,
     flat_step,
     not_fusable,
-    size,
     state_leaves,
     with_leaves,
 )
@@ -162,7 +162,7 @@ def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     fusable(x_seq, modules, state)
     launch = INTERPRET_LAUNCH if interpret else LAUNCH
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
-    n = size(step_shape)
+    n = math.prod(step_shape)
     block = min(launch["block"], pl.next_power_of_2(n))
     padded = pl.cdiv(n, block) * block
     leaves = state_leaves(state) if state is not None else []

@@ -38,7 +38,6 @@ from . import (
     check_layout,
     flat_step,
     not_fusable,
-    size,
     state_leaves,
     with_leaves,
 )
@@ -587,7 +586,7 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     _check_arrays(x_seq, leaves)
     kernels = _kernels(x_seq, modules, state, leaves)
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
-    n = size(step_shape)
+    n = math.prod(step_shape)
     x2d = x_seq.contiguous().view(steps, n)
     outs = _Fused.apply(kernels, x2d, *(a.contiguous().view(n) for a in leaves))
     ys = [y.view(steps, *step_shape) for y in outs[: kernels.ny]]
