@@ -7,8 +7,6 @@ Subcommands:
   whichever are installed, and prints, per backend and function, the max abs difference from
   the NumPy float64 oracle, the median time per call and a verdict (``--json``: the same rows as
   JSON). Exits 1 if any backend disagrees with the oracle.
-- ``bench``: the quick benchmark suite (from a source checkout), with progress, writing the
-  table, JSON and plot.
 - ``info``: dualstep's version, the installed backends with their versions and devices.
 - ``nir FILE``: a NIR graph (``dualstep.nir``) on random input through the three multi-step
   functions on every installed backend against the NumPy float64 oracle, as a table of
@@ -29,7 +27,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,9 +34,13 @@ import numpy as np
 import dualstep as ds
 from dualstep.testing import (
     BACKENDS,
+    FUNCTIONS,
+    STATEFUL_FUNCTIONS,
+    TIME_LAST_FUNCTIONS,
     TOLERANCES,
     affine_tanh,
     assert_backends_close,
+    call,
     installed_backends,
     jax_x64,
     lif_step,
@@ -55,24 +56,19 @@ def _block(y: Any) -> Any:
     return ready() if ready is not None else y
 
 
-def _calls() -> dict[str, Callable[[Any, Any, Any], Any]]:
-    """Each function on the example; inputs are ``(x [T, B, N], x_t_last [B, N, T], v0)``."""
-    lif, dense = lif_step(), affine_tanh()
-
-    def chunk_module(xc: Any, s: Any) -> Any:
-        return ds.multi_step_forward(xc, lif, state=s)
-
-    return {
-        "multi_step_forward": lambda x, xt, v: ds.multi_step_forward(x, lif, state=v)[0],
-        "t_last_multi_step_forward": lambda x, xt, v: ds.t_last_multi_step_forward(
-            xt, lif, state=v
-        )[0],
-        "chunk_multi_step_forward": lambda x, xt, v: ds.chunk_multi_step_forward(
-            SPLIT, x, chunk_module, state=v
-        )[0],
-        "seq_to_ann_forward": lambda x, xt, v: ds.seq_to_ann_forward(x, dense),
-        "t_last_seq_to_ann_forward": lambda x, xt, v: ds.t_last_seq_to_ann_forward(xt, dense),
-    }
+def _timed(function: str, x: Any, x_t_last: Any, v0: Any) -> Callable[[], Any]:
+    """One call of `function` on the example, in its own layout (`x` is ``[T, B, N]``,
+    `x_t_last` ``[B, N, T]``): LIF with state `v0` for the multi-step functions, the affine+tanh
+    layer for the stateless ones."""
+    stateful = function in STATEFUL_FUNCTIONS
+    return functools.partial(
+        call,
+        function,
+        lif_step() if stateful else affine_tanh(),
+        x_t_last if function in TIME_LAST_FUNCTIONS else x,
+        state=v0 if stateful else None,
+        split_size=SPLIT,
+    )
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -109,29 +105,24 @@ def check(
     )
     reports = [
         compare(lif_step(), x, state=inputs[2], split_size=SPLIT),
-        compare(affine_tanh(), x, functions=_STATELESS),
+        compare(affine_tanh(), x, functions=[f for f in FUNCTIONS if f not in STATEFUL_FUNCTIONS]),
     ]
-    calls = _calls()
-    names = list(calls)
     rows = []
     results = (r for report in reports for r in report.rows)
-    for row in sorted(results, key=lambda r: (BACKENDS.index(r.backend), names.index(r.function))):
+    for row in sorted(
+        results, key=lambda r: (BACKENDS.index(r.backend), FUNCTIONS.index(r.function))
+    ):
         args = [CONVERT[row.backend](a) for a in inputs]
         rows.append(
             {
                 "backend": row.backend,
                 "function": row.function,
                 "max_abs_error": row.max_abs_error,
-                "seconds_per_call": _median_seconds(
-                    functools.partial(calls[row.function], *args), repeat
-                ),
+                "seconds_per_call": _median_seconds(_timed(row.function, *args), repeat),
                 "ok": row.ok,
             }
         )
     return rows
-
-
-_STATELESS = ("seq_to_ann_forward", "t_last_seq_to_ann_forward")
 
 
 def _table(rows: list[dict]) -> str:
@@ -164,21 +155,6 @@ def _check(args: argparse.Namespace) -> int:
     print(_table(rows))
     print(f"{len(rows) - len(failed)} agree, {len(failed)} disagree")
     return 1 if failed else 0
-
-
-def _bench(args: argparse.Namespace) -> int:
-    root = Path(ds.__file__).resolve().parents[1]  # the source tree, for a checkout
-    if not (root / "benchmarks" / "run.py").is_file():
-        print(
-            "the benchmark suite ships with dualstep's source tree, not with the package: "
-            "run `dualstep bench` from an editable install of a checkout (bash scripts/setup.sh)",
-            file=sys.stderr,
-        )
-        return 1
-    sys.path.insert(0, str(root))
-    run = importlib.import_module("benchmarks.run")  # by name: not part of the package
-    out = args.out or root / "benchmarks" / "results" / "quick"
-    return int(run.main(["--quick", "--device", args.device, "--out", str(out)]))
 
 
 def info() -> dict[str, Any]:
@@ -266,7 +242,7 @@ def _positive_float(text: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualstep", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", metavar="{check,bench,info,nir}")
+    commands = parser.add_subparsers(dest="command", metavar="{check,info,nir}")
     check_args = commands.add_parser("check", help="validate every backend (the default)")
     check_args.add_argument("--T", type=_positive_int, default=64, help="time steps (default 64)")
     check_args.add_argument("--batch", type=_positive_int, default=32, help="batch (default 32)")
@@ -280,11 +256,6 @@ def _parser() -> argparse.ArgumentParser:
     check_args.add_argument("--atol", type=float, help="absolute tolerance (default by dtype)")
     check_args.add_argument("--repeat", type=_positive_int, default=10, help="timed calls per cell")
     check_args.add_argument("--json", action="store_true", help="print the rows as JSON")
-    bench_args = commands.add_parser("bench", help="the quick benchmark suite (source checkout)")
-    bench_args.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    bench_args.add_argument(
-        "--out", help="output folder for .md/.json/.png (default benchmarks/results/quick)"
-    )
     info_args = commands.add_parser("info", help="installed backends, versions and devices")
     info_args.add_argument("--json", action="store_true", help="print as JSON")
     nir_args = commands.add_parser("nir", help="a NIR file on every backend (dualstep[nir])")
@@ -304,11 +275,11 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("check", "bench", "info", "nir", "-h", "--help"):
+    if not argv or argv[0] not in ("check", "info", "nir", "-h", "--help"):
         argv.insert(0, "check")  # `dualstep --T 8` means `dualstep check --T 8`
     parser = _parser()
     args = parser.parse_args(argv)
-    commands = {"check": _check, "bench": _bench, "info": _info, "nir": _nir}
+    commands = {"check": _check, "info": _info, "nir": _nir}
     return commands[args.command](args)
 
 

@@ -11,7 +11,7 @@ import pytest
 
 import dualstep as ds
 from dualstep._tree import leaves_with_path
-from dualstep.testing import lif_step
+from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first, lif_step
 
 torch = pytest.importorskip("torch")
 
@@ -24,26 +24,26 @@ STEP = lif_step(spike="sigmoid")
 
 
 def _calls(checkpoint=False):
-    def chunk_module(xc, s):
-        return ds.multi_step_forward(xc, STEP, state=s)
+    """Each function time first, the stateful ones from a zero state, and the module path."""
 
-    def zeros(x):
-        return torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+    def time_first(name):
+        if name not in STATEFUL_FUNCTIONS:
+            return lambda x: call_time_first(name, torch.tanh, x)
+        options = {"checkpoint": checkpoint} if name == "chunk_multi_step_forward" else {}
 
-    return {
-        "multi_step": lambda x: ds.multi_step_forward(x, STEP, state=zeros(x)),
-        "t_last": lambda x: ds.t_last_multi_step_forward(x.movedim(0, -1), STEP, state=zeros(x)),
-        "chunk": lambda x: ds.chunk_multi_step_forward(
-            3, x, chunk_module, state=zeros(x), checkpoint=checkpoint
-        ),
-        "seq_to_ann": lambda x: ds.seq_to_ann_forward(x, torch.tanh),
-        "t_last_seq_to_ann": lambda x: ds.t_last_seq_to_ann_forward(x.movedim(0, -1), torch.tanh),
-        "module_path": lambda x: ds.multi_step_forward(x, [torch.nn.Tanh(), torch.nn.ReLU()]),
-    }
+        def fn(x):
+            zeros = torch.zeros(x.shape[1:], dtype=x.dtype, device=x.device)
+            return call_time_first(name, STEP, x, state=zeros, split_size=3, **options)
+
+        return fn
+
+    calls = {name: time_first(name) for name in FUNCTIONS}
+    calls["module_path"] = lambda x: ds.multi_step_forward(x, [torch.nn.Tanh(), torch.nn.ReLU()])
+    return calls
 
 
 def _leaves(out):
-    return [leaf for _, leaf in leaves_with_path(out, "")]
+    return [leaf for _, leaf in leaves_with_path(out, "") if leaf is not None]
 
 
 @pytest.mark.parametrize("mode", ["grad", "no_grad", "checkpoint"])

@@ -13,6 +13,7 @@ import pytest
 MODULES = {
     "dualstep._api": (),
     "dualstep._config": (),
+    "dualstep.testing._functions": (),
     "dualstep.testing._steps": (),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import dualstep as ds
-from dualstep.testing import lif_step
+from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first, lif_step
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -36,32 +36,22 @@ def _counting(step):
     return wrapped, calls
 
 
-def _calls(step):
-    """One eager call per function, with modules built once (as a user would)."""
-
-    def chunk_module(xc, s):
-        return ds.multi_step_forward(xc, step, state=s)
+def _eager_call(name, step):
+    """One eager call of `name`, time first; a stateless function gets the step's output."""
+    if name in STATEFUL_FUNCTIONS:
+        return lambda x: call_time_first(name, step, x, state=jnp.zeros(x.shape[1:]), split_size=3)
 
     def first_output(a):
         return step(a, a)[0]
 
-    def zeros(x):
-        return jnp.zeros(x.shape[1:])
-
-    return {
-        "multi_step": lambda x: ds.multi_step_forward(x, step, state=zeros(x)),
-        "t_last": lambda x: ds.t_last_multi_step_forward(
-            jnp.moveaxis(x, 0, -1), step, state=zeros(x)
-        ),
-        "chunk": lambda x: ds.chunk_multi_step_forward(3, x, chunk_module, state=zeros(x)),
-        "t_last_seq_to_ann": lambda x: ds.t_last_seq_to_ann_forward(x, first_output),
-    }
+    return lambda x: call_time_first(name, first_output, x)
 
 
-@pytest.mark.parametrize("name", ["multi_step", "t_last", "chunk", "t_last_seq_to_ann"])
+# seq_to_ann_forward runs the module eagerly, without a compiled program
+@pytest.mark.parametrize("name", [f for f in FUNCTIONS if f != "seq_to_ann_forward"])
 def test_eager_repeat_call_does_not_retrace(name):
     step, calls = _counting(lif_step())
-    call = _calls(step)[name]
+    call = _eager_call(name, step)
     x = jnp.asarray(np.random.default_rng(0).normal(size=(7, 2, 3)), jnp.float32)
     first = call(x)
     traced = len(calls)

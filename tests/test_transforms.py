@@ -4,38 +4,32 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from array_api_compat import array_namespace
 
 import dualstep as ds
-from dualstep.testing import lif_step
+from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first, lif_step
 
-NAMES = ["multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann"]
 STEP = lif_step(spike="sigmoid")  # smooth, so gradients and Jacobians are defined
 
 
-def _calls(xp, split=2, moveaxis=None):
-    """Each function as ``x [T, B, N] -> y [T, B, N]`` (time first in and out)."""
-    move = moveaxis or xp.moveaxis
+def _dense(a):
+    xp = array_namespace(a)
+    return xp.tanh(a * 0.5 + 0.1)
 
-    def zeros(x):
-        return xp.zeros(x.shape[1:], dtype=x.dtype)
 
-    def chunk_module(xc, s):
-        return ds.multi_step_forward(xc, STEP, state=s)
+def _time_first(name):
+    """`name` as ``x [T, B, N] -> y [T, B, N]``, the stateful functions from a zero state."""
 
-    def dense(a):
-        return xp.tanh(a * 0.5 + 0.1)
+    def fn(x):
+        if name not in STATEFUL_FUNCTIONS:
+            return call_time_first(name, _dense, x)[0]
+        zeros = array_namespace(x).zeros(x.shape[1:], dtype=x.dtype)
+        return call_time_first(name, STEP, x, state=zeros)[0]
 
-    return {
-        "multi_step": lambda x: ds.multi_step_forward(x, STEP, state=zeros(x))[0],
-        "t_last": lambda x: move(
-            ds.t_last_multi_step_forward(move(x, 0, -1), STEP, state=zeros(x))[0], -1, 0
-        ),
-        "chunk": lambda x: ds.chunk_multi_step_forward(split, x, chunk_module, state=zeros(x))[0],
-        "seq_to_ann": lambda x: ds.seq_to_ann_forward(x, dense),
-        "t_last_seq_to_ann": lambda x: move(
-            ds.t_last_seq_to_ann_forward(move(x, 0, -1), dense), -1, 0
-        ),
-    }
+    return fn
+
+
+CALLS = {name: _time_first(name) for name in FUNCTIONS}
 
 
 def _x(shape=(5, 2, 3), seed=0):
@@ -47,15 +41,11 @@ def _x(shape=(5, 2, 3), seed=0):
 
 @pytest.fixture(scope="module")
 def torch_calls():
-    torch = pytest.importorskip("torch")
-    from array_api_compat import array_namespace
-
-    # torch.movedim: torch.moveaxis has no vmap batching rule
-    return torch, _calls(array_namespace(torch.zeros(1)), moveaxis=torch.movedim)
+    return pytest.importorskip("torch"), CALLS
 
 
 @pytest.mark.parametrize("grad_enabled", [True, False])
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_torch_func_vmap(torch_calls, name, grad_enabled):
     torch, calls = torch_calls
     xs = torch.from_numpy(_x((4, 5, 2, 3)))
@@ -95,7 +85,7 @@ def test_torch_func_vmap_chunks_whose_first_output_is_not_batched(grad_enabled, 
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_torch_func_grad_and_jacrev_equal_autograd(torch_calls, name):
     torch, calls = torch_calls
     fn = calls[name]
@@ -166,10 +156,10 @@ def test_torch_autocast_bfloat16_matches_the_plain_loop(torch_calls, chunked):
 @pytest.fixture
 def jax_calls(jax_x64):
     jax = pytest.importorskip("jax")
-    return jax, _calls(jax.numpy)
+    return jax, CALLS
 
 
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_jax_transforms(jax_calls, name):
     jax, calls = jax_calls
     jnp = jax.numpy
@@ -178,7 +168,7 @@ def test_jax_transforms(jax_calls, name):
     assert x.dtype == jnp.float64
     want = np.asarray(fn(x))
     # float64 NumPy oracle: the same call on NumPy arrays
-    np.testing.assert_allclose(want, _calls(np)[name](np.asarray(x)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(want, CALLS[name](np.asarray(x)), rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(jax.jit(fn)(x), want, rtol=1e-12, atol=1e-12)
 
     xs = jnp.asarray(_x((3, 5, 2, 3)))

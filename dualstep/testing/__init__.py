@@ -6,12 +6,24 @@
   JAX port, a model before and after NIR), on any two backends, compared step by step.
 - `BACKENDS`, `installed_backends()`, `TOLERANCES` (by dtype name) and `jax_x64(enable)`: the
   backends and the tolerance rule both helpers use, for tests and tools that compare too.
+- `FUNCTIONS` (the five names), `STATEFUL_FUNCTIONS`, `TIME_LAST_FUNCTIONS`, `call(name, ...)`,
+  `call_time_first(name, ...)` and `chunk_module(step)`: the one catalogue of how each function
+  is called, in its own layout or time first, and how a step becomes a chunk module.
 - Reference step functions written once against the array API (`affine_tanh`, `if_step`,
   `lif_step`); they run unchanged on torch, JAX and NumPy.
 - :mod:`dualstep.testing.strategies`: hypothesis strategies for sequences and split sizes
   (imported separately, as it needs hypothesis).
 """
 
+from ._functions import (
+    FUNCTIONS,
+    STATEFUL_FUNCTIONS,
+    TIME_LAST_FUNCTIONS,
+    call,
+    call_time_first,
+    chunk_module,
+    move_time,
+)
 from ._steps import affine_tanh, if_step, lif_step
 from ._validate import (
     BACKENDS,
@@ -26,14 +38,21 @@ from ._validate import (
 
 __all__ = [
     "BACKENDS",
+    "FUNCTIONS",
+    "STATEFUL_FUNCTIONS",
+    "TIME_LAST_FUNCTIONS",
     "TOLERANCES",
     "Report",
     "Row",
     "affine_tanh",
     "assert_backends_close",
     "assert_implementations_close",
+    "call",
+    "call_time_first",
+    "chunk_module",
     "if_step",
     "installed_backends",
     "jax_x64",
     "lif_step",
+    "move_time",
 ]

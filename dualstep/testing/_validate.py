@@ -10,23 +10,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
-from array_api_compat import array_namespace
-
-import dualstep as ds
 
 from .. import interop
 from .._api import _memory_modules
 from .._dispatch import dtype_name, kind_of
 from .._tree import leaves_with_path, map_with_path
+from ._functions import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first
 
-FUNCTIONS = (
-    "multi_step_forward",
-    "t_last_multi_step_forward",
-    "chunk_multi_step_forward",
-    "seq_to_ann_forward",
-    "t_last_seq_to_ann_forward",
-)
-_STATEFUL = FUNCTIONS[:3]
 BACKENDS = ("numpy", "torch", "jax")
 CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
 
@@ -115,45 +105,14 @@ def _check_backends(backends: Sequence[str] | None) -> tuple[str, ...]:
 
 def _check_functions(functions: Sequence[str] | None, stateful: bool) -> tuple[str, ...]:
     if functions is None:
-        return _STATEFUL if stateful else FUNCTIONS
+        return STATEFUL_FUNCTIONS if stateful else FUNCTIONS
     functions = (functions,) if isinstance(functions, str) else tuple(functions)
     for f in functions:
         if f not in FUNCTIONS:
             raise ValueError(f"`functions` entries must be among {FUNCTIONS}; got {f!r}")
-        if stateful and f not in _STATEFUL:
+        if stateful and f not in STATEFUL_FUNCTIONS:
             raise ValueError(f"`{f}` takes no `state`; drop it from `functions` or pass no state")
     return functions
-
-
-def _move_time(y: Any, src: int, dst: int) -> Any:
-    if isinstance(y, tuple):
-        return tuple(_move_time(a, src, dst) for a in y)
-    return array_namespace(y).moveaxis(y, src, dst)
-
-
-def _call_function(
-    function: str, step: Any, x: Any, state: Any, split_size: int
-) -> tuple[Any, Any]:
-    """Call `function` on time-first `x`: ``(y_seq time-first, final state or None)``."""
-    kwargs = {} if state is None else {"state": state}
-    if function == "seq_to_ann_forward":
-        return ds.seq_to_ann_forward(x, step), None
-    if function == "t_last_seq_to_ann_forward":
-        return _move_time(ds.t_last_seq_to_ann_forward(_move_time(x, 0, -1), step), -1, 0), None
-    if function == "multi_step_forward":
-        out = ds.multi_step_forward(x, step, **kwargs)
-    elif function == "t_last_multi_step_forward":
-        out = ds.t_last_multi_step_forward(_move_time(x, 0, -1), step, **kwargs)
-    else:
-
-        def chunk(xc: Any, *s: Any) -> Any:
-            return ds.multi_step_forward(xc, step, **({"state": s[0]} if s else {}))
-
-        out = ds.chunk_multi_step_forward(split_size, x, chunk, **kwargs)
-    y, final = out if state is not None else (out, None)
-    if function == "t_last_multi_step_forward":
-        y = _move_time(y, -1, 0)
-    return y, final
 
 
 def _leaves(tree: Any) -> list:
@@ -389,13 +348,13 @@ def assert_backends_close(
     oracle = "numpy" if "numpy" in backends else backends[0]
     to_oracle = CONVERT[oracle]
     with jax_x64(oracle == "jax"):
-        oracle_y, oracle_s = _call_function(
-            "multi_step_forward", step, to_oracle(f64(x)), to_oracle(f64(state)), split
+        oracle_y, oracle_s = call_time_first(
+            "multi_step_forward", step, to_oracle(f64(x)), state=to_oracle(f64(state))
         )
         want_ys = [interop.to_numpy(a) for a in _leaves(oracle_y)]
         want_finals = [interop.to_numpy(a) for a in _leaves(oracle_s)]
-        native_y, native_s = _call_function(
-            "multi_step_forward", step, to_oracle(x), to_oracle(state), split
+        native_y, native_s = call_time_first(
+            "multi_step_forward", step, to_oracle(x), state=to_oracle(state)
         )
         dtypes = [dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
@@ -406,7 +365,9 @@ def assert_backends_close(
         for backend in backends:
             convert = CONVERT[backend]
             for function in functions:
-                y, final = _call_function(function, step, convert(x), convert(state), split)
+                y, final = call_time_first(
+                    function, step, convert(x), state=convert(state), split_size=split
+                )
                 rows.append(
                     _compare(
                         backend,
@@ -448,10 +409,8 @@ def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[An
     for module in _memory_modules(modules):
         module.reset()
     convert = CONVERT[backend]
-    out = ds.multi_step_forward(
-        convert(x), modules, state=None if state is None else convert(state)
-    )
-    return out if state is not None else (out, None)
+    state = None if state is None else convert(state)
+    return call_time_first("multi_step_forward", modules, convert(x), state=state)
 
 
 def assert_implementations_close(
