@@ -25,7 +25,7 @@ import numpy as np
 
 import dualstep as ds
 
-from .run import RESULTS, time_side_by_side
+from .run import RESULTS, met, time_side_by_side
 from .systems import (
     NAMES,
     System,
@@ -393,15 +393,11 @@ def targets(result: dict, smoke: bool) -> list[dict]:
                     a = _time(result, w, size, num.format(fw=fw))
                     b = _time(result, w, size, den.format(fw=fw))
                     value = None if a is None or b is None else a / b
-                    op, limit = bound.split()
-                    met = (
-                        None
-                        if value is None
-                        else (value >= float(limit) if op == ">=" else value <= float(limit))
-                    )
                     parts = [p for p in (fw, kind) if p] + ["x".join(map(str, size))]
                     label = f"{name} ({', '.join(parts)})"
-                    rows.append({"target": label, "value": value, "bound": bound, "met": met})
+                    rows.append(
+                        {"target": label, "value": value, "bound": bound, "met": met(value, bound)}
+                    )
     return rows
 
 

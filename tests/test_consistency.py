@@ -10,7 +10,7 @@ import pytest
 from conftest import BACKENDS, MAKERS
 
 import dualstep as ds
-from dualstep.testing import assert_backends_close, lif_step
+from dualstep.testing import STATEFUL_FUNCTIONS, assert_backends_close, call, lif_step
 
 
 class Pair(NamedTuple):
@@ -116,17 +116,9 @@ def test_t_sequences_give_zero_dimensional_steps_and_array_states(backend):
         seen.append(type(xt))
         return xt * 2, s + xt
 
-    def chunk(c, v):
-        return c * 2, v + c.sum(0)
-
-    calls = [
-        lambda a, s: ds.multi_step_forward(a, step, state=s),
-        lambda a, s: ds.t_last_multi_step_forward(a, step, state=s),
-        lambda a, s: ds.chunk_multi_step_forward(2, a, chunk, state=s),
-    ]
     array_type = type(backend.asarray(np.zeros(1)))
-    for call in calls:
-        y, final = call(backend.asarray(x), backend.asarray(np.asarray(0.0)))
+    for function in STATEFUL_FUNCTIONS:
+        y, final = call(function, step, backend.asarray(x), state=backend.asarray(np.asarray(0.0)))
         assert isinstance(final, array_type), type(final)
         assert final.shape == () and float(final) == pytest.approx(1.75)
         np.testing.assert_array_equal(backend.to_numpy(y), x * 2)
@@ -151,23 +143,18 @@ def _other(name):
     return out
 
 
-@pytest.mark.parametrize("function", ["multi_step", "t_last", "chunk"])
+@pytest.mark.parametrize("function", STATEFUL_FUNCTIONS)
 def test_state_of_another_kind_is_rejected_naming_the_leaf(backend, function):
     x = backend.asarray(np.ones((3, 2)))
-    calls = {
-        "multi_step": lambda s: ds.multi_step_forward(x, lif_step(), state=s),
-        "t_last": lambda s: ds.t_last_multi_step_forward(x, lif_step(), state=s),
-        "chunk": lambda s: ds.chunk_multi_step_forward(2, x, lambda c, v: (c, v), state=s),
-    }
     others = [*_other(backend.name).values(), 0.0]
     if len(others) < 3:  # CI's full environment has both (DUALSTEP_REQUIRE); a reduced one not
         pytest.skip("needs the two other backends")
     for array in others:
         with pytest.raises(TypeError, match=r"`state\['v'\]\[1\]` must be the same kind of"):
-            calls[function]({"v": (backend.asarray(np.zeros(2)), array)})
+            call(function, lif_step(), x, state={"v": (backend.asarray(np.zeros(2)), array)})
 
 
-@pytest.mark.parametrize("function", ["multi_step", "t_last", "chunk"])
+@pytest.mark.parametrize("function", STATEFUL_FUNCTIONS)
 @pytest.mark.parametrize(
     ("change", "was", "became"),
     [
@@ -194,19 +181,12 @@ def test_a_step_that_changes_its_state_is_rejected_everywhere(
             return xt, (None, n)
         return xt, (v,)
 
-    calls = {
-        "multi_step": lambda s: ds.multi_step_forward(x, step, state=s),
-        "t_last": lambda s: ds.t_last_multi_step_forward(x, step, state=s),
-        "chunk": lambda s: ds.chunk_multi_step_forward(
-            2, x, lambda c, v: ds.multi_step_forward(c, step, state=v), state=s
-        ),
-    }
     s0 = (backend.asarray(np.zeros(2, np.float32)), backend.asarray(np.zeros(2, np.float32)))
     path = "`state`" if change == "structure" else "`state[0]`"
     with pytest.raises(
         TypeError, match="must return it with the structure, shapes and dtypes"
     ) as e:
-        calls[function](s0)
+        call(function, step, x, state=s0)
     assert f"{path} was {was}, the module returned {became}" in str(e.value)
 
 

@@ -9,6 +9,7 @@ import pytest
 from conftest import MAKERS
 
 import dualstep as ds
+from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call
 
 
 def _identity(x):
@@ -19,42 +20,35 @@ def _chunk_identity(x):
     return x
 
 
-MULTI_STEP = {
-    "multi_step": lambda x, m, **kw: ds.multi_step_forward(x, m, **kw),
-    "t_last": lambda x, m, **kw: ds.t_last_multi_step_forward(x, m, **kw),
-    "chunk": lambda x, m, **kw: ds.chunk_multi_step_forward(2, x, m, **kw),
-}
-ALL = {
-    **MULTI_STEP,
-    "seq_to_ann": lambda x, m, **kw: ds.seq_to_ann_forward(x, m, **kw),
-    "t_last_seq_to_ann": lambda x, m, **kw: ds.t_last_seq_to_ann_forward(x, m, **kw),
-}
+def _call(name, x, module, **kwargs):
+    """`name` on `x` in its own layout, `module` given to it as it is (a chunk module too)."""
+    return call(name, module, x, as_given=True, **kwargs)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", FUNCTIONS)
 @pytest.mark.parametrize(
     "bad", [[[1.0, 2.0]], 3.0, "x", None], ids=["list", "float", "str", "None"]
 )
 def test_unsupported_x_seq_is_type_error(name, bad):
     with pytest.raises(TypeError, match=r"`x_seq` must be a torch.Tensor.*; got builtins\."):
-        ALL[name](bad, _identity)
+        _call(name, bad, _identity)
 
 
-@pytest.mark.parametrize("name", MULTI_STEP)
+@pytest.mark.parametrize("name", STATEFUL_FUNCTIONS)
 def test_tuple_x_seq_rejected_by_multi_step_functions(backend, name):
     x = backend.asarray(np.ones((3, 2)))
     with pytest.raises(TypeError, match=r"`x_seq`.*got builtins\.tuple"):
-        MULTI_STEP[name]((x, x), _identity)
+        _call(name, (x, x), _identity)
 
 
 @pytest.mark.parametrize(
     ("name", "shape"),
     [
-        ("multi_step", ()),
-        ("t_last", ()),
-        ("chunk", ()),
-        ("seq_to_ann", (3,)),
-        ("t_last_seq_to_ann", ()),
+        ("multi_step_forward", ()),
+        ("t_last_multi_step_forward", ()),
+        ("chunk_multi_step_forward", ()),
+        ("seq_to_ann_forward", (3,)),
+        ("t_last_seq_to_ann_forward", ()),
     ],
 )
 def test_too_few_dimensions_is_value_error(backend, name, shape):
@@ -62,17 +56,22 @@ def test_too_few_dimensions_is_value_error(backend, name, shape):
     with pytest.raises(
         ValueError, match=r"`x_seq` must have at least .*got shape " + re.escape(str(shape))
     ):
-        ALL[name](x, _identity)
+        _call(name, x, _identity)
 
 
 @pytest.mark.parametrize(
     ("name", "shape"),
-    [("multi_step", (0, 2)), ("t_last", (2, 0)), ("chunk", (0, 2)), ("t_last_seq_to_ann", (2, 0))],
+    [
+        ("multi_step_forward", (0, 2)),
+        ("t_last_multi_step_forward", (2, 0)),
+        ("chunk_multi_step_forward", (0, 2)),
+        ("t_last_seq_to_ann_forward", (2, 0)),
+    ],
 )
 def test_zero_time_steps_is_value_error(backend, name, shape):
     x = backend.asarray(np.ones(shape))
     with pytest.raises(ValueError, match=r"`x_seq` must have at least one time step .*got shape"):
-        ALL[name](x, _identity)
+        _call(name, x, _identity)
 
 
 def test_zero_time_steps_fine_for_seq_to_ann(backend):
@@ -80,11 +79,11 @@ def test_zero_time_steps_fine_for_seq_to_ann(backend):
     assert tuple(y.shape) == (0, 2, 3)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_empty_batch_works(backend, name):
     shape = (2, 0, 3) if "t_last" not in name else (0, 3, 2)
     x = backend.asarray(np.ones(shape))
-    assert tuple(ALL[name](x, _identity).shape) == shape
+    assert tuple(_call(name, x, _identity).shape) == shape
 
 
 def test_empty_batch_works_with_state(backend):
@@ -118,41 +117,41 @@ def test_numpy_integer_split_size_accepted(backend, split):
     np.testing.assert_array_equal(backend.to_numpy(y), x)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_non_callable_module_is_type_error(backend, name):
     x = backend.asarray(np.ones((3, 2)))
     with pytest.raises(TypeError, match=r"_module` must be a callable .*; got int"):
-        ALL[name](x, 42)
+        _call(name, x, 42)
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_list_with_non_callable_is_type_error(backend, name):
     x = backend.asarray(np.ones((3, 2)))
     with pytest.raises(TypeError, match=r"_module\[1\]` must be callable; got str"):
-        ALL[name](x, [_identity, "relu"])
+        _call(name, x, [_identity, "relu"])
 
 
-@pytest.mark.parametrize("name", MULTI_STEP)
+@pytest.mark.parametrize("name", STATEFUL_FUNCTIONS)
 def test_state_length_mismatch_is_value_error(backend, name):
     x = backend.asarray(np.ones((3, 2)))
     with pytest.raises(ValueError, match=r"`state` must have one entry per module .*\(2\); got 3"):
-        MULTI_STEP[name](x, [_identity, _identity], state=(None, None, None))
+        _call(name, x, [_identity, _identity], state=(None, None, None))
 
 
-@pytest.mark.parametrize("name", MULTI_STEP)
+@pytest.mark.parametrize("name", STATEFUL_FUNCTIONS)
 def test_state_not_a_tuple_for_module_list_is_type_error(backend, name):
     x = backend.asarray(np.ones((3, 2)))
     with pytest.raises(TypeError, match=r"`state` must be a tuple .*; got"):
-        MULTI_STEP[name](x, [_identity, _identity], state=backend.asarray(np.zeros(2)))
+        _call(name, x, [_identity, _identity], state=backend.asarray(np.zeros(2)))
 
 
-@pytest.mark.parametrize("name", MULTI_STEP)
+@pytest.mark.parametrize("name", STATEFUL_FUNCTIONS)
 def test_stateful_module_must_return_pair(backend, name):
     x = backend.asarray(np.ones((3, 2)))
     with pytest.raises(
         TypeError, match=r"must return a `\(y, state\)` pair; got tuple of length 3"
     ):
-        MULTI_STEP[name](x, lambda x, s: (x, s, s), state=backend.asarray(np.zeros(2)))
+        _call(name, x, lambda x, s: (x, s, s), state=backend.asarray(np.zeros(2)))
 
 
 def test_seq_to_ann_empty_tuple_is_value_error():
@@ -160,7 +159,7 @@ def test_seq_to_ann_empty_tuple_is_value_error():
         ds.seq_to_ann_forward((), _identity)
 
 
-@pytest.mark.parametrize("name", ["seq_to_ann", "t_last_seq_to_ann"])
+@pytest.mark.parametrize("name", ["seq_to_ann_forward", "t_last_seq_to_ann_forward"])
 @pytest.mark.parametrize(
     "kinds", [("torch", "numpy"), ("jax", "numpy"), ("numpy", "torch"), ("jax", "torch")]
 )
@@ -168,7 +167,7 @@ def test_tuple_mixing_array_kinds_is_type_error(name, kinds):
     first, second = (MAKERS[k]() for k in kinds)
     x = np.ones((3, 2, 2))
     with pytest.raises(TypeError, match=r"`x_seq\[1\]` must be the same kind of array"):
-        ALL[name]((first.asarray(x), second.asarray(x)), lambda a, b: a)
+        _call(name, (first.asarray(x), second.asarray(x)), lambda a, b: a)
 
 
 def test_t_last_tuple_time_axes_must_match(backend):
@@ -195,12 +194,12 @@ def _failing_at_call(n: int):
     return module, error
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_module_exception_propagates_unchanged(backend, name):
     module, error = _failing_at_call(0)
     x = backend.asarray(np.ones((4, 2)))
     with pytest.raises(Boom) as info:
-        ALL[name](x, module)
+        _call(name, x, module)
     assert info.value is error
 
 
@@ -239,7 +238,7 @@ def test_exception_in_last_chunk_propagates(backend):
     assert info.value is error
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", FUNCTIONS)
 def test_inputs_never_modified(backend, name):
     x = np.linspace(-1, 1, 24).reshape(4, 3, 2)
     xb, v0 = (
@@ -250,11 +249,8 @@ def test_inputs_never_modified(backend, name):
     def step(x, v):
         return x * 2 + v, v + x
 
-    if name in MULTI_STEP:
-        module = (
-            step if name != "chunk" else (lambda xc, s: ds.multi_step_forward(xc, step, state=s))
-        )
-        MULTI_STEP[name](xb, module, state=v0)
+    if name in STATEFUL_FUNCTIONS:
+        call(name, step, xb, state=v0)
         np.testing.assert_array_equal(backend.to_numpy(v0), np.full(tuple(v0.shape), 0.5))
-    ALL[name](xb, lambda a: a * 3)
+    _call(name, xb, lambda a: a * 3)
     np.testing.assert_array_equal(backend.to_numpy(xb), x)

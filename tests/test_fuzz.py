@@ -16,9 +16,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from test_error_table import ROWS, _pattern
 
-import dualstep as ds
+from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, TIME_LAST_FUNCTIONS, call
 
-FUNCTIONS = ["multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann"]
 DOCUMENTED = [(kind, re.compile(_pattern(message), re.S)) for kind, message in ROWS.values()]
 
 
@@ -67,9 +66,9 @@ def calls(draw, backend):
 def _state(function, x, kind, module_kind, backend):
     """A valid state for the stateful module; for module lists a state of every structure
     (valid, not a tuple, too short); None otherwise."""
-    if function not in FUNCTIONS[:3] or not hasattr(x, "shape") or len(x.shape) == 0:
+    if function not in STATEFUL_FUNCTIONS or not hasattr(x, "shape") or len(x.shape) == 0:
         return None
-    step_shape = tuple(x.shape[:-1] if function == "t_last" else x.shape[1:])
+    step_shape = tuple(x.shape[:-1] if function == "t_last_multi_step_forward" else x.shape[1:])
     one_step = backend.asarray(np.zeros(step_shape, np.float64))
     if module_kind == "stateful":
         return one_step
@@ -78,28 +77,10 @@ def _state(function, x, kind, module_kind, backend):
     return {"array": one_step, "tuple": (None, None), "short tuple": (None,)}[kind]
 
 
-def _run(function, x, module, split, state):
-    kw = {} if state is None else {"state": state}
-    if function == "multi_step":
-        return ds.multi_step_forward(x, module, **kw)
-    if function == "t_last":
-        return ds.t_last_multi_step_forward(x, module, **kw)
-    if function == "chunk":
-        inner = (
-            (lambda c, s: ds.multi_step_forward(c, module, state=s))
-            if kw
-            else (lambda c: ds.multi_step_forward(c, module))
-        )
-        return ds.chunk_multi_step_forward(split, x, inner, **kw)
-    if function == "seq_to_ann":
-        return ds.seq_to_ann_forward(x, module)
-    return ds.t_last_seq_to_ann_forward(x, module)
-
-
 def _loop(function, x, module, state, backend):
     """The plain loop, on the backend's own arrays, converted to NumPy."""
     mods = list(module) if isinstance(module, (list, tuple)) else [module]
-    time_last = function.startswith("t_last")
+    time_last = function in TIME_LAST_FUNCTIONS
     steps = [x[..., t] for t in range(x.shape[-1])] if time_last else list(x)
     ys = []
     for xt in steps:
@@ -128,11 +109,11 @@ def test_fuzzed_arguments(backend, data):
         module = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Identity())
     else:
         module = _accumulate if module_kind == "stateful" else MODULES[module_kind]
-    if module_kind == "stateful" and function.endswith("seq_to_ann"):
+    if module_kind == "stateful" and function not in STATEFUL_FUNCTIONS:
         module = _double  # the stateless functions take stateless modules
     state = _state(function, x, state_kind, module_kind, backend)
     try:
-        out = _run(function, x, module, split, state)
+        out = call(function, module, x, state=state, split_size=split)
     except (TypeError, ValueError) as e:
         kinds = [k for k, p in DOCUMENTED if p.fullmatch(str(e))]
         assert type(e).__name__ in kinds, f"undocumented {type(e).__name__}: {e}"
@@ -141,7 +122,7 @@ def test_fuzzed_arguments(backend, data):
         return
     y = out if state is None else out[0]
     got = backend.to_numpy(y)
-    if function == "seq_to_ann" and x.shape[0] == 0:  # no step to loop over: shape only
+    if function == "seq_to_ann_forward" and x.shape[0] == 0:  # no step to loop over: shape only
         assert got.shape == tuple(x.shape)
         return
     want = _loop(function, x, module, state, backend)

@@ -8,8 +8,8 @@ from cases import CASE_IDS, CASES, SMOOTH
 from conftest import assert_close
 from hypothesis import given, settings
 
-import dualstep as ds
 from dualstep._tree import leaves_with_path
+from dualstep.testing import STATEFUL_FUNCTIONS, call_time_first
 from dualstep.testing.strategies import sequences
 
 
@@ -17,41 +17,22 @@ def _state(case, x: np.ndarray, dtype) -> object:
     return None if case.initial_state is None else case.initial_state(x.shape[1:], dtype)
 
 
-def _call(fn, *args, state=None):
-    return fn(*args) if state is None else fn(*args, state=state)
-
-
 def _oracle(case, x: np.ndarray):
+    """``(y, final state or None)`` of multi_step_forward on NumPy float64."""
     x64 = x.astype(np.float64)
-    return _call(ds.multi_step_forward, x64, case.step, state=_state(case, x64, np.float64))
-
-
-def _split(out, stateful: bool):
-    return out if stateful else (out, None)
-
-
-def _chunk_module(step, stateful: bool):
-    if stateful:
-        return lambda xc, s: ds.multi_step_forward(xc, step, state=s)
-    return lambda xc: ds.multi_step_forward(xc, step)
-
-
-def _moveaxis(y, src: int, dst: int):
-    if isinstance(y, tuple):
-        return tuple(np.moveaxis(a, src, dst) for a in y)
-    return np.moveaxis(y, src, dst)
+    return call_time_first(
+        "multi_step_forward", case.step, x64, state=_state(case, x64, np.float64)
+    )
 
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @given(x=sequences())
 def test_multi_step_matches_oracle(backend, case, x):
     stateful = case.initial_state is not None
-    want_y, want_s = _split(_oracle(case, x), stateful)
+    want_y, want_s = _oracle(case, x)
     xb = backend.asarray(x)
-    got_y, got_s = _split(
-        _call(ds.multi_step_forward, xb, case.step, state=backend.tree(_state(case, x, x.dtype))),
-        stateful,
-    )
+    state = backend.tree(_state(case, x, x.dtype))
+    got_y, got_s = call_time_first("multi_step_forward", case.step, xb, state=state)
     assert_close(backend.tree_numpy(got_y), want_y, dtype=x.dtype)
     if stateful:
         _assert_state_close(backend.tree_numpy(got_s), want_s, x.dtype)
@@ -62,12 +43,13 @@ def test_multi_step_matches_oracle(backend, case, x):
 @given(x=sequences())
 def test_t_last_matches_oracle(backend, case, x):
     stateful = case.initial_state is not None
-    want_y, want_s = _split(_oracle(case, x), stateful)
-    xt = backend.asarray(np.moveaxis(x, 0, -1))
+    want_y, want_s = _oracle(case, x)
     # Time last: one step is x[..., t], whose shape is x.shape[1:] moved the same way.
     state = backend.tree(_state(case, x, x.dtype))
-    got_y, got_s = _split(_call(ds.t_last_multi_step_forward, xt, case.step, state=state), stateful)
-    assert_close(_moveaxis(backend.tree_numpy(got_y), -1, 0), want_y, dtype=x.dtype)
+    got_y, got_s = call_time_first(
+        "t_last_multi_step_forward", case.step, backend.asarray(x), state=state
+    )
+    assert_close(backend.tree_numpy(got_y), want_y, dtype=x.dtype)
     if stateful:
         _assert_state_close(backend.tree_numpy(got_s), want_s, x.dtype)
 
@@ -77,13 +59,12 @@ def test_t_last_matches_oracle(backend, case, x):
 @given(x=sequences())
 def test_chunk_matches_unchunked_for_every_split(backend, case, x):
     stateful = case.initial_state is not None
-    want_y, want_s = _split(_oracle(case, x), stateful)
+    want_y, want_s = _oracle(case, x)
     xb = backend.asarray(x)
-    module = _chunk_module(case.step, stateful)
     for split in range(1, x.shape[0] + 3):
         state = backend.tree(_state(case, x, x.dtype))
-        got_y, got_s = _split(
-            _call(ds.chunk_multi_step_forward, split, xb, module, state=state), stateful
+        got_y, got_s = call_time_first(
+            "chunk_multi_step_forward", case.step, xb, state=state, split_size=split
         )
         assert_close(backend.tree_numpy(got_y), want_y, dtype=x.dtype)
         if stateful:
@@ -92,12 +73,10 @@ def test_chunk_matches_unchunked_for_every_split(backend, case, x):
 
 @given(x=sequences())
 def test_seq_to_ann_equals_multi_step_for_stateless(backend, x):
-    step = CASES[0].step
-    want = _oracle(CASES[0], x)
-    got = backend.to_numpy(ds.seq_to_ann_forward(backend.asarray(x), step))
-    assert_close(got, want, dtype=x.dtype)
-    got_t = ds.t_last_seq_to_ann_forward(backend.asarray(np.moveaxis(x, 0, -1)), step)
-    assert_close(np.moveaxis(backend.to_numpy(got_t), -1, 0), want, dtype=x.dtype)
+    want, _ = _oracle(CASES[0], x)
+    for function in ("seq_to_ann_forward", "t_last_seq_to_ann_forward"):
+        got, _ = call_time_first(function, CASES[0].step, backend.asarray(x))
+        assert_close(backend.to_numpy(got), want, dtype=x.dtype)
 
 
 def _assert_state_close(got, want, dtype) -> None:
@@ -118,17 +97,18 @@ def test_jax_equals_torch(torch_backend, jax_backend, case, x):
     for b in (torch_backend, jax_backend):
         state = b.tree(_state(case, x, x.dtype))
         outs.append(
-            b.tree_numpy(_call(ds.multi_step_forward, b.asarray(x), case.step, state=state))
+            b.tree_numpy(
+                call_time_first("multi_step_forward", case.step, b.asarray(x), state=state)
+            )
         )
     stateful = case.initial_state is not None
-    ty, ts = _split(outs[0], stateful)
-    jy, js = _split(outs[1], stateful)
+    (ty, ts), (jy, js) = outs
     assert_close(jy, ty)
     if stateful:
         _assert_state_close(js, ts, x.dtype)
 
 
-@pytest.mark.parametrize("function", ["multi_step", "t_last", "chunk"])
+@pytest.mark.parametrize("function", STATEFUL_FUNCTIONS)
 @pytest.mark.parametrize("case", SMOOTH, ids=[c.name for c in SMOOTH])
 @given(x=sequences(max_t=8))
 def test_jax_grad_equals_torch_autograd(torch_backend, jax_backend, case, function, x):
@@ -141,27 +121,16 @@ def test_jax_grad_equals_torch_autograd(torch_backend, jax_backend, case, functi
     stateful = case.initial_state is not None
     s0 = case.initial_state(x.shape[1:], np.float64) + 0.25 if stateful else None
 
-    def run(xs, s, w, ops):
-        if function == "t_last":
-            xs = ops.moveaxis(xs, 0, -1)
-            y = _call(ds.t_last_multi_step_forward, xs, case.step, state=s)
-        elif function == "chunk":
-            y = _call(
-                ds.chunk_multi_step_forward, 3, xs, _chunk_module(case.step, stateful), state=s
-            )
-        else:
-            y = _call(ds.multi_step_forward, xs, case.step, state=s)
-        y, final = _split(y, stateful)
-        if function == "t_last":
-            y = ops.moveaxis(y, -1, 0)
+    def run(xs, s, w):
+        y, final = call_time_first(function, case.step, xs, state=s, split_size=3)
         loss = (y * w).sum()
         return loss + (final * final).sum() if stateful else loss
 
     xt = torch.tensor(x, requires_grad=True)
     st = torch.tensor(s0, requires_grad=True) if stateful else None
-    run(xt, st, torch.tensor(weights), torch).backward()
+    run(xt, st, torch.tensor(weights)).backward()
     grads = jax.grad(
-        lambda xs, s: run(xs, s, jnp.asarray(weights), jnp), argnums=(0, 1) if stateful else 0
+        lambda xs, s: run(xs, s, jnp.asarray(weights)), argnums=(0, 1) if stateful else 0
     )(jnp.asarray(x), jnp.asarray(s0) if stateful else None)
     jx, js = grads if stateful else (grads, None)
     assert_close(np.asarray(jx), xt.grad.numpy())

@@ -11,36 +11,20 @@ import pytest
 from conftest import BACKENDS, MAKERS
 
 import dualstep as ds
-from dualstep.testing import if_step, lif_step
-
-FUNCTIONS = ["multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann"]
+from dualstep.testing import FUNCTIONS, TIME_LAST_FUNCTIONS, call, if_step, lif_step
 
 
 class Boom(Exception):
     pass
 
 
-def _call(name, x, module):
-    """A stateless call of `name` on a time-first NumPy-shaped `x` (t_last functions get it
-    with time moved last by the caller)."""
-    if name == "multi_step":
-        return ds.multi_step_forward(x, module)
-    if name == "t_last":
-        return ds.t_last_multi_step_forward(x, module)
-    if name == "chunk":
-        return ds.chunk_multi_step_forward(2, x, lambda c: ds.multi_step_forward(c, module))
-    if name == "seq_to_ann":
-        return ds.seq_to_ann_forward(x, module)
-    return ds.t_last_seq_to_ann_forward(x, module)
-
-
 def _input(backend, name, x):
-    return backend.asarray(np.moveaxis(x, 0, -1).copy() if name.startswith("t_last") else x)
+    return backend.asarray(np.moveaxis(x, 0, -1).copy() if name in TIME_LAST_FUNCTIONS else x)
 
 
 def _output(backend, name, y):
     y = backend.to_numpy(y)
-    return np.moveaxis(y, -1, 0) if name.startswith("t_last") else y
+    return np.moveaxis(y, -1, 0) if name in TIME_LAST_FUNCTIONS else y
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -59,10 +43,10 @@ def test_after_a_failed_call_the_same_step_works_normally(backend, name):
 
     x = np.linspace(-1, 1, 24).reshape(4, 3, 2)
     with pytest.raises(Boom) as info:
-        _call(name, _input(backend, name, x), step)
+        call(name, step, _input(backend, name, x))
     assert info.value is error
     failing[0] = False
-    got = _output(backend, name, _call(name, _input(backend, name, x), step))
+    got = _output(backend, name, call(name, step, _input(backend, name, x)))
     np.testing.assert_array_equal(got, x * 2 + 1)
 
 
@@ -130,7 +114,7 @@ def test_many_threads_with_different_steps_and_shapes(kind):
     def run(job):
         name, step_name, x = job
         return _output(
-            backend, name, _call(name, _input(backend, name, x), stateless(steps[step_name]))
+            backend, name, call(name, stateless(steps[step_name]), _input(backend, name, x))
         )
 
     def oracle(job):
@@ -154,7 +138,7 @@ def test_nan_and_inf_propagate_exactly_as_the_plain_loop(backend, name):
     def step(a):
         return a * 2 - 1
 
-    got = _output(backend, name, _call(name, _input(backend, name, x), step))
+    got = _output(backend, name, call(name, step, _input(backend, name, x)))
     want = np.stack([step(xt) for xt in x])
     np.testing.assert_array_equal(got, want)  # NaN where the loop has NaN, same infinities
 
@@ -184,9 +168,9 @@ def test_float_dtypes_are_kept(kind, name, request):
             xa = x.astype(ml_dtypes.bfloat16)
         else:
             xa = x.astype(dtype)
-        if name.startswith("t_last"):
+        if name in TIME_LAST_FUNCTIONS:
             xa = np.moveaxis(xa, 0, -1).copy()
-        y = _call(name, convert(xa), lambda a: a * 0.5 + 1)
+        y = call(name, lambda a: a * 0.5 + 1, convert(xa))
         assert str(y.dtype).removeprefix("torch.") == dtype, (dtype, y.dtype)
 
 
@@ -196,7 +180,7 @@ def test_integer_and_bool_inputs_pass_through_untouched(backend, name, dtype, re
     if backend.name == "jax":
         request.getfixturevalue("jax_x64")
     x = (np.arange(24).reshape(4, 3, 2) % 3).astype(dtype)
-    got = _output(backend, name, _call(name, _input(backend, name, x), lambda a: a))
+    got = _output(backend, name, call(name, lambda a: a, _input(backend, name, x)))
     assert got.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, x)
 

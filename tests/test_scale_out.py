@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-FUNCTIONS = ["multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann"]
+from dualstep.testing import FUNCTIONS
 
 JAX_SHARDING = textwrap.dedent(
     """
@@ -21,25 +21,21 @@ JAX_SHARDING = textwrap.dedent(
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
     import jax, jax.numpy as jnp, numpy as np
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    import dualstep as ds
-    from dualstep.testing import affine_tanh, lif_step
+    from dualstep.testing import (
+        FUNCTIONS, STATEFUL_FUNCTIONS, TIME_LAST_FUNCTIONS, affine_tanh, call, lif_step
+    )
 
     assert len(jax.devices()) == 4
     mesh = Mesh(np.array(jax.devices()), ("batch",))
     step, dense = lif_step(), affine_tanh()
 
-    def chunk_module(xc, s):
-        return ds.multi_step_forward(xc, step, state=s)
+    def in_layout(name):  # each function in its own layout, the batch axis sharded
+        stateful = name in STATEFUL_FUNCTIONS
+        fn = lambda x, v: call(name, step if stateful else dense, x, state=v if stateful else None,
+                               split_size=3)
+        return fn, P("batch") if name in TIME_LAST_FUNCTIONS else P(None, "batch")
 
-    # (function, input layout) with the batch axis sharded: [T, B, N] or [B, N, T]
-    calls = {
-        "multi_step": (lambda x, v: ds.multi_step_forward(x, step, state=v), P(None, "batch")),
-        "t_last": (lambda x, v: ds.t_last_multi_step_forward(x, step, state=v), P("batch")),
-        "chunk": (lambda x, v: ds.chunk_multi_step_forward(3, x, chunk_module, state=v),
-                  P(None, "batch")),
-        "seq_to_ann": (lambda x, v: ds.seq_to_ann_forward(x, dense), P(None, "batch")),
-        "t_last_seq_to_ann": (lambda x, v: ds.t_last_seq_to_ann_forward(x, dense), P("batch")),
-    }
+    calls = {name: in_layout(name) for name in FUNCTIONS}
     rng = np.random.default_rng(0)
     x_tbn = (rng.integers(-16, 17, (10, 8, 6)) / 8).astype(np.float32)
     v = np.zeros((8, 6), np.float32)

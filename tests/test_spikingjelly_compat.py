@@ -11,6 +11,7 @@ import copy
 import pytest
 
 import dualstep as ds
+from dualstep.testing import FUNCTIONS, call
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
@@ -93,20 +94,10 @@ def test_seq_to_ann_tuple_leading_dims_must_match():
         ds.seq_to_ann_forward((_x(3, 2, 4), _x(3, 1, 4)), lambda a, b: a)
 
 
-@pytest.mark.parametrize(
-    "call",
-    [
-        lambda x, m: ds.multi_step_forward(x, m),
-        lambda x, m: ds.t_last_multi_step_forward(x, m),
-        lambda x, m: ds.chunk_multi_step_forward(2, x, m),
-        lambda x, m: ds.seq_to_ann_forward(x, m),
-        lambda x, m: ds.t_last_seq_to_ann_forward(x, m),
-    ],
-    ids=["multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann"],
-)
-def test_gradients_flow(call):
+@pytest.mark.parametrize("function", FUNCTIONS)
+def test_gradients_flow(function):
     x = _x(4, 3, 5, grad=True)
-    call(x, torch.tanh).sum().backward()
+    call(function, torch.tanh, x, as_given=True).sum().backward()
     torch.testing.assert_close(x.grad, 1 - torch.tanh(x.detach()) ** 2)
 
 

@@ -8,28 +8,23 @@ import textwrap
 
 import pytest
 
+from dualstep.testing import FUNCTIONS
+
 pytest.importorskip("torch")
 
 SCRIPT = textwrap.dedent(
     """
     import torch
-    import dualstep as ds
+    from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first, if_step
 
-    def if_step(x, v):
-        h = v + x
-        s = (h >= 1.0).to(x.dtype)
-        return s, h * (1.0 - s)
+    step = if_step()
 
-    def chunk(xc, v):
-        return ds.multi_step_forward(xc, if_step, state=v)
+    def time_first(name):
+        if name in STATEFUL_FUNCTIONS:
+            return lambda x, v: call_time_first(name, step, x, state=v)
+        return lambda x, v: call_time_first(name, torch.tanh, x)[0]
 
-    calls = {
-        "multi_step": lambda x, v: ds.multi_step_forward(x, if_step, state=v),
-        "t_last": lambda x, v: ds.t_last_multi_step_forward(x.movedim(0, -1), torch.sin),
-        "chunk": lambda x, v: ds.chunk_multi_step_forward(2, x, chunk, state=v),
-        "seq_to_ann": lambda x, v: ds.seq_to_ann_forward(x, torch.tanh),
-        "t_last_seq_to_ann": lambda x, v: ds.t_last_seq_to_ann_forward(x, torch.tanh),
-    }
+    calls = {name: time_first(name) for name in FUNCTIONS}
     x, v = torch.randn(5, 2, 3) + 0.5, torch.zeros(2, 3)
     for name, fn in calls.items():  # the first compiled call finds dualstep's caches cold
         compiled = torch.compile(fn, fullgraph=True)
@@ -49,11 +44,7 @@ SCRIPT = textwrap.dedent(
 def test_fullgraph_compile_of_all_five_functions_from_a_cold_start():
     out = subprocess.run([sys.executable, "-c", SCRIPT], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert out.stdout.split() == [
-        w
-        for n in ("multi_step", "t_last", "chunk", "seq_to_ann", "t_last_seq_to_ann")
-        for w in (n, "ok")
-    ]
+    assert out.stdout.split() == [w for n in FUNCTIONS for w in (n, "ok")]
 
 
 CHUNKS = textwrap.dedent(
