@@ -1,18 +1,15 @@
-"""One `backend` fixture over numpy/torch/jax, conversions, and the one `assert_close` helper."""
+"""The fixtures: one `backend` over numpy/torch/jax (from `support.MAKERS`), `jax_x64`, and the
+hypothesis profile."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections.abc import Callable
-from typing import Any
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
+from support import MAKERS, Backend
 
-from dualstep._tree import map_with_path
-from dualstep.testing import BACKENDS, TOLERANCES
+from dualstep.testing import BACKENDS
 
 # JAX compiles on first call, so no per-example deadline. The backend fixture only flips
 # configuration that it restores, so reusing it across examples is safe.
@@ -24,50 +21,6 @@ settings.register_profile(
     print_blob=True,
 )
 settings.load_profile("dualstep")
-
-
-@dataclasses.dataclass(frozen=True)
-class Backend:
-    """How a test makes and reads arrays of one backend."""
-
-    name: str
-    asarray: Callable[[np.ndarray], Any]
-    to_numpy: Callable[[Any], np.ndarray]
-
-    def tree(self, value: Any) -> Any:
-        """`asarray` over nested tuples/lists/dicts of NumPy arrays (None kept)."""
-        return _tree_map(self.asarray, value)
-
-    def tree_numpy(self, value: Any) -> Any:
-        return _tree_map(self.to_numpy, value)
-
-
-def _tree_map(fn: Callable, value: Any) -> Any:
-    """`fn` on every array of a nesting; None stays None."""
-    return map_with_path(lambda a, _: None if a is None else fn(a), value, "")
-
-
-def _numpy_backend() -> Backend:
-    return Backend("numpy", lambda a: np.array(a, copy=True), np.asarray)
-
-
-def _torch_backend() -> Backend:
-    torch = pytest.importorskip("torch")
-    return Backend(
-        "torch",
-        lambda a: torch.from_numpy(np.array(a, copy=True)),
-        lambda t: t.detach().cpu().numpy(),
-    )
-
-
-def _jax_backend() -> Backend:
-    pytest.importorskip("jax")
-    import jax.numpy as jnp
-
-    return Backend("jax", jnp.asarray, np.asarray)
-
-
-MAKERS = {"numpy": _numpy_backend, "torch": _torch_backend, "jax": _jax_backend}
 
 
 @pytest.fixture
@@ -91,32 +44,9 @@ def backend(request) -> Backend:
 
 @pytest.fixture
 def torch_backend() -> Backend:
-    return _torch_backend()
+    return MAKERS["torch"]()
 
 
 @pytest.fixture
 def jax_backend(jax_x64) -> Backend:
-    return _jax_backend()
-
-
-def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool = False) -> None:
-    """Shape, then dtype, then values; tuples item by item; tolerance picked by dtype.
-
-    `dtype` is the dtype `actual` must have (default: `expected`'s); values are compared after
-    casting `expected` to it.
-    """
-    if isinstance(expected, tuple):
-        assert isinstance(actual, tuple), f"expected a tuple, got {type(actual).__qualname__}"
-        assert len(actual) == len(expected), f"tuple length {len(actual)} != {len(expected)}"
-        for a, e in zip(actual, expected, strict=True):
-            assert_close(a, e, dtype=dtype, exact=exact)
-        return
-    actual, expected = np.asarray(actual), np.asarray(expected)
-    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
-    want = np.dtype(dtype) if dtype is not None else expected.dtype
-    assert actual.dtype == want, f"dtype {actual.dtype} != {want}"
-    if exact:
-        np.testing.assert_array_equal(actual, expected.astype(want))
-        return
-    rtol, atol = TOLERANCES.get(want.name, (0, 0))
-    np.testing.assert_allclose(actual, expected.astype(want), rtol=rtol, atol=atol)
+    return MAKERS["jax"]()

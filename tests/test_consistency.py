@@ -7,10 +7,10 @@ from typing import NamedTuple
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, MAKERS
+from support import MAKERS
 
 import dualstep as ds
-from dualstep.testing import STATEFUL_FUNCTIONS, assert_backends_close, call, lif_step
+from dualstep.testing import BACKENDS, STATEFUL_FUNCTIONS, assert_backends_close, call, lif_step
 
 
 class Pair(NamedTuple):

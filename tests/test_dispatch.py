@@ -37,10 +37,9 @@ def test_jax_tracers_dispatch_to_jax(transform):
     assert seen == ["dualstep.backends.jax"]
 
 
-def test_choice_is_per_call_and_cached_per_type():
+def test_choice_is_per_call():
     torch = pytest.importorskip("torch")
     jnp = pytest.importorskip("jax.numpy")
     for x, kind in [(np.ones((2, 1)), np.ndarray), (torch.ones(2, 1), torch.Tensor)]:
         assert isinstance(ds.multi_step_forward(x, lambda a: a), kind)
     assert type(ds.multi_step_forward(jnp.ones((2, 1)), lambda a: a)).__module__.startswith("jax")
-    assert _dispatch._cache[torch.Tensor].__name__ == "dualstep.backends.torch"

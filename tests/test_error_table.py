@@ -6,19 +6,14 @@ type and the whole message against the row (``...`` matches the received value).
 
 from __future__ import annotations
 
-import pathlib
 import re
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, MAKERS
+from support import ERROR_ROWS, MAKERS, error_pattern
 
 import dualstep as ds
-from dualstep.testing import lif_step
-
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
-ROW = re.compile(r"^\| (\d+) \| .*? \| .*? \| `(\w+)` \| `` (.*) `` \|$")
-ROWS = {int(m[1]): (m[2], m[3]) for m in map(ROW.match, README.read_text().splitlines()) if m}
+from dualstep.testing import BACKENDS, lif_step
 
 
 def _ident(x):
@@ -85,16 +80,12 @@ BAD_CALLS = {
 }
 EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError, "NotFusable": ds.NotFusable}
 ONLY = {15: {"torch"}, 16: {"torch"}, 23: {"torch", "jax"}, 24: {"numpy"}, 25: {"torch"}}
-CASES = [(n, b) for n in sorted(ROWS) for b in BACKENDS if b in ONLY.get(n, BACKENDS)]
+CASES = [(n, b) for n in sorted(ERROR_ROWS) for b in BACKENDS if b in ONLY.get(n, BACKENDS)]
 
 
 def test_every_row_has_a_bad_call_and_every_bad_call_a_row():
-    assert len(ROWS) >= 15
-    assert sorted(ROWS) == sorted(BAD_CALLS)
-
-
-def _pattern(message: str) -> str:
-    return ".*".join(re.escape(part) for part in message.split("..."))
+    assert len(ERROR_ROWS) >= 15
+    assert sorted(ERROR_ROWS) == sorted(BAD_CALLS)
 
 
 @pytest.mark.parametrize(("row", "backend_name"), CASES)
@@ -102,8 +93,8 @@ def test_row(row, backend_name, request):
     backend = MAKERS[backend_name]()
     if backend_name == "jax":
         request.getfixturevalue("jax_x64")
-    kind, message = ROWS[row]
+    kind, message = ERROR_ROWS[row]
     with pytest.raises(EXCEPTIONS[kind]) as info:
         BAD_CALLS[row](backend)
     assert type(info.value) is EXCEPTIONS[kind]
-    assert re.fullmatch(_pattern(message), str(info.value), re.S), str(info.value)
+    assert re.fullmatch(error_pattern(message), str(info.value), re.S), str(info.value)

@@ -6,7 +6,7 @@ import re
 
 import numpy as np
 import pytest
-from conftest import MAKERS
+from support import MAKERS
 
 import dualstep as ds
 from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call

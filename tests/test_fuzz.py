@@ -14,11 +14,13 @@ import re
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_error_table import ROWS, _pattern
+from support import ERROR_ROWS, error_pattern
 
 from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, TIME_LAST_FUNCTIONS, call
 
-DOCUMENTED = [(kind, re.compile(_pattern(message), re.S)) for kind, message in ROWS.values()]
+DOCUMENTED = [
+    (kind, re.compile(error_pattern(message), re.S)) for kind, message in ERROR_ROWS.values()
+]
 
 
 def _double(a):

@@ -14,10 +14,9 @@ from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first, lif
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
 lax = jax.lax
-jax_backend = pytest.importorskip("dualstep.backends.jax")
 
 
-_CALLS: dict[int, list] = {}
+_CALLS: dict[object, list] = {}
 
 
 def _counting(step):
@@ -129,13 +128,36 @@ def test_step_closing_over_outer_tracer_under_grad():
     np.testing.assert_allclose(jax.grad(loss)(0.3), jax.grad(plain)(0.3), rtol=1e-5)
 
 
-def test_cache_is_bounded(monkeypatch):
-    monkeypatch.setattr(jax_backend, "CACHE_SIZE", 4)
-    x = jnp.ones((3, 2))
-    for k in range(10):
-        y = ds.multi_step_forward(x, lambda a, k=k: a * k)
-        np.testing.assert_array_equal(y, x * k)
-    assert len(jax_backend._cache) <= 4
+def _scale(k):
+    """A step of its own program (`k` is static), counting its traces in `_CALLS[k]`."""
+    _CALLS[("scale", k)] = []
+
+    def step(a, k=k):
+        _CALLS[("scale", k)].append(1)
+        return a * k
+
+    return step
+
+
+def test_cache_keeps_the_128_most_recently_used_programs():
+    """The README's LRU of 128 programs, seen through retraces only."""
+    ds.clear_jax_cache()
+    x = jnp.ones((1, 1))
+    steps = [_scale(k) for k in range(130)]
+
+    def traces_of(k):
+        before = len(_CALLS[("scale", k)])
+        np.testing.assert_array_equal(ds.multi_step_forward(x, steps[k]), x * k)
+        return len(_CALLS[("scale", k)]) - before
+
+    for k in range(128):
+        assert traces_of(k) > 0  # 128 programs: the cache is full
+    assert traces_of(0) == 0  # a hit, and 0 becomes the most recently used
+    assert traces_of(128) > 0  # evicts 1, the least recently used
+    assert traces_of(0) == 0
+    assert traces_of(1) > 0  # compiled again (evicting 2)
+    assert traces_of(129) > 0  # evicts 3
+    assert traces_of(128) == 0 and traces_of(1) == 0
 
 
 def test_unhashable_module_still_works():

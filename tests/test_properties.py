@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from cases import CASE_IDS, CASES, SMOOTH
-from conftest import assert_close
 from hypothesis import given, settings
+from support import assert_close
 
 from dualstep._tree import leaves_with_path
 from dualstep.testing import STATEFUL_FUNCTIONS, call_time_first

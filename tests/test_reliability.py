@@ -8,10 +8,10 @@ import importlib.util
 
 import numpy as np
 import pytest
-from conftest import BACKENDS, MAKERS
+from support import MAKERS
 
 import dualstep as ds
-from dualstep.testing import FUNCTIONS, TIME_LAST_FUNCTIONS, call, if_step, lif_step
+from dualstep.testing import BACKENDS, FUNCTIONS, TIME_LAST_FUNCTIONS, call, if_step, lif_step
 
 
 class Boom(Exception):

@@ -1,0 +1,97 @@
+"""What the tests share: each backend's array makers, the one `assert_close`, and the README's
+table of rejected inputs. Tests import this module; fixtures live in conftest."""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import re
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from dualstep._tree import map_with_path
+from dualstep.testing import TOLERANCES
+
+
+@dataclasses.dataclass(frozen=True)
+class Backend:
+    """How a test makes and reads arrays of one backend."""
+
+    name: str
+    asarray: Callable[[np.ndarray], Any]
+    to_numpy: Callable[[Any], np.ndarray]
+
+    def tree(self, value: Any) -> Any:
+        """`asarray` over nested tuples/lists/dicts of NumPy arrays (None kept)."""
+        return _tree_map(self.asarray, value)
+
+    def tree_numpy(self, value: Any) -> Any:
+        return _tree_map(self.to_numpy, value)
+
+
+def _tree_map(fn: Callable, value: Any) -> Any:
+    """`fn` on every array of a nesting; None stays None."""
+    return map_with_path(lambda a, _: None if a is None else fn(a), value, "")
+
+
+def _numpy_backend() -> Backend:
+    return Backend("numpy", lambda a: np.array(a, copy=True), np.asarray)
+
+
+def _torch_backend() -> Backend:
+    torch = pytest.importorskip("torch")
+    return Backend(
+        "torch",
+        lambda a: torch.from_numpy(np.array(a, copy=True)),
+        lambda t: t.detach().cpu().numpy(),
+    )
+
+
+def _jax_backend() -> Backend:
+    pytest.importorskip("jax")
+    import jax.numpy as jnp
+
+    return Backend("jax", jnp.asarray, np.asarray)
+
+
+MAKERS = {"numpy": _numpy_backend, "torch": _torch_backend, "jax": _jax_backend}
+
+
+def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool = False) -> None:
+    """Shape, then dtype, then values; tuples item by item; tolerance picked by dtype.
+
+    `dtype` is the dtype `actual` must have (default: `expected`'s); values are compared after
+    casting `expected` to it.
+    """
+    if isinstance(expected, tuple):
+        assert isinstance(actual, tuple), f"expected a tuple, got {type(actual).__qualname__}"
+        assert len(actual) == len(expected), f"tuple length {len(actual)} != {len(expected)}"
+        for a, e in zip(actual, expected, strict=True):
+            assert_close(a, e, dtype=dtype, exact=exact)
+        return
+    actual, expected = np.asarray(actual), np.asarray(expected)
+    assert actual.shape == expected.shape, f"shape {actual.shape} != {expected.shape}"
+    want = np.dtype(dtype) if dtype is not None else expected.dtype
+    assert actual.dtype == want, f"dtype {actual.dtype} != {want}"
+    if exact:
+        np.testing.assert_array_equal(actual, expected.astype(want))
+        return
+    rtol, atol = TOLERANCES.get(want.name, (0, 0))
+    np.testing.assert_allclose(actual, expected.astype(want), rtol=rtol, atol=atol)
+
+
+# The README's table of rejected inputs: row number -> (exception name, message), where "..."
+# in a message stands for the received value.
+README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+_ROW = re.compile(r"^\| (\d+) \| .*? \| .*? \| `(\w+)` \| `` (.*) `` \|$")
+ERROR_ROWS = {
+    int(m[1]): (m[2], m[3]) for m in map(_ROW.match, README.read_text().splitlines()) if m
+}
+
+
+def error_pattern(message: str) -> str:
+    """A regular expression for a row's message, ``...`` matching anything."""
+    return ".*".join(re.escape(part) for part in message.split("..."))
