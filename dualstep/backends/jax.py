@@ -161,12 +161,20 @@ def _sequence(
     return _scan(x_seq, modules, state, unroll=unroll)
 
 
+def _over_time(
+    name: str, sequence: Callable, x_seq: Any, modules: Any, state: Any, fused: Any, unroll: Any
+) -> Any:
+    """`sequence` (time first or time last) through the cache, keyed by its options and the
+    platform the call runs on."""
+    platform = _platform(x_seq)
+    impl = functools.partial(sequence, fused=fused, unroll=unroll, platform=platform)
+    return _cached_call((name, fused, unroll, platform), impl, x_seq, modules, state)
+
+
 def multi_step_forward(
     x_seq: Any, modules: Any, state: Any, fused: bool | str = False, unroll: int | None = None
 ) -> Any:
-    platform = _platform(x_seq)
-    impl = functools.partial(_sequence, fused=fused, unroll=unroll, platform=platform)
-    return _cached_call(("multi_step", fused, unroll, platform), impl, x_seq, modules, state)
+    return _over_time("multi_step", _sequence, x_seq, modules, state, fused, unroll)
 
 
 def _sequence_time_last(x_seq: Any, modules: Any, state: Any, **options: Any) -> Any:
@@ -179,9 +187,9 @@ def _sequence_time_last(x_seq: Any, modules: Any, state: Any, **options: Any) ->
 def t_last_multi_step_forward(
     x_seq: Any, modules: Any, state: Any, fused: bool | str = False, unroll: int | None = None
 ) -> Any:
-    platform = _platform(x_seq)
-    impl = functools.partial(_sequence_time_last, fused=fused, unroll=unroll, platform=platform)
-    return _cached_call(("t_last_multi_step", fused, unroll, platform), impl, x_seq, modules, state)
+    return _over_time(
+        "t_last_multi_step", _sequence_time_last, x_seq, modules, state, fused, unroll
+    )
 
 
 def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: bool) -> Any:
