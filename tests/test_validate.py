@@ -9,7 +9,18 @@ from cases import CASE_IDS, CASES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dualstep.testing import Report, assert_backends_close, if_step, lif_step
+import dualstep as ds
+from dualstep.testing import (
+    FUNCTIONS,
+    STATEFUL_FUNCTIONS,
+    Report,
+    assert_backends_close,
+    call,
+    call_time_first,
+    chunk_module,
+    if_step,
+    lif_step,
+)
 from dualstep.testing import _validate as validate
 from dualstep.testing.strategies import sequences, split_sizes
 
@@ -138,3 +149,50 @@ def test_argument_errors(monkeypatch):
     monkeypatch.setattr(validate, "installed_backends", lambda: ("numpy", "torch"))
     with pytest.raises(ValueError, match=r"jax is not installed: pip install 'dualstep\[jax\]'"):
         assert_backends_close(lambda a: a, x, backends=["jax"])
+
+
+# --- the catalogue of the five functions ------------------------------------------------------
+
+
+def test_catalogue_calls_each_function_as_a_user_would(backend):
+    """`call_time_first` of every function equals the function called by hand."""
+    x = np.linspace(-1.0, 2.0, 24).reshape(4, 3, 2)
+    xb, vb = backend.asarray(x), backend.asarray(np.full((3, 2), 0.25))
+    step = lif_step()
+
+    def by_hand(function):
+        if function == "multi_step_forward":
+            return ds.multi_step_forward(xb, step, state=vb)
+        if function == "t_last_multi_step_forward":
+            y, v = ds.t_last_multi_step_forward(
+                backend.asarray(np.moveaxis(x, 0, -1)), step, state=vb
+            )
+            return backend.asarray(np.moveaxis(backend.to_numpy(y), -1, 0)), v
+
+        def chunk(c, s):
+            return ds.multi_step_forward(c, step, state=s)
+
+        return ds.chunk_multi_step_forward(3, xb, chunk, state=vb)
+
+    for function in STATEFUL_FUNCTIONS:
+        got = call_time_first(function, step, xb, state=vb, split_size=3)
+        want = by_hand(function)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(backend.to_numpy(g), backend.to_numpy(w))
+    want = backend.to_numpy(xb) * 2
+    for function in set(FUNCTIONS) - set(STATEFUL_FUNCTIONS):
+        y, final = call_time_first(function, lambda a: a * 2, xb)
+        assert final is None
+        np.testing.assert_array_equal(backend.to_numpy(y), want)
+
+
+def test_catalogue_chunk_module_and_errors():
+    x = np.arange(5.0)[:, None]
+    module = chunk_module(lambda a: a + 1)
+    np.testing.assert_array_equal(ds.chunk_multi_step_forward(2, x, module), x + 1)
+    with pytest.raises(TypeError, match="`multi_step_module` must be a callable"):
+        call("chunk_multi_step_forward", 3, x, as_given=True)  # given as it is: not wrapped
+    with pytest.raises(TypeError, match="`single_step_module` must be a callable"):
+        call("chunk_multi_step_forward", 3, x)  # wrapped: the inner call names the step
+    with pytest.raises(ValueError, match="`function` must be one of"):
+        call_time_first("multi_step", lambda a: a, x)
