@@ -129,7 +129,7 @@ def test_step_closing_over_outer_tracer_under_grad():
 
 
 def _scale(k):
-    """A step of its own program (`k` is static), counting its traces in `_CALLS[k]`."""
+    """A step of its own program (`k` is static), counting its traces in `_CALLS[("scale", k)]`."""
     _CALLS[("scale", k)] = []
 
     def step(a, k=k):
