@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from dualstep.testing import BACKENDS
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
@@ -43,9 +45,7 @@ def test_port_spikingjelly_spikes_identical_and_backends_agree():
     text = _run("port_spikingjelly.py")
     spikes, differ = map(int, re.search(r"(\d+) spikes, (\d+) differ", text).groups())
     assert spikes > 0 and differ == 0
-    verdicts = [
-        line.split()[-1] for line in text.splitlines() if line.startswith(("numpy", "torch", "jax"))
-    ]
+    verdicts = [line.split()[-1] for line in text.splitlines() if line.startswith(BACKENDS)]
     assert verdicts == ["ok"] * 9
 
 

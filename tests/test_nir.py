@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import dualstep as ds
-from dualstep.testing import assert_backends_close, assert_implementations_close
+from dualstep.testing import BACKENDS, assert_backends_close, assert_implementations_close
 
 nir = pytest.importorskip("nir")
 torch = pytest.importorskip("torch")
@@ -56,7 +56,7 @@ def _x(shape, scale=2.0, seed=0):
     return (np.random.default_rng(seed).random(shape) * scale).astype(np.float32)
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_spikingjelly_export_runs_step_for_step_like_spikingjelly(backend):
     net, graph = _sj_dense()
     model = load(graph, dt=DT, convention="spikingjelly")
@@ -71,7 +71,7 @@ def test_spikingjelly_export_runs_step_for_step_like_spikingjelly(backend):
     assert 0 < y.sum() < y.size  # it spikes, and not everywhere
 
 
-@pytest.mark.parametrize("backend", ["numpy", "torch", "jax"])
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_spikingjelly_conv_snn_export(backend):
     layer, neuron, _, export, _ = _sj()
     torch.manual_seed(1)

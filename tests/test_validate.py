@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 import dualstep as ds
 from dualstep.testing import (
+    BACKENDS,
     FUNCTIONS,
     STATEFUL_FUNCTIONS,
     Report,
@@ -27,8 +28,6 @@ from dualstep.testing.strategies import sequences, split_sizes
 pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 
-ALL = ("numpy", "torch", "jax")
-
 
 @pytest.mark.parametrize("case", CASES, ids=CASE_IDS)
 @settings(max_examples=6)
@@ -36,10 +35,10 @@ ALL = ("numpy", "torch", "jax")
 def test_every_reference_case_agrees_on_every_backend(case, x, data):
     state = None if case.initial_state is None else case.initial_state(x.shape[1:], x.dtype)
     split = data.draw(split_sizes(x.shape[0] + 2))
-    report = assert_backends_close(case.step, x, state=state, split_size=split, backends=ALL)
+    report = assert_backends_close(case.step, x, state=state, split_size=split, backends=BACKENDS)
     functions = 3 if state is not None else 5
     assert isinstance(report, Report) and report.ok
-    assert [r.backend for r in report.rows] == [b for b in ALL for _ in range(functions)]
+    assert [r.backend for r in report.rows] == [b for b in BACKENDS for _ in range(functions)]
     assert all(r.dtype == str(x.dtype) for r in report.rows)
 
 
@@ -66,7 +65,7 @@ def test_report_names_backend_function_and_first_diverging_step():
     x = np.full((6, 2, 3), 0.25, np.float32)
     step = _sabotaged(is_torch_array, at_step=3)
     with pytest.raises(AssertionError) as info:
-        assert_backends_close(step, x, state=_state(x), backends=ALL)
+        assert_backends_close(step, x, state=_state(x), backends=BACKENDS)
     message = str(info.value)
     failing = [line.split() for line in message.splitlines() if line.endswith("FAIL")]
     assert [(f[0], f[1], f[5]) for f in failing] == [
@@ -87,7 +86,7 @@ def test_report_flags_a_final_state_that_differs_when_outputs_agree():
     with pytest.raises(
         AssertionError, match=r"jax +chunk_multi_step_forward .* final state +state +FAIL"
     ):
-        assert_backends_close(step, x, state=np.zeros(3, np.float32), backends=ALL)
+        assert_backends_close(step, x, state=np.zeros(3, np.float32), backends=BACKENDS)
 
 
 def test_report_flags_a_dtype_change():
@@ -100,7 +99,7 @@ def test_report_flags_a_dtype_change():
     with pytest.raises(
         AssertionError, match=r"torch +multi_step_forward +float16!=float32 .* dtype"
     ):
-        assert_backends_close(step, x, functions=["multi_step_forward"], backends=ALL)
+        assert_backends_close(step, x, functions=["multi_step_forward"], backends=BACKENDS)
 
 
 def test_relative_error_stays_meaningful_near_zero():
@@ -108,7 +107,7 @@ def test_relative_error_stays_meaningful_near_zero():
     x = np.zeros((4, 3), np.float32)
     step = _sabotaged(is_torch_array, at_step=2, by=0.5)
     with pytest.raises(AssertionError) as info:
-        assert_backends_close(step, x, state=_state(x), backends=ALL)
+        assert_backends_close(step, x, state=_state(x), backends=BACKENDS)
     failing = [line.split() for line in str(info.value).splitlines() if line.endswith("FAIL")]
     assert failing and all(float(f[4]) == 1.0 for f in failing)  # |0.5 - 0| / max(0.5, 0)
 

@@ -134,10 +134,12 @@ def _compiled_call(compile: bool | str) -> Callable:
     if mode != "reduce-overhead":
         return compiled
 
+    def own(tree: Any) -> Any:
+        return map_with_path(lambda a, _: a if a is None else a.clone(), tree, "")
+
     def call(xc: Any, state: Any, modules: Any, stateful: bool) -> tuple[Any, Any]:
         y, new = compiled(xc, state, modules, stateful)
-        own = functools.partial(map_with_path, lambda a, _: a if a is None else a.clone())
-        return own(y, ""), own(new, "")
+        return own(y), own(new)
 
     return call
 
