@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 import dualstep as ds
+from dualstep.testing import surrogate_spike
 
 from .run import RESULTS, met, time_side_by_side
 from .systems import (
@@ -45,39 +46,6 @@ GENERIC_SIZE = (256, 64, 1024)
 CHUNK = 32  # steps per compiled chunk for the step that cannot be fused
 SMOKE = {"forward": [(6, 2, 40)], "train": [(5, 2, 40)], "generic": (6, 2, 8)}
 ALPHA = 4.0  # SpikingJelly's Sigmoid surrogate
-
-
-def _torch_surrogate():
-    import torch
-
-    class Spike(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, h):
-            ctx.save_for_backward(h)
-            return (h >= 0).to(h.dtype)
-
-        @staticmethod
-        def backward(ctx, g):
-            (h,) = ctx.saved_tensors
-            s = torch.sigmoid(ALPHA * h)
-            return g * ALPHA * s * (1.0 - s)
-
-    return Spike.apply
-
-
-def _jax_surrogate():
-    import jax
-
-    @jax.custom_vjp
-    def spike(h):
-        return (h >= 0).astype(h.dtype)
-
-    def bwd(h, g):
-        s = jax.nn.sigmoid(ALPHA * h)
-        return (g * ALPHA * s * (1.0 - s),)
-
-    spike.defvjp(lambda h: (spike(h), h), bwd)
-    return spike
 
 
 def _if_with(spike: Callable) -> Callable:
@@ -156,7 +124,7 @@ def train_systems(size: tuple, device: str) -> list[System]:
     dev = torch.device(device)
     x, w = torch.from_numpy(x_np).to(dev), torch.from_numpy(w_np).to(dev)
     v0 = torch.zeros(b, n, device=dev)
-    t_step = _if_with(_torch_surrogate())
+    t_step = _if_with(surrogate_spike("torch", ALPHA))
 
     def torch_grad(fused: bool) -> Callable:
         def run():
@@ -181,7 +149,7 @@ def train_systems(size: tuple, device: str) -> list[System]:
         System("dualstep torch fused", torch_grad(True), "torch"),
         System("dualstep torch loop", torch_grad(False), "torch"),
     ]
-    j_step = _if_with(_jax_surrogate())
+    j_step = _if_with(surrogate_spike("jax", ALPHA))
     xj, wj = _jax_put(x_np, device), _jax_put(w_np, device)
     vj = _jax_put(np.zeros((b, n), np.float32), device)
 

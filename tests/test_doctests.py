@@ -15,6 +15,7 @@ MODULES = {
     "dualstep._config": (),
     "dualstep.testing._functions": (),
     "dualstep.testing._steps": (),
+    "dualstep.testing._surrogate": ("jax",),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),
     "dualstep.nir": ("nir",),

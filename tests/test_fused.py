@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import dualstep as ds
-from dualstep.testing import if_step, lif_step
+from dualstep.testing import if_step, lif_step, surrogate_spike
 
 FUSED_BACKENDS = ("torch", "jax")
 RTOL = 1e-6
@@ -50,37 +50,7 @@ def _np(a) -> np.ndarray:
 def _surrogate_lif(name: str, tau: float = 2.0):
     """LIF whose spike is a Heaviside with a sigmoid surrogate gradient, written the way each
     framework's users write it (``torch.autograd.Function``, ``jax.custom_vjp``)."""
-    if name == "torch":
-        import torch
-
-        class Spike(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx, h):
-                ctx.save_for_backward(h)
-                return (h >= 0).to(h.dtype)
-
-            @staticmethod
-            def backward(ctx, g):
-                (h,) = ctx.saved_tensors
-                s = torch.sigmoid(4.0 * h)
-                return g * 4.0 * s * (1.0 - s)
-
-        spike = Spike.apply
-    else:
-        import jax
-
-        @jax.custom_vjp
-        def spike(h):
-            return (h >= 0).astype(h.dtype)
-
-        def fwd(h):
-            return spike(h), h
-
-        def bwd(h, g):
-            s = jax.nn.sigmoid(4.0 * h)
-            return (g * 4.0 * s * (1.0 - s),)
-
-        spike.defvjp(fwd, bwd)
+    spike = surrogate_spike(name)
 
     def step(x, v):
         h = v + (x - v) / tau

@@ -10,7 +10,8 @@
   `call_time_first(name, ...)` and `chunk_module(step)`: the one catalogue of how each function
   is called, in its own layout or time first, and how a step becomes a chunk module.
 - Reference step functions written once against the array API (`affine_tanh`, `if_step`,
-  `lif_step`); they run unchanged on torch, JAX and NumPy.
+  `lif_step`); they run unchanged on torch, JAX and NumPy. `surrogate_spike(framework)`: a
+  spike with a sigmoid surrogate gradient as torch and JAX users write one.
 - :mod:`dualstep.testing.strategies`: hypothesis strategies for sequences and split sizes
   (imported separately, as it needs hypothesis).
 """
@@ -25,6 +26,7 @@ from ._functions import (
     move_time,
 )
 from ._steps import affine_tanh, if_step, lif_step
+from ._surrogate import surrogate_spike
 from ._validate import (
     BACKENDS,
     TOLERANCES,
@@ -55,4 +57,5 @@ __all__ = [
     "jax_x64",
     "lif_step",
     "move_time",
+    "surrogate_spike",
 ]
