@@ -81,7 +81,7 @@ def test_jax_batch_sharding_is_kept_without_collectives():
 
 DDP = textwrap.dedent(
     """
-    import os, socket, sys, tempfile
+    import os, sys, tempfile
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
@@ -113,28 +113,27 @@ DDP = textwrap.dedent(
     def loss_of(model, x, target):
         return ((model(x) - target) ** 2).mean()
 
-    def worker(rank, world, port, path):
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        dist.init_process_group("gloo", rank=rank, world_size=world)
+    def worker(rank, world, folder):
+        # A file store: no rank hosts a TCP store that the other could outlive.
+        store = "file://" + os.path.join(folder, "store")
+        dist.init_process_group("gloo", init_method=store, rank=rank, world_size=world)
         model = Net()
         ddp = DistributedDataParallel(model)
         x, target = data()
         part = slice(rank * B // world, (rank + 1) * B // world)  # this rank's batch shard
         loss_of(ddp, x[:, part], target[part]).backward()
         if rank == 0:
-            torch.save({n: p.grad for n, p in model.named_parameters()}, path)
+            grads = {n: p.grad for n, p in model.named_parameters()}
+            torch.save(grads, os.path.join(folder, "grads.pt"))
         # Both ranks leave together: a rank that tears gloo down while its peer still runs was
         # seen to abort ("terminate called without an active exception", 2 runs in 15).
         dist.barrier()
         dist.destroy_process_group()
 
     if __name__ == "__main__":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        path = os.path.join(tempfile.mkdtemp(), "grads.pt")
-        mp.spawn(worker, args=(2, port, path), nprocs=2, join=True)
-        ddp_grads = torch.load(path)
+        folder = tempfile.mkdtemp()
+        mp.spawn(worker, args=(2, folder), nprocs=2, join=True)
+        ddp_grads = torch.load(os.path.join(folder, "grads.pt"))
         model = Net()
         x, target = data()
         loss_of(model, x, target).backward()  # one process, the full batch
