@@ -81,7 +81,7 @@ def test_jax_batch_sharding_is_kept_without_collectives():
 
 DDP = textwrap.dedent(
     """
-    import os, sys, tempfile
+    import os, tempfile
     import torch
     import torch.distributed as dist
     import torch.multiprocessing as mp
