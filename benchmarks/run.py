@@ -301,8 +301,11 @@ def targets(result: dict) -> list[dict]:
     rows, out = result["rows"], []
     run_sizes = systems.QUICK_SIZES if result.get("quick") else systems.SIZES
 
-    def add(name: str, value: float | None, bound: str, ok: bool | None = None) -> None:
-        ok = met(value, bound) if ok is None else ok
+    def add(name: str, value: float | None, bound: str, flag: str | None = None) -> None:
+        """One figure; with `flag`, the result's flag must also be True for it to be met."""
+        ok = met(value, bound)
+        if ok and flag is not None:
+            ok = result.get(flag) is True
         out.append({"target": name, "value": value, "bound": bound, "met": ok})
 
     for label, num, den, sizes, bound, flag in TIME_TARGETS:
@@ -312,10 +315,7 @@ def targets(result: dict) -> list[dict]:
         for size in [s for s in sizes if s in run_sizes]:
             a, b = _time(rows, "IF neuron", size, num), _time(rows, "IF neuron", size, den)
             value = None if a is None or b is None else a / b
-            ok = met(value, bound)
-            if ok is not None and flag is not None:
-                ok = ok and result.get(flag) is True
-            add(f"{label} (IF, {_label(size)})", value, bound, ok)
+            add(f"{label} (IF, {_label(size)})", value, bound, flag)
     o = result["dispatch"]["overhead_us"]
     add("2. dispatch overhead over a direct call, microseconds", o, "<= 2")
     sj_o = result["dispatch"].get("spikingjelly_overhead_us")

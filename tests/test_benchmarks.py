@@ -98,6 +98,9 @@ def test_side_by_side_timer_and_report():
     assert got["3"]["value"] == pytest.approx(20.0) and got["3"]["met"] is True
     text = run.markdown(result, run.targets(result))
     assert "| dualstep torch.compile | 2000.000 (2.0x) |" in text
+    result["compile_equals_spikingjelly"] = False  # fast, but not equal: not met
+    got = {t["target"].split(".")[0]: t for t in run.targets(result)}
+    assert got["3"]["value"] == pytest.approx(20.0) and got["3"]["met"] is False
 
 
 def test_gpu_benchmark_smoke_run_checks_every_system(tmp_path):
