@@ -11,20 +11,18 @@ import pytest
 from support import MAKERS
 
 import dualstep as ds
-from dualstep.testing import BACKENDS, FUNCTIONS, TIME_LAST_FUNCTIONS, call, if_step, lif_step
+from dualstep.testing import BACKENDS, FUNCTIONS, call_time_first, if_step, lif_step
 
 
 class Boom(Exception):
     pass
 
 
-def _input(backend, name, x):
-    return backend.asarray(np.moveaxis(x, 0, -1).copy() if name in TIME_LAST_FUNCTIONS else x)
-
-
-def _output(backend, name, y):
-    y = backend.to_numpy(y)
-    return np.moveaxis(y, -1, 0) if name in TIME_LAST_FUNCTIONS else y
+def _time_first(backend, name, module, x):
+    """`name` on NumPy `x` ``[T, ...]`` made a `backend` array, time first in and out
+    (the catalogue moves time for the time-last functions); the output as NumPy."""
+    y, _ = call_time_first(name, module, backend.asarray(x))
+    return backend.to_numpy(y)
 
 
 # --- faults -----------------------------------------------------------------------------------
@@ -43,10 +41,10 @@ def test_after_a_failed_call_the_same_step_works_normally(backend, name):
 
     x = np.linspace(-1, 1, 24).reshape(4, 3, 2)
     with pytest.raises(Boom) as info:
-        call(name, step, _input(backend, name, x))
+        _time_first(backend, name, step, x)
     assert info.value is error
     failing[0] = False
-    got = _output(backend, name, call(name, step, _input(backend, name, x)))
+    got = _time_first(backend, name, step, x)
     np.testing.assert_array_equal(got, x * 2 + 1)
 
 
@@ -113,9 +111,7 @@ def test_many_threads_with_different_steps_and_shapes(kind):
 
     def run(job):
         name, step_name, x = job
-        return _output(
-            backend, name, call(name, stateless(steps[step_name]), _input(backend, name, x))
-        )
+        return _time_first(backend, name, stateless(steps[step_name]), x)
 
     def oracle(job):
         _, step_name, x = job
@@ -138,7 +134,7 @@ def test_nan_and_inf_propagate_exactly_as_the_plain_loop(backend, name):
     def step(a):
         return a * 2 - 1
 
-    got = _output(backend, name, call(name, step, _input(backend, name, x)))
+    got = _time_first(backend, name, step, x)
     want = np.stack([step(xt) for xt in x])
     np.testing.assert_array_equal(got, want)  # NaN where the loop has NaN, same infinities
 
@@ -168,9 +164,7 @@ def test_float_dtypes_are_kept(kind, name, request):
             xa = x.astype(ml_dtypes.bfloat16)
         else:
             xa = x.astype(dtype)
-        if name in TIME_LAST_FUNCTIONS:
-            xa = np.moveaxis(xa, 0, -1).copy()
-        y = call(name, lambda a: a * 0.5 + 1, convert(xa))
+        y, _ = call_time_first(name, lambda a: a * 0.5 + 1, convert(xa))
         assert str(y.dtype).removeprefix("torch.") == dtype, (dtype, y.dtype)
 
 
@@ -180,7 +174,7 @@ def test_integer_and_bool_inputs_pass_through_untouched(backend, name, dtype, re
     if backend.name == "jax":
         request.getfixturevalue("jax_x64")
     x = (np.arange(24).reshape(4, 3, 2) % 3).astype(dtype)
-    got = _output(backend, name, call(name, lambda a: a, _input(backend, name, x)))
+    got = _time_first(backend, name, lambda a: a, x)
     assert got.dtype == np.dtype(dtype)
     np.testing.assert_array_equal(got, x)
 
