@@ -22,6 +22,8 @@ import importlib
 import importlib.metadata
 import importlib.util
 import json
+import math
+import os
 import platform
 import statistics
 import sys
@@ -41,6 +43,7 @@ from dualstep.testing import (
     affine_tanh,
     assert_backends_close,
     call,
+    check_tolerance,
     installed_backends,
     jax_x64,
     lif_step,
@@ -51,9 +54,10 @@ SPLIT = 16
 
 
 def _block(y: Any) -> Any:
-    """Wait for JAX's asynchronous dispatch, so a timing covers the work."""
-    ready = getattr(y, "block_until_ready", None)
-    return ready() if ready is not None else y
+    """Wait for JAX's asynchronous dispatch on every array of `y` (an output, or a
+    ``(y_seq, final_state)`` pair), so a timing covers the work."""
+    jax = sys.modules.get("jax")
+    return y if jax is None else jax.block_until_ready(y)
 
 
 def _timed(function: str, x: Any, x_t_last: Any, v0: Any) -> Callable[[], Any]:
@@ -89,19 +93,21 @@ def check(
     repeat: int,
     rtol: float | None = None,
     atol: float | None = None,
+    backends: tuple[str, ...] | None = None,
 ) -> list[dict]:
-    """Every installed backend and function against the oracle (`assert_backends_close`, its
-    tolerance rule), each timed."""
+    """Every backend of `backends` (default: every installed one) and function against the
+    oracle (`assert_backends_close`, its tolerance rule), each timed."""
     rng = np.random.default_rng(0)
     # Inputs on a dyadic grid keep LIF (tau=2) exact in float32, so spikes match the oracle.
     x = (rng.integers(-16, 17, size=(steps, batch, features)) / 8).astype(dtype)
     inputs = (x, np.moveaxis(x, 0, -1).copy(), np.zeros((batch, features), dtype))
-    installed = installed_backends()
-    for backend in BACKENDS:
-        if backend not in installed:
-            print(f"{backend} is not installed: pip install 'dualstep[{backend}]'", file=sys.stderr)
+    if backends is None:
+        backends = installed_backends()
+        for backend in BACKENDS:
+            if backend not in backends:
+                print(f"{backend} is not installed: {_INSTALL[backend]}", file=sys.stderr)
     compare = functools.partial(
-        assert_backends_close, backends=installed, rtol=rtol, atol=atol, check=False
+        assert_backends_close, backends=backends, rtol=rtol, atol=atol, check=False
     )
     reports = [
         compare(lif_step(), x, state=inputs[2], split_size=SPLIT),
@@ -138,13 +144,22 @@ def _table(rows: list[dict]) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
+    _check_memory(args)
     with jax_x64(args.dtype == "float64"):
         rows = check(
-            args.T, args.batch, args.features, args.dtype, args.repeat, args.rtol, args.atol
+            args.T,
+            args.batch,
+            args.features,
+            args.dtype,
+            args.repeat,
+            args.rtol,
+            args.atol,
+            args.backends,
         )
     failed = [r for r in rows if not r["ok"]]
     if args.json:
         settings = {k: getattr(args, k) for k in ("T", "batch", "features", "dtype")}
+        settings["backends"] = sorted({r["backend"] for r in rows}, key=BACKENDS.index)
         print(json.dumps({"version": ds.__version__, **settings, "rows": rows}, indent=1))
         return 1 if failed else 0
     print(
@@ -155,6 +170,35 @@ def _check(args: argparse.Namespace) -> int:
     print(_table(rows))
     print(f"{len(rows) - len(failed)} agree, {len(failed)} disagree")
     return 1 if failed else 0
+
+
+# Arrays of the example's size that `check` holds at once, counted in float64 elements: the
+# input in its dtype and time last, the float64 oracle's input, output and state, and each
+# backend's copies of the input and its output (measured peak: about 9 on three backends).
+_COPIES = 12
+
+
+class UsageError(Exception):
+    """Bad input to a subcommand: printed as one line, exit status 2 (argparse's)."""
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform tells
+        return None
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """Refuse sizes that cannot fit before allocating anything (an allocation that fails
+    late, or an out-of-memory kill, would be worse than a usage error)."""
+    need = args.T * args.batch * args.features * 8 * _COPIES
+    have = _memory_bytes()
+    if have is not None and need > have:
+        raise UsageError(
+            f"--T {args.T} x --batch {args.batch} x --features {args.features} needs about "
+            f"{need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB"
+        )
 
 
 def info() -> dict[str, Any]:
@@ -209,7 +253,14 @@ def run_nir(path: str, dt: float, convention: str, steps: int, batch: int, seed:
 
 
 def _nir(args: argparse.Namespace) -> int:
-    report = run_nir(args.file, args.dt, args.convention, args.T, args.batch, args.seed)
+    try:
+        from dualstep.nir import NIRFileError, UnsupportedNode
+    except ImportError as error:
+        raise UsageError(str(error)) from error
+    try:
+        report = run_nir(args.file, args.dt, args.convention, args.T, args.batch, args.seed)
+    except (NIRFileError, UnsupportedNode) as error:
+        raise UsageError(str(error)) from error
     if args.json:
         rows = [dataclasses.asdict(r) for r in report.rows]
         settings = {k: getattr(args, k) for k in ("file", "dt", "convention", "T", "batch", "seed")}
@@ -226,22 +277,67 @@ def _nir(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+_INSTALL = {name: f"pip install 'dualstep[{name}]'" for name in BACKENDS}
+
+
+# Argument types raise ArgumentTypeError, so that argparse's message names the option
+# ("argument --T: must be a positive integer; got 'abc'").
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
     if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {value}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
     return value
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive; got {value}")
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number; got {text!r}")
     return value
+
+
+def _tolerance_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number; got {text!r}") from None
+    try:
+        return check_tolerance(value, "tolerance")  # type: ignore[return-value]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be finite and non-negative; got {text!r}") from None
+
+
+def _backend_list(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in BACKENDS]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"must be a comma-separated list of {', '.join(BACKENDS)}; got {text!r}"
+        )
+    missing = [name for name in names if name not in installed_backends()]
+    if missing:
+        raise argparse.ArgumentTypeError(
+            "; ".join(f"{name} is not installed: {_INSTALL[name]}" for name in missing)
+        )
+    return tuple(dict.fromkeys(names))
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dualstep", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"dualstep {ds.__version__}")
     commands = parser.add_subparsers(dest="command", metavar="{check,info,nir}")
     check_args = commands.add_parser("check", help="validate every backend (the default)")
     check_args.add_argument("--T", type=_positive_int, default=64, help="time steps (default 64)")
@@ -251,9 +347,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     check_args.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     check_args.add_argument(
-        "--rtol", type=float, help=f"relative tolerance (default by dtype: {TOLERANCES})"
+        "--rtol",
+        type=_tolerance_value,
+        help=f"relative tolerance, finite and >= 0 (default by dtype: {TOLERANCES})",
     )
-    check_args.add_argument("--atol", type=float, help="absolute tolerance (default by dtype)")
+    check_args.add_argument(
+        "--atol", type=_tolerance_value, help="absolute tolerance, finite and >= 0 (by dtype)"
+    )
+    check_args.add_argument(
+        "--backends",
+        type=_backend_list,
+        metavar="LIST",
+        help=f"comma-separated, among {','.join(BACKENDS)} (default: every installed one)",
+    )
     check_args.add_argument("--repeat", type=_positive_int, default=10, help="timed calls per cell")
     check_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     info_args = commands.add_parser("info", help="installed backends, versions and devices")
@@ -268,19 +374,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     nir_args.add_argument("--T", type=_positive_int, default=32, help="time steps (default 32)")
     nir_args.add_argument("--batch", type=_positive_int, default=4, help="batch (default 4)")
-    nir_args.add_argument("--seed", type=int, default=0, help="input seed (default 0)")
+    nir_args.add_argument("--seed", type=_integer, default=0, help="input seed (default 0)")
     nir_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] not in ("check", "info", "nir", "-h", "--help"):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
         argv.insert(0, "check")  # `dualstep --T 8` means `dualstep check --T 8`
     parser = _parser()
     args = parser.parse_args(argv)
     commands = {"check": _check, "info": _info, "nir": _nir}
-    return commands[args.command](args)
+    try:
+        return commands[args.command](args)
+    except UsageError as error:
+        parser.exit(2, f"dualstep {args.command}: error: {error}\n")
+    except MemoryError as error:  # the estimate in _check_memory was too low for this machine
+        parser.exit(2, f"dualstep {args.command}: error: out of memory: {error}\n")
 
 
 if __name__ == "__main__":

@@ -109,14 +109,49 @@ def _memory_modules(modules: Any) -> list:
     return found
 
 
+def _step_mode_of(module: Any) -> str | None:
+    """A SpikingJelly step module's mode: its ``step_mode``, or the one mode its class
+    supports (``MultiStepContainer`` and the other containers are multi-step only)."""
+    mode = getattr(module, "_step_mode", None)
+    if mode is None:
+        supported = tuple(module.supported_step_mode())
+        mode = supported[0] if len(supported) == 1 else None
+    return mode
+
+
+def _stepping_modules(modules: Any) -> list:
+    """The outermost SpikingJelly step modules that are or hold memory modules: the ones whose
+    step mode says how time is fed to that memory. A container (``MultiStepContainer``,
+    ``StepModeContainer``...) decides for what it holds: a ``MultiStepContainer`` of
+    single-step neurons is multi-step."""
+    sj_base = sys.modules.get("spikingjelly.activation_based.base")
+    if sj_base is None:
+        return []
+    found = []
+
+    def visit(module: Any) -> None:
+        if isinstance(module, sj_base.StepModule):
+            inside = module.modules() if hasattr(module, "modules") else (module,)
+            if any(isinstance(sub, sj_base.MemoryModule) for sub in inside):
+                found.append(module)
+            return
+        for child in module.children() if hasattr(module, "children") else ():
+            visit(child)
+
+    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
+        visit(module)
+    return found
+
+
 def _check_step_mode(modules: Any, argument: str, mode: str) -> None:
     """A SpikingJelly neuron in the other step mode would treat time as batch, or batch as time."""
-    for sub in _memory_modules(modules):
-        if getattr(sub, "step_mode", mode) != mode:
+    for sub in _stepping_modules(modules):
+        found = _step_mode_of(sub)
+        if found is not None and found != mode:
             wanted = "single-step ('s')" if mode == "s" else "multi-step ('m')"
             raise ValueError(
                 f"`{argument}` must hold SpikingJelly memory modules in {wanted} mode here; "
-                f"got {type(sub).__qualname__} with step_mode={sub.step_mode!r}"
+                f"got {type(sub).__qualname__} with step_mode={found!r}"
             )
 
 

@@ -32,7 +32,7 @@ from array_api_compat import array_namespace
 
 from ._dispatch import kind_of
 
-__all__ = ["CONVENTIONS", "Model", "UnsupportedNode", "load"]
+__all__ = ["CONVENTIONS", "Model", "NIRFileError", "UnsupportedNode", "load"]
 
 # How a neuron fires and resets, by the exporter whose graphs follow it.
 CONVENTIONS = {
@@ -48,6 +48,28 @@ CONVENTIONS = {
 
 class UnsupportedNode(NotImplementedError):
     """The graph holds a node type (or a form of one) that dualstep cannot run."""
+
+
+class NIRFileError(ValueError):
+    """A file that cannot be read as a NIR graph: missing, not HDF5, truncated or damaged.
+
+    The message names the file and what is wrong; the error from reading it is chained
+    (``__cause__``).
+    """
+
+
+def _read(nir: Any, path: str, type_check: bool) -> Any:
+    if not os.path.isfile(path):
+        why = "it is a directory" if os.path.isdir(path) else "no such file"
+        raise NIRFileError(f"cannot read {path!r} as a NIR graph: {why}")
+    try:
+        return nir.read(path, type_check=type_check)
+    except ImportError:
+        raise
+    except Exception as error:  # h5py and nir raise many kinds for a damaged file
+        raise NIRFileError(
+            f"cannot read {path!r} as a NIR graph: {type(error).__name__}: {error}"
+        ) from error
 
 
 def _nir() -> Any:
@@ -96,6 +118,21 @@ def _like(p: np.ndarray, x: Any) -> Any:
     return value
 
 
+def _port_shape(node: Any, name: str, port: str) -> tuple[int, ...]:
+    """The shape of a node's input or output (without the batch), as NIR's type inference
+    wrote it; a graph read with ``type_check=False`` may have none."""
+    types_ = getattr(node, f"{port}_type", None) or {}
+    shape = types_.get(port, next(iter(types_.values()), None))
+    a = None if shape is None else np.asarray(shape)
+    if a is None or a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+        raise UnsupportedNode(
+            f"node {name!r} ({type(node).__name__}) has no {port} shape (its {port}_type is "
+            f"{types_!r}); write the graph with its types (nir's type inference), or give "
+            "the node its shape"
+        )
+    return tuple(int(n) for n in a)
+
+
 def _fire(v: Any, threshold: Any, inclusive: bool) -> Any:
     xp = array_namespace(v)
     return xp.astype(v >= threshold if inclusive else v > threshold, v.dtype)
@@ -124,7 +161,7 @@ def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _No
             p[f"dt/{tau}"] = dt / p[tau]
     if "r" in p:
         p["dt*r"] = dt * p["r"]
-    shape = tuple(np.asarray(node.output_type["output"]).tolist())
+    shape = _port_shape(node, name, "output")
     inclusive = convention["inclusive"]
 
     def get(key: str, x: Any) -> Any:
@@ -197,9 +234,9 @@ def _dense(node: Any, kind: str, name: str) -> _Node:
 
 def _flatten(node: Any, name: str) -> _Node:
     # NIR's dimensions leave out the batch: dimension d of a node is d + 1 of the array.
-    in_shape = tuple(np.asarray(node.input_type["input"]).tolist())
-    start = node.start_dim % len(in_shape)
-    end = node.end_dim % len(in_shape)
+    in_shape = _port_shape(node, name, "input")
+    start = int(node.start_dim) % len(in_shape)
+    end = int(node.end_dim) % len(in_shape)
 
     def fn(x: Any) -> Any:
         xp = array_namespace(x)
@@ -215,6 +252,7 @@ def _conv_node(node: Any, kind: str, name: str) -> _Node:
     bias = np.asarray(node.bias) if node.bias is not None else None
     stride, dilation = _pair(node.stride, dims), _pair(node.dilation, dims)
     padding = node.padding
+    groups = int(node.groups)  # nir.read gives NumPy integers; a plain int is static everywhere
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0,) * dims
@@ -229,7 +267,7 @@ def _conv_node(node: Any, kind: str, name: str) -> _Node:
         bias = bias.reshape((-1,) + (1,) * dims)  # over the channels of [B, C, ...]
 
     def fn(x: Any) -> Any:
-        y = _conv(x, _like(weight, x), stride, pads, dilation, int(node.groups))
+        y = _conv(x, _like(weight, x), stride, pads, dilation, groups)
         return y if bias is None else y + _like(bias, x)
 
     return _stateless(name, kind, fn)
@@ -238,7 +276,7 @@ def _conv_node(node: Any, kind: str, name: str) -> _Node:
 def _pool_node(node: Any, kind: str, name: str) -> _Node:
     kernel, stride = _pair(node.kernel_size, 2), _pair(node.stride, 2)
     pads = tuple((p, p) for p in _pair(node.padding, 2))
-    channels = int(np.asarray(node.input_type["input"])[0])
+    channels = _port_shape(node, name, "input")[0]
     scale = 1.0 / math.prod(kernel) if kind == "AvgPool2d" else 1.0
     # A pool is a grouped convolution with a kernel of ones (average: padding counted).
     window = np.ones((channels, 1, *kernel)) * scale
@@ -407,7 +445,7 @@ def _device(x: Any) -> Any:
     return device(x)
 
 
-def load(source: Any, *, dt: float, convention: str = "nir") -> Model:
+def load(source: Any, *, dt: float, convention: str = "nir", type_check: bool = True) -> Model:
     """Read a NIR graph into a :class:`Model`: one step function and its initial state.
 
     Parameters
@@ -422,6 +460,9 @@ def load(source: Any, *, dt: float, convention: str = "nir") -> Model:
         ``v_reset``); ``"spikingjelly"`` as SpikingJelly computes (``v >= v_threshold``);
         ``"snntorch"`` as snnTorch's ``Leaky`` does (``v_threshold`` subtracted one step
         late), which its exporter writes as a reset to ``v_reset`` all the same.
+    type_check : bool, default True
+        For a file: passed to ``nir.read``, which checks that the types of connected nodes
+        agree (some exporters write graphs that fail that check but run).
 
     Returns
     -------
@@ -433,9 +474,11 @@ def load(source: Any, *, dt: float, convention: str = "nir") -> Model:
     ------
     UnsupportedNode
         A node type (or form) that cannot run, named with the node; an edge to no node.
+    NIRFileError
+        A file that is missing or cannot be read as a NIR graph (a ValueError).
     ValueError
-        `dt` is not a positive number; an unknown `convention`; a graph without exactly one
-        ``Input`` node or without an ``Output`` node.
+        `dt` is not a finite positive number; an unknown `convention`; a graph without exactly
+        one ``Input`` node or without an ``Output`` node.
     ImportError
         The ``nir`` package is not installed.
 
@@ -453,17 +496,20 @@ def load(source: Any, *, dt: float, convention: str = "nir") -> Model:
     [0.0, 1.0, 0.0]
     """
     nir = _nir()
-    if isinstance(dt, bool) or not isinstance(dt, (int, float)) or not dt > 0:
-        raise ValueError(f"`dt` must be a positive number; got {dt!r}")
+    real = (int, float, np.integer, np.floating)
+    if isinstance(dt, bool) or not isinstance(dt, real) or not (math.isfinite(dt) and dt > 0):
+        raise ValueError(f"`dt` must be a finite positive number; got {dt!r}")
     if convention not in CONVENTIONS:
         raise ValueError(f"`convention` must be one of {sorted(CONVENTIONS)}; got {convention!r}")
-    graph = nir.read(os.fspath(source)) if isinstance(source, (str, os.PathLike)) else source
+    if not isinstance(type_check, bool):
+        raise TypeError(f"`type_check` must be a bool; got {type(type_check).__qualname__}")
+    if isinstance(source, (str, os.PathLike)):
+        graph = _read(nir, os.fspath(source), type_check)
+    else:
+        graph = source
     rules = CONVENTIONS[convention]
     nodes = {name: _build_node(name, node, float(dt), rules) for name, node in graph.nodes.items()}
-    shapes = {
-        name: tuple(np.asarray(next(iter(node.output_type.values()))).tolist())
-        for name, node in graph.nodes.items()
-    }
+    shapes = {name: _port_shape(node, name, "output") for name, node in graph.nodes.items()}
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
     inputs_ = [name for name, kind in kinds.items() if kind == "Input"]
     outputs = sorted(name for name, kind in kinds.items() if kind == "Output")

@@ -39,7 +39,7 @@ def test_bad_argument_is_a_usage_error_of_the_subcommand(capsys):
         main_job.main(["--T", "0"])
     assert info.value.code == 2
     err = capsys.readouterr().err
-    assert "usage: dualstep check" in err and "--T: must be a positive integer; got 0" in err
+    assert "usage: dualstep check" in err and "--T: must be a positive integer; got '0'" in err
 
 
 def test_float64_check_restores_jax_config():
@@ -86,3 +86,66 @@ def test_the_package_imports_nothing_from_the_checkout():
     assert exit_info.value.code == 2  # not a subcommand: `check`'s usage error
     source = Path(main_job.__file__).read_text()
     assert "sys.path" not in source and "benchmarks" not in source
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--rtol", "nan"], "argument --rtol: must be finite and non-negative; got 'nan'"),
+        (["--atol", "inf"], "argument --atol: must be finite and non-negative; got 'inf'"),
+        (["--rtol", "-1"], "argument --rtol: must be finite and non-negative; got '-1'"),
+        (["--T", "abc"], "argument --T: must be a positive integer; got 'abc'"),
+        (["--batch", "1.5"], "argument --batch: must be a positive integer; got '1.5'"),
+        (["--backends", "numpy,jxa"], "argument --backends: must be a comma-separated list"),
+        (["--backends", ""], "argument --backends: must be a comma-separated list"),
+        (["chek"], "invalid choice: 'chek' (choose from"),
+        (["nir", "x.nir", "--seed", "x"], "argument --seed: must be an integer; got 'x'"),
+    ],
+)
+def test_bad_arguments_name_the_option_and_exit_2(argv, message, capsys):
+    with pytest.raises(SystemExit) as info:
+        main_job.main(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_sizes_beyond_memory_are_refused_before_allocating(capsys):
+    with pytest.raises(SystemExit) as info:
+        main_job.main(["--T", "100000000"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("dualstep check: error: --T 100000000 x --batch 32 x --features 256 ")
+    assert "GiB; this machine has" in err and err.count("\n") == 1
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as info:
+        main_job.main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out == f"dualstep {main_job.ds.__version__}\n"
+
+
+def test_check_backends_runs_only_those(capsys):
+    assert main_job.main([*ARGS, "--backends", "numpy", "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["backends"] == ["numpy"] and {r["backend"] for r in found["rows"]} == {"numpy"}
+    assert len(found["rows"]) == 5
+
+
+def test_timings_wait_for_every_array_of_a_result():
+    """A stateful call returns ``(y_seq, final_state)``: each leaf must be waited for, not
+    only an array at the top (JAX timings of the stateful functions read 10x too fast)."""
+    pytest.importorskip("jax")
+    waited = []
+
+    class Pending:
+        def __init__(self, name):
+            self.name = name
+
+        def block_until_ready(self):
+            waited.append(self.name)
+            return self
+
+    main_job._median_seconds(lambda: (Pending("y"), {"v": Pending("v"), "i": Pending("i")}), 2)
+    assert sorted(waited) == sorted(["y", "v", "i"] * 3)

@@ -16,7 +16,7 @@ nir = pytest.importorskip("nir")
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
-from dualstep.nir import UnsupportedNode, load  # noqa: E402
+from dualstep.nir import NIRFileError, UnsupportedNode, load  # noqa: E402
 
 DT = 1e-4
 
@@ -366,8 +366,10 @@ def test_unsupported_nodes_and_bad_arguments_are_named():
         with pytest.raises(UnsupportedNode, match=r"node 'n0' is a Delay"):
             load(_graph(delay), dt=1.0)
     lif = _neurons()["lif"]
-    with pytest.raises(ValueError, match="`dt` must be a positive number; got 0"):
-        load(_graph(lif), dt=0)
+    for dt in (0, -1.0, float("inf"), float("nan"), "0.5"):
+        with pytest.raises(ValueError, match="`dt` must be a finite positive number; got"):
+            load(_graph(lif), dt=dt)
+    assert load(_graph(lif), dt=np.float32(0.5)).dt == 0.5
     with pytest.raises(ValueError, match="`convention` must be one of"):
         load(_graph(lif), dt=1.0, convention="norse")
     graph = _graph(lif)
@@ -403,3 +405,135 @@ def test_a_missing_nir_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "nir", None)  # import nir -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'dualstep\[nir\]'"):
         load("net.nir", dt=1.0)
+
+
+def _conv_pool_flatten_graph():
+    """Conv2d -> SumPool2d -> Flatten -> LIF, the shape of the NIR paper's CSNN."""
+    rng = np.random.default_rng(11)
+    conv = nir.Conv2d(
+        input_shape=(6, 6),
+        weight=rng.normal(size=(4, 2, 3, 3)),
+        stride=1,
+        padding=1,
+        dilation=1,
+        groups=1,
+        bias=rng.normal(size=4) * 0.1,
+    )
+    pool = nir.SumPool2d(
+        kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])
+    )
+    flat = nir.Flatten(input_type={"input": np.array([4, 3, 3])}, start_dim=0, end_dim=-1)
+    ones = np.ones(36)
+    lif = nir.LIF(tau=ones * 2e-3, r=ones, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones)
+    return _graph(conv, pool, flat, lif, in_shape=(2, 6, 6))
+
+
+def test_conv_graphs_read_from_a_file_run_on_every_backend(tmp_path):
+    """nir.read gives NumPy integers for `groups` and Flatten's dims: they are static values
+    (eager JAX once traced them and failed), and the file runs as the in-memory graph does."""
+    pytest.importorskip("h5py")
+    graph = _conv_pool_flatten_graph()
+    path = tmp_path / "csnn.nir"
+    nir.write(str(path), graph)
+    read = nir.read(str(path))
+    assert isinstance(read.nodes["n0"].groups, np.integer)  # what made JAX fail
+    x = _x((4, 2, 2, 6, 6), scale=3.0)
+    want, _ = ds.multi_step_forward(
+        x, load(graph, dt=1e-3).step, state=load(graph, dt=1e-3).initial_state(x)
+    )
+    model = load(path, dt=1e-3)
+    assert assert_backends_close(model.step, x, state=model.initial_state(x)).ok
+    xj = jnp.asarray(x)
+    y, _ = ds.multi_step_forward(xj, model.step, state=model.initial_state(xj))
+    np.testing.assert_allclose(np.asarray(y), want, atol=1e-6)
+    assert 0 < want.sum() < want.size
+
+
+def test_numpy_scalars_in_a_step_are_static_values_on_jax():
+    """A NumPy scalar is immutable, like a Python int: part of the cache key, usable as a
+    static value (`int(...)`, a shape), and a new value gives a new program."""
+
+    def make(k):
+        def step(x, s):
+            return jnp.reshape(x, (x.shape[0], int(k), -1)).sum(-1), s
+
+        return step
+
+    x = jnp.ones((3, 2, 6))
+    for k in (np.int64(2), np.int64(3)):
+        y, _ = ds.multi_step_forward(x, make(k), state=jnp.zeros(()))
+        assert y.shape == (3, 2, int(k)) and float(y[0, 0, 0]) == 6 / k
+
+
+@pytest.mark.parametrize("content", [None, b"", b"not a NIR file", "dir"])
+def test_unreadable_files_are_one_error_naming_the_file(tmp_path, content):
+    pytest.importorskip("h5py")
+    path = tmp_path / "bad.nir"
+    if content == "dir":
+        path.mkdir()
+    elif content is not None:
+        path.write_bytes(content)
+    with pytest.raises(NIRFileError, match=r"cannot read '.*bad\.nir' as a NIR graph: ") as info:
+        load(path, dt=1.0)
+    assert isinstance(info.value, ValueError)
+    assert (info.value.__cause__ is None) == (content in (None, "dir"))
+
+
+def test_truncated_file_is_a_nir_file_error(tmp_path):
+    pytest.importorskip("h5py")
+    _, graph = _sj_dense()
+    path = tmp_path / "net.nir"
+    nir.write(str(path), graph)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(NIRFileError, match=r"net\.nir"):
+        load(path, dt=DT)
+
+
+def test_type_check_is_passed_to_nir_read_and_untyped_nodes_are_named(tmp_path, monkeypatch):
+    pytest.importorskip("h5py")
+    seen = []
+    real = nir.read
+    monkeypatch.setattr(
+        nir,
+        "read",
+        lambda p, type_check=True: seen.append(type_check) or real(p, type_check=type_check),
+    )
+    _, graph = _sj_dense()
+    path = tmp_path / "net.nir"
+    nir.write(str(path), graph)
+    load(path, dt=DT, type_check=False)
+    load(path, dt=DT)
+    assert seen == [False, True]
+    pool = nir.SumPool2d(
+        kernel_size=np.array([2, 2]), stride=np.array([2, 2]), padding=np.array([0, 0])
+    )
+    nodes = {
+        "input": nir.Input(input_type=np.array([1, 4, 4])),
+        "pool": pool,
+        "output": nir.Output(output_type=np.array([1, 2, 2])),
+    }
+    untyped = nir.NIRGraph(nodes, [("input", "pool"), ("pool", "output")], type_check=False)
+    pool.input_type = {"input": None}  # as nir 1.0.4 writes it
+    with pytest.raises(UnsupportedNode, match=r"node 'pool' \(SumPool2d\) has no input shape"):
+        load(untyped, dt=1.0)
+
+
+def test_main_job_nir_bad_files_are_one_line_and_exit_2(tmp_path, capsys):
+    pytest.importorskip("h5py")
+    from dualstep import __main__ as main_job
+
+    readme = tmp_path / "README.md"
+    readme.write_text("# not a graph\n")
+    for path in (tmp_path / "missing.nir", readme):
+        with pytest.raises(SystemExit) as info:
+            main_job.main(["nir", str(path)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
+        assert err.startswith(f"dualstep nir: error: cannot read {str(path)!r} as a NIR graph")
+    for bad in ("inf", "nan", "0"):
+        with pytest.raises(SystemExit) as info:
+            main_job.main(["nir", str(readme), "--dt", bad])
+        assert info.value.code == 2
+        assert "argument --dt: must be a finite positive number" in capsys.readouterr().err

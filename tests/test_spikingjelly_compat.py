@@ -242,6 +242,50 @@ def test_neuron_in_the_wrong_step_mode_is_rejected(sj, where):
     ds.chunk_multi_step_forward(2, x, wrap(neuron.LIFNode(step_mode="m")))
 
 
+def _sj_containers():
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    return functional, layer, neuron
+
+
+def test_spikingjelly_containers_are_accepted_as_spikingjelly_accepts_them(sj):
+    """A MultiStepContainer of single-step neurons is multi-step (SpikingJelly's standard
+    pattern), chunked or not, and so is a Sequential of SeqToANNContainer and
+    MultiStepContainer; the same containers are refused where a single-step module is due."""
+    functional, layer, neuron = _sj_containers()
+    x = _x(6, 2, 3)
+    torch.manual_seed(0)
+    nets = [
+        layer.MultiStepContainer(neuron.LIFNode()),
+        nn.Sequential(
+            layer.SeqToANNContainer(nn.Linear(3, 4)), layer.MultiStepContainer(neuron.IFNode())
+        ),
+        layer.StepModeContainer(True, "m", neuron.LIFNode()),
+    ]
+    for net in nets:
+        ours, theirs = _twins(net)
+        got = ds.chunk_multi_step_forward(2, x, ours)
+        functional.reset_net(theirs)
+        want = functional.chunk_multi_step_forward(2, x, theirs)
+        assert torch.equal(got, want)
+        with pytest.raises(
+            ValueError,
+            match=r"`single_step_module` must hold SpikingJelly memory modules in single-step "
+            rf"\('s'\) mode here; got {type(net if len(net) == 1 else net[1]).__qualname__} "
+            "with step_mode='m'",
+        ):
+            ds.multi_step_forward(x, net)
+    with pytest.raises(ValueError, match="got TLastMultiStepContainer with step_mode='m'"):
+        ds.t_last_multi_step_forward(
+            x.movedim(0, -1), layer.TLastMultiStepContainer(neuron.IFNode())
+        )
+    # A single-step StepModeContainer runs step by step; the same container in 'm' does not.
+    step = layer.StepModeContainer(True, "s", neuron.LIFNode())
+    ref = copy.deepcopy(step)
+    got = ds.multi_step_forward(x, step)
+    assert torch.equal(got, torch.stack([ref(xt_) for xt_ in x]))
+
+
 def _in_place_modules():
     return {
         "mul_": lambda t: t.mul_(2.0),

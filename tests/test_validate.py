@@ -16,6 +16,7 @@ from dualstep.testing import (
     STATEFUL_FUNCTIONS,
     Report,
     assert_backends_close,
+    assert_implementations_close,
     call,
     call_time_first,
     chunk_module,
@@ -148,6 +149,32 @@ def test_argument_errors(monkeypatch):
     monkeypatch.setattr(validate, "installed_backends", lambda: ("numpy", "torch"))
     with pytest.raises(ValueError, match=r"jax is not installed: pip install 'dualstep\[jax\]'"):
         assert_backends_close(lambda a: a, x, backends=["jax"])
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -1.0, -1e-30, np.float32("nan")])
+@pytest.mark.parametrize("argument", ["rtol", "atol"])
+def test_tolerances_must_be_finite_and_non_negative(argument, bad):
+    """A NaN tolerance passed every comparison (a wrong port was "ok"), a negative one failed
+    identical values; both helpers refuse them before running anything."""
+    ran = []
+
+    def step(x, v):
+        ran.append(1)
+        return x + v, v
+
+    x, v = np.ones((3, 2)), np.zeros(2)
+    message = rf"`{argument}` must be finite and non-negative; got "
+    with pytest.raises(ValueError, match=message):
+        assert_backends_close(step, x, state=v, backends=["numpy"], **{argument: bad})
+    with pytest.raises(ValueError, match=message):
+        assert_implementations_close(
+            step, step, x, reference_state=v, candidate_state=v, **{argument: bad}
+        )
+    with pytest.raises(TypeError, match=rf"`{argument}` must be a real number or None; got str"):
+        assert_backends_close(step, x, state=v, backends=["numpy"], **{argument: "1e-3"})
+    assert not ran
+    report = assert_backends_close(step, x, state=v, backends=["numpy"], **{argument: 0})
+    assert report.ok and getattr(report, argument) == 0.0
 
 
 # --- the catalogue of the five functions ------------------------------------------------------

@@ -9,8 +9,10 @@ What is walked, every call: tuples (named tuples included), lists and dicts; ``f
 cells, defaults; the code and module namespace are keyed by identity); registered JAX pytrees
 (Equinox modules, Flax NNX modules, ...) one level at a time; Flax NNX graph nodes that are not
 pytrees through ``nnx.split``; plain Python objects (attributes in ``__dict__`` and slots).
-JAX and NumPy arrays (numbers and bools) are the arrays passed in. Python scalars, strings and
-other values hashable by value are part of the key by value (a change recompiles, as a static
+JAX and NumPy arrays (numbers and bools) are the arrays passed in. Python scalars, NumPy scalars
+(``np.int64(2)``, ``np.float32(0.5)``: immutable, like a Python number, and what ``nir.read``
+gives for a node's integer fields), strings and other values hashable by value are part of the
+key by value (a change recompiles, as a static
 argument of ``jax.jit`` would); anything else is keyed by identity through a weak reference.
 
 The key holds no strong reference to the step or its arrays: code objects, module namespaces,
@@ -55,7 +57,7 @@ _STATIC_BY_IDENTITY = (
 )
 
 
-_ARRAY, _NUMPY, _SCALAR, _OTHER = range(4)
+_ARRAY, _NUMPY, _SCALAR, _NUMPY_SCALAR, _OTHER = range(5)
 _type_kinds: dict[type, int] = {}
 
 
@@ -65,8 +67,10 @@ def _type_kind(cls: type) -> int:
     if kind is None:
         if issubclass(cls, (jax.Array, jax.core.Tracer)):
             kind = _ARRAY
-        elif issubclass(cls, (np.ndarray, np.generic)):
+        elif issubclass(cls, np.ndarray):
             kind = _NUMPY
+        elif issubclass(cls, np.generic):
+            kind = _NUMPY_SCALAR
         elif cls in _SCALARS:
             kind = _SCALAR
         else:
@@ -286,6 +290,8 @@ def key_and_arrays(obj: Any) -> tuple[Any, list, list]:
             return None
         if kind == _SCALAR:
             return _static_key(x) if cls is float or cls is complex else (cls, x)
+        if kind == _NUMPY_SCALAR:  # by its bits, as floats: nan and -0.0 keep their own key
+            return (cls, x.tobytes()) if x.dtype.kind in "biufc" else _static_key(x)
         if kind == _NUMPY and _is_array(x):
             arrays.append(x)
             return None

@@ -4,8 +4,9 @@
   installed backend against the NumPy float64 oracle; a `Report` of the errors.
 - `assert_implementations_close`: two implementations of one model (a torch model and its
   JAX port, a model before and after NIR), on any two backends, compared step by step.
-- `BACKENDS`, `installed_backends()`, `TOLERANCES` (by dtype name) and `jax_x64(enable)`: the
-  backends and the tolerance rule both helpers use, for tests and tools that compare too.
+- `BACKENDS`, `installed_backends()`, `TOLERANCES` (by dtype name), `check_tolerance` (finite
+  and non-negative, or ValueError) and `jax_x64(enable)`: the backends and the tolerance rule
+  both helpers use, for tests and tools that compare too.
 - `FUNCTIONS` (the five names), `STATEFUL_FUNCTIONS`, `TIME_LAST_FUNCTIONS`, `call(name, ...)`,
   `call_time_first(name, ...)` and `chunk_module(step)`: the one catalogue of how each function
   is called, in its own layout or time first, and how a step becomes a chunk module.
@@ -34,6 +35,7 @@ from ._validate import (
     Row,
     assert_backends_close,
     assert_implementations_close,
+    check_tolerance,
     installed_backends,
     jax_x64,
 )
@@ -51,6 +53,7 @@ __all__ = [
     "assert_implementations_close",
     "call",
     "call_time_first",
+    "check_tolerance",
     "chunk_module",
     "if_step",
     "installed_backends",

@@ -143,9 +143,27 @@ def _errors(got: Any, want: np.ndarray, tolerance: tuple[float, float]) -> tuple
     return abs_err, rel_err, abs_err > atol + rtol * np.abs(w)
 
 
+def check_tolerance(value: Any, argument: str) -> float | None:
+    """`value` as a float tolerance, or None; `argument` names it in the error.
+
+    A tolerance must be a finite, non-negative real number: NaN would pass every comparison
+    (``x > nan`` is False) and a negative one would fail identical values.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(
+            f"`{argument}` must be a real number or None; got {type(value).__qualname__}"
+        )
+    if not (np.isfinite(value) and value >= 0):
+        raise ValueError(f"`{argument}` must be finite and non-negative; got {float(value)!r}")
+    return float(value)
+
+
 def _tolerance(rtol: float | None, atol: float | None) -> Callable[[str], tuple[float, float]]:
     """``dtype name -> (rtol, atol)``: TOLERANCES by dtype (0 for integers and bool), with the
-    caller's values where given."""
+    caller's values where given (checked by :func:`check_tolerance`)."""
+    rtol, atol = check_tolerance(rtol, "rtol"), check_tolerance(atol, "atol")
 
     def tolerance(dtype: str) -> tuple[float, float]:
         r, a = TOLERANCES.get(dtype, (0.0, 0.0))
@@ -319,9 +337,11 @@ def assert_backends_close(
     AssertionError
         With `check`, any backend or function disagrees; the message is the report, naming the
         backend, the function, the first time step that diverges, the leaf and the errors.
+    TypeError
+        `rtol` or `atol` is not a real number.
     ValueError
-        An unknown or uninstalled backend, an unknown function, or `state` with a function
-        that takes none.
+        An unknown or uninstalled backend, an unknown function, `state` with a function
+        that takes none, or `rtol` or `atol` is NaN, infinite or negative.
 
     Examples
     --------
@@ -337,6 +357,7 @@ def assert_backends_close(
     state = interop.to_numpy(state)
     functions = _check_functions(functions, state is not None)
     backends = _check_backends(backends)
+    tolerance = _tolerance(rtol, atol)
     t = x.shape[0] if x.ndim else 0
     split = split_size if split_size is not None else max(1, t // 3)
 
@@ -358,7 +379,6 @@ def assert_backends_close(
         )
         dtypes = [dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
-    tolerance = _tolerance(rtol, atol)
     rows = []
     wide = any(interop.needs_x64(a) for a in [x, *_leaves(state)])
     with jax_x64(wide and "jax" in backends):
@@ -470,7 +490,8 @@ def assert_implementations_close(
     TypeError
         A side's backend cannot be told; pass it.
     ValueError
-        An unknown or uninstalled backend; ``compare_state=True`` with a side without state.
+        An unknown or uninstalled backend; ``compare_state=True`` with a side without state;
+        `rtol` or `atol` is NaN, infinite or negative (a `TypeError` if not a real number).
 
     Examples
     --------
@@ -488,6 +509,7 @@ def assert_implementations_close(
     >>> [(r.leaf, r.ok) for r in report.rows]
     [('y', True), ('state', True)]
     """
+    tolerance = _tolerance(rtol, atol)
     x = interop.to_numpy(x_seq)
     ref_on = _side_backend(reference, reference_state, x_seq, reference_backend, "reference")
     cand_on = _side_backend(candidate, candidate_state, x_seq, candidate_backend, "candidate")
@@ -507,7 +529,6 @@ def assert_implementations_close(
             want_s, got_s = [], []
         dtypes = [dtype_name(a) for _, a in want_ys + want_s]
         first = dtypes[0] if dtypes else "float64"
-        tolerance = _tolerance(rtol, atol)
         tol = tolerance(first)
 
         who = f"{cand_on} vs {ref_on}"
