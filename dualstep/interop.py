@@ -21,7 +21,9 @@ dict of JAX arrays keyed by their names, and back; both copy.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -53,6 +55,17 @@ def _map(tree: Any, convert: Callable[[Any, str, str], Any], path: str) -> Any:
     return map_with_path(leaf, tree, path)
 
 
+def _framework(name: str) -> ModuleType:
+    """``import torch`` or ``import jax``, or an ImportError naming the extra to install."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as error:
+        raise ModuleNotFoundError(
+            f"converting to or from {name} needs {name}: pip install 'dualstep[{name}]'",
+            name=name,
+        ) from error
+
+
 def _bfloat16() -> Any:
     try:
         import ml_dtypes
@@ -68,7 +81,7 @@ def _is_bfloat16(a: np.ndarray) -> bool:
 
 
 def _numpy_to_torch(a: np.ndarray) -> Any:
-    import torch
+    torch = _framework("torch")
 
     if _is_bfloat16(a):  # DLPack from NumPy has no bfloat16: reinterpret the same bits
         return _numpy_to_torch(a.view(np.int16)).view(torch.bfloat16)
@@ -96,7 +109,7 @@ def needs_x64(a: Any) -> bool:
 
 
 def _check_jax_dtype(name: str, path: str) -> None:
-    import jax
+    jax = _framework("jax")
 
     if name in _NEEDS_X64 and not jax.config.read("jax_enable_x64"):
         raise ValueError(
@@ -132,9 +145,7 @@ def _to_torch_leaf(x: Any, kind: str, path: str) -> Any:
         return x
     if kind == "numpy":
         return _numpy_to_torch(x)
-    import torch
-
-    return torch.from_dlpack(x)
+    return _framework("torch").from_dlpack(x)
 
 
 def _to_numpy_leaf(x: Any, kind: str, path: str) -> Any:
@@ -217,7 +228,7 @@ _NARROW = {"torch.int64": "int32", "torch.uint64": "uint32"}
 
 def _narrowed(t: Any, name: str) -> Any:
     """A 64-bit integer tensor as 32 bits when JAX has no 64-bit types and its values fit."""
-    import jax
+    jax = _framework("jax")
     import torch
 
     narrow = _NARROW.get(str(t.dtype))
@@ -233,12 +244,20 @@ def _narrowed(t: Any, name: str) -> Any:
     return t.to(getattr(torch, narrow))
 
 
-def module_to_jax(module: Any) -> dict[str, Any]:
+_WHICH = ("all", "parameters", "buffers")
+
+
+def module_to_jax(module: Any, *, which: str = "all") -> dict[str, Any]:
     """A copy of a torch module's parameters and buffers as JAX arrays, keyed by their names.
 
     The names are those of ``named_parameters()`` then ``named_buffers()``
     (``"0.weight"``, ``"bn.running_mean"``); dtypes and devices are kept. The arrays are
     copies, so later training of the module does not change them.
+
+    ``which="parameters"`` gives the parameters alone (what ``jax.grad`` trains; frozen ones
+    included), ``which="buffers"`` the buffers alone (batch norm's running statistics and its
+    integer ``num_batches_tracked``, which ``jax.grad`` refuses); `module_from_jax` takes the
+    two merged, ``{**params, **buffers}``.
 
     64-bit integer buffers (batch norm's ``num_batches_tracked``) become 32-bit when
     ``jax_enable_x64`` is off and their values fit (`module_from_jax` widens them back), so a
@@ -248,7 +267,9 @@ def module_to_jax(module: Any) -> dict[str, Any]:
     ------
     ValueError
         A float64 (or complex128) tensor, or a 64-bit integer whose values do not fit in 32
-        bits, while ``jax_enable_x64`` is off.
+        bits, while ``jax_enable_x64`` is off; `which` is not one of its three values.
+    ImportError
+        JAX is not installed.
 
     Examples
     --------
@@ -256,8 +277,15 @@ def module_to_jax(module: Any) -> dict[str, Any]:
     >>> params = module_to_jax(torch.nn.BatchNorm1d(3))
     >>> sorted(params), params["num_batches_tracked"].dtype
     (['bias', 'num_batches_tracked', 'running_mean', 'running_var', 'weight'], dtype('int32'))
+    >>> sorted(module_to_jax(torch.nn.BatchNorm1d(3), which="parameters"))
+    ['bias', 'weight']
     """
-    tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
+    if which not in _WHICH:
+        raise ValueError(f"`which` must be one of {_WHICH}; got {which!r}")
+    tensors = {
+        **(dict(module.named_parameters()) if which != "buffers" else {}),
+        **(dict(module.named_buffers()) if which != "parameters" else {}),
+    }
     return {
         name: _map(_narrowed(t.detach(), name).clone(), _to_jax_leaf, name)
         for name, t in tensors.items()
@@ -267,7 +295,8 @@ def module_to_jax(module: Any) -> dict[str, Any]:
 def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
     """Copy arrays keyed by name (as `module_to_jax` returns them) into a torch module.
 
-    Every parameter and buffer of `module` must be given, and nothing else; each array must
+    Every parameter and buffer of `module` must be given (merge the two dicts of
+    ``module_to_jax(which=...)``), and nothing else; each array must
     have its tensor's shape and dtype (a 32-bit integer array is accepted for a 64-bit integer
     tensor, as `module_to_jax` narrows those without x64). Values are copied in place, so
     optimisers holding the parameters keep working. Returns `module`.

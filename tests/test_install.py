@@ -48,3 +48,23 @@ def test_public_names():
         "t_last_seq_to_ann_forward",
     ):
         assert callable(getattr(dualstep, name))
+
+
+@pytest.mark.parametrize(("framework", "convert"), [("jax", "to_jax"), ("torch", "to_torch")])
+def test_conversion_without_its_framework_names_the_extra(framework, convert):
+    """Without the framework installed (blocked here in a subprocess), the conversion says
+    which extra to install instead of a bare ModuleNotFoundError."""
+    code = (
+        f"import sys; sys.modules[{framework!r}] = None\n"
+        "import numpy as np\n"
+        "from dualstep import interop\n"
+        "try:\n"
+        f"    interop.{convert}(np.ones(2, np.float32))\n"
+        "except ImportError as e:\n"
+        "    print(type(e).__name__, e)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == (
+        f"ModuleNotFoundError converting to or from {framework} needs {framework}: "
+        f"pip install 'dualstep[{framework}]'"
+    )

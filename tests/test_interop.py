@@ -217,6 +217,33 @@ def test_module_with_batchnorm_ports_without_x64():
         module_to_jax(torch.nn.Linear(2, 2).double())
 
 
+def test_parameters_and_buffers_apart_for_jax_grad():
+    """`jax.grad` refuses the integer `num_batches_tracked`: the parameters alone train, the
+    buffers stay apart, and both merged go back into the module."""
+    net = _net()
+    net(torch.randn(4, 4))
+    params = module_to_jax(net, which="parameters")
+    buffers = module_to_jax(net, which="buffers")
+    assert list(params) == [n for n, _ in net.named_parameters()]
+    assert list(buffers) == [n for n, _ in net.named_buffers()]
+    assert {**params, **buffers}.keys() == module_to_jax(net).keys()
+
+    def loss(p, x):
+        y = x @ p["0.weight"].T + p["0.bias"]
+        return ((y - buffers["1.running_mean"]) ** 2).sum()
+
+    grads = jax.grad(loss)(params, jnp.ones((2, 4)))
+    assert grads.keys() == params.keys() and grads["0.weight"].shape == (3, 4)
+    with pytest.raises(TypeError, match="grad requires real- or complex-valued inputs"):
+        jax.grad(lambda p: p["0.weight"].sum())(module_to_jax(net))
+    fresh = _net()
+    module_from_jax(fresh, {**params, **buffers})
+    for (name, a), b in zip(net.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+    with pytest.raises(ValueError, match=r"`which` must be one of \('all', 'parameters', "):
+        module_to_jax(net, which="weights")
+
+
 def test_module_from_jax_rejects_a_value_that_is_not_an_array():
     net = torch.nn.Linear(2, 2)
     params = module_to_jax(net)
