@@ -13,7 +13,7 @@ import pytest
 from support import ERROR_ROWS, MAKERS, error_pattern
 
 import dualstep as ds
-from dualstep.testing import BACKENDS, lif_step
+from dualstep.testing import BACKENDS, assert_backends_close, lif_step
 
 
 def _ident(x):
@@ -77,6 +77,7 @@ BAD_CALLS = {
     25: _fused_memory_module,
     26: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, compile=1),
     27: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, checkpoint=True, compile=True),
+    28: lambda b: assert_backends_close(_ident, _seq(b), backends=[b.name], rtol=float("nan")),
 }
 EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError, "NotFusable": ds.NotFusable}
 ONLY = {15: {"torch"}, 16: {"torch"}, 23: {"torch", "jax"}, 24: {"numpy"}, 25: {"torch"}}

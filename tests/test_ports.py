@@ -120,7 +120,8 @@ def test_structure_and_dtype_mismatches_are_rows():
 
     report = assert_implementations_close(one, two, x, check=False)
     (row,) = report.rows
-    assert row.first_bad_step == "structure" and "2 outputs" in row.leaf
+    assert row.first_bad_step == "structure"
+    assert row.leaf == "candidate ['y[0]', 'y[1]'], reference ['y']"
     report = assert_implementations_close(one, lambda a: (a * 2).astype(np.float64), x, check=False)
     assert report.rows[0].first_bad_step == "dtype" and report.rows[0].dtype == "float64!=float32"
 
@@ -167,3 +168,127 @@ def test_backends_report_names_the_diverging_leaf():
         assert_backends_close(step, _input(4, 2, 3), backends=["numpy", "torch"])
     failing = [line.split() for line in str(info.value).splitlines() if line.endswith("FAIL")]
     assert failing and all(f[0] == "torch" and f[6] == "y[1]" for f in failing)
+
+
+def _adaptive(x, v, a):
+    v = 0.5 * v + x - a
+    a = 0.9 * a + 0.1 * v
+    return v, a
+
+
+def test_a_port_with_another_state_structure_is_not_reported_wrong():
+    """Reference state ``(v, a)``, candidate ``{"v", "a"}``, the same dynamics: the dict's
+    sorted leaves (a, v) were compared with the tuple by position and failed."""
+
+    def reference(x, s):
+        v, a = _adaptive(x, *s)
+        return v, (v, a)
+
+    def port(x, s):
+        v, a = _adaptive(x, s["v"], s["a"])
+        return v, {"v": v, "a": a}
+
+    x = _input(6, 2, 3)
+    zeros = np.zeros((2, 3), np.float32)
+    ref_state, cand_state = (zeros, zeros), {"v": zeros, "a": zeros}
+    report = assert_implementations_close(
+        reference, port, x, reference_state=ref_state, candidate_state=cand_state
+    )
+    assert report.ok
+    (y, skipped) = report.rows
+    assert (y.leaf, y.max_abs_error) == ("y", 0.0)
+    assert skipped.leaf == "state" and skipped.not_compared.startswith(
+        "the states differ in structure (reference ['state[0]', 'state[1]'], candidate "
+        "[\"state['a']\", \"state['v']\"])"
+    )
+    assert "not compared: the states differ" in str(report)
+    # Mapped onto the reference's structure, the states are compared, and a wrong port fails.
+    mapped = assert_implementations_close(
+        reference,
+        port,
+        x,
+        reference_state=ref_state,
+        candidate_state=cand_state,
+        compare_state=lambda s: (s["v"], s["a"]),
+    )
+    assert [(r.leaf, r.max_abs_error) for r in mapped.rows] == [
+        ("y", 0.0),
+        ("state[0]", 0.0),
+        ("state[1]", 0.0),
+    ]
+
+    def drifting(x, s):
+        y, s = port(x, s)
+        return y, {"v": s["v"], "a": s["a"] * 1.5}
+
+    bad = assert_implementations_close(
+        reference,
+        drifting,
+        x,
+        reference_state=ref_state,
+        candidate_state=cand_state,
+        compare_state=lambda s: (s["v"], s["a"]),
+        check=False,
+    )
+    assert {r.leaf for r in bad.rows if not r.ok} == {"y", "state[0]", "state[1]"}
+    forced = assert_implementations_close(
+        reference,
+        port,
+        x,
+        reference_state=ref_state,
+        candidate_state=cand_state,
+        compare_state=True,
+        check=False,
+    )
+    assert not forced.ok and forced.rows[0].first_bad_step == "structure"
+    with pytest.raises(TypeError, match="`compare_state` must be a bool, a callable or None"):
+        assert_implementations_close(
+            reference,
+            port,
+            x,
+            reference_state=ref_state,
+            candidate_state=cand_state,
+            compare_state="yes",
+        )
+
+
+def _sj_multi_step_net():
+    pytest.importorskip("spikingjelly")
+    from spikingjelly.activation_based import functional, layer, neuron
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        layer.Conv2d(1, 2, 3, padding=1),
+        neuron.LIFNode(tau=2.0),
+        layer.Flatten(),
+        layer.Linear(2 * 4 * 4, 3),
+        neuron.IFNode(),
+    )
+    functional.set_step_mode(net, "m")
+    with torch.no_grad():
+        net[0].weight.abs_()
+        net[3].weight.abs_()
+    return net
+
+
+def test_a_multi_step_reference_runs_on_the_whole_sequence_and_its_memory_is_reset():
+    """A SpikingJelly network in step mode 'm' takes the whole sequence (it failed with a raw
+    conv shape error); its memory is reset after the comparison too (it was left holding the
+    last batch's membrane, with a grad_fn)."""
+    from spikingjelly.activation_based import functional
+
+    net = _sj_multi_step_net()
+    single = _sj_multi_step_net()
+    functional.set_step_mode(single, "s")
+    x = (np.random.default_rng(2).random((5, 2, 1, 4, 4)) * 2).astype(np.float32)
+    report = assert_implementations_close(net, single, x)
+    assert [(r.backend, r.leaf, r.max_abs_error) for r in report.rows] == [
+        ("torch vs torch", "y", 0.0)
+    ]
+    with torch.no_grad():
+        functional.reset_net(net)
+        want = net(torch.from_numpy(x)).numpy()
+    assert 0 < want.sum() < want.size  # it spikes
+    functional.reset_net(net)
+    for side in (net, single):
+        assert all(n.v == 0.0 for n in side if hasattr(n, "v"))  # reset: back to the float

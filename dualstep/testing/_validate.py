@@ -12,10 +12,10 @@ from typing import Any
 import numpy as np
 
 from .. import interop
-from .._api import _memory_modules
+from .._api import _memory_modules, _step_mode_of
 from .._dispatch import dtype_name, kind_of
 from .._tree import leaves_with_path, map_with_path
-from ._functions import FUNCTIONS, STATEFUL_FUNCTIONS, call_time_first
+from ._functions import FUNCTIONS, STATEFUL_FUNCTIONS, call, call_time_first
 
 BACKENDS = ("numpy", "torch", "jax")
 CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
@@ -50,6 +50,8 @@ class Row:
     first_bad_step: int | str | None
     dtype: str
     leaf: str = ""
+    # Why nothing was compared on this row (the final states of two structures), else "".
+    not_compared: str = ""
 
     @property
     def ok(self) -> bool:
@@ -78,10 +80,11 @@ class Report:
         ]
         for r in self.rows:
             bad = "-" if r.first_bad_step is None else str(r.first_bad_step)
+            verdict = f"not compared: {r.not_compared}" if r.not_compared else "ok"
             lines.append(
                 f"{r.backend:<{wide}} {r.function:<27} {r.dtype:<9} {r.max_abs_error:>11.3g} "
                 f"{r.max_rel_error:>11.3g}  {bad:<14}  {r.leaf or '-':<{leaf}}  "
-                f"{'ok' if r.ok else 'FAIL'}"
+                f"{verdict if r.ok else 'FAIL'}"
             )
         return "\n".join(lines)
 
@@ -424,13 +427,51 @@ def _side_backend(modules: Any, state: Any, x_seq: Any, given: str | None, side:
     return kind
 
 
+def _multi_step(modules: Any) -> bool:
+    """Whether `modules` take the whole sequence: SpikingJelly modules in step mode 'm'
+    (``step_mode="m"``, a ``MultiStepContainer``...), found through torch submodules."""
+    sj_base = sys.modules.get("spikingjelly.activation_based.base")
+    if sj_base is None:
+        return False
+    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
+        for sub in module.modules() if hasattr(module, "modules") else (module,):
+            if isinstance(sub, sj_base.StepModule) and _step_mode_of(sub) == "m":
+                return True
+    return False
+
+
 def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[Any, Any]:
-    """`multi_step_forward` of one side on its backend, from fresh hidden memory."""
-    for module in _memory_modules(modules):
+    """One side over the whole sequence on its backend, from fresh hidden memory, which is
+    reset again afterwards (the caller's next call starts fresh, as before the comparison).
+
+    Single-step modules run through `multi_step_forward`; multi-step ones (SpikingJelly's
+    ``step_mode="m"``) are called once on the whole sequence, as
+    ``chunk_multi_step_forward`` with one chunk.
+    """
+    memory = _memory_modules(modules)
+    for module in memory:
         module.reset()
     convert = CONVERT[backend]
     state = None if state is None else convert(state)
-    return call_time_first("multi_step_forward", modules, convert(x), state=state)
+    try:
+        if not _multi_step(modules):
+            return call_time_first("multi_step_forward", modules, convert(x), state=state)
+        out = call(
+            "chunk_multi_step_forward",
+            modules,
+            convert(x),
+            state=state,
+            split_size=max(1, x.shape[0]),
+            as_given=True,
+        )
+        return (out, None) if state is None else out
+    finally:
+        for module in memory:
+            module.reset()
+
+
+def _paths(leaves: list[tuple[str, Any]]) -> list[str]:
+    return [path for path, _ in leaves]
 
 
 def assert_implementations_close(
@@ -442,7 +483,7 @@ def assert_implementations_close(
     candidate_state: Any = None,
     reference_backend: str | None = None,
     candidate_backend: str | None = None,
-    compare_state: bool | None = None,
+    compare_state: bool | Callable[[Any], Any] | None = None,
     rtol: float | None = None,
     atol: float | None = None,
     check: bool = True,
@@ -452,9 +493,13 @@ def assert_implementations_close(
     Each side is a step function, a module or a list of modules, on any backend: a torch
     model (SpikingJelly neurons keep their memory; pass no state), a JAX or NumPy port (pure
     steps; pass their initial state). Both run through :func:`dualstep.multi_step_forward`
-    over the same input, converted with :mod:`dualstep.interop`; SpikingJelly memory modules
-    are reset first. Every output array is compared over time, and the final states when both
-    sides have the same state structure, with the engine of :func:`assert_backends_close`.
+    over the same input, converted with :mod:`dualstep.interop`; a side whose SpikingJelly
+    modules are multi-step (``step_mode="m"``, a ``MultiStepContainer``) is called once on the
+    whole sequence instead. SpikingJelly memory modules are reset before and after. Every
+    output array is compared over time, and the final states when both sides have the same
+    state structure (the same nesting and keys), with the engine of
+    :func:`assert_backends_close`; states are never compared leaf by leaf across two
+    structures.
 
     Parameters
     ----------
@@ -468,8 +513,13 @@ def assert_implementations_close(
     reference_backend, candidate_backend : {"numpy", "torch", "jax"}, optional
         Where each side runs; by default the kind of its state, torch for torch modules,
         else `x_seq`'s kind.
-    compare_state : bool, optional
-        Compare the final states; by default when both sides have one with as many arrays.
+    compare_state : bool or callable, optional
+        Compare the final states. By default (None) they are compared when both sides have
+        one of the same structure; two structures give a row marked "not compared" that does
+        not fail. ``True`` makes another structure a failing ``"structure"`` row; a callable
+        maps the candidate's final state onto the reference's structure
+        (``lambda s: (s["v"], s["a"])`` for a tuple reference and a dict port) before the
+        comparison.
     rtol, atol : float, optional
         Default by the reference's dtype, as in :func:`assert_backends_close`; integer and
         bool outputs must be equal.
@@ -490,7 +540,8 @@ def assert_implementations_close(
     TypeError
         A side's backend cannot be told; pass it.
     ValueError
-        An unknown or uninstalled backend; ``compare_state=True`` with a side without state;
+        An unknown or uninstalled backend; `compare_state` true or a callable with a side
+        without state;
         `rtol` or `atol` is NaN, infinite or negative (a `TypeError` if not a real number).
 
     Examples
@@ -514,29 +565,49 @@ def assert_implementations_close(
     ref_on = _side_backend(reference, reference_state, x_seq, reference_backend, "reference")
     cand_on = _side_backend(candidate, candidate_state, x_seq, candidate_backend, "candidate")
     both = reference_state is not None and candidate_state is not None
+    if not (compare_state is None or isinstance(compare_state, bool) or callable(compare_state)):
+        raise TypeError(
+            "`compare_state` must be a bool, a callable or None; "
+            f"got {type(compare_state).__qualname__}"
+        )
     if compare_state and not both:
-        raise ValueError("`compare_state=True` needs `reference_state` and `candidate_state`")
+        raise ValueError(
+            "`compare_state=True` needs `reference_state` and `candidate_state` "
+            "(so does a callable)"
+        )
     wide = interop.needs_x64(x)
     with jax_x64(wide and "jax" in (ref_on, cand_on)):
         ref_y, ref_s = _run_side(reference, ref_on, x, reference_state)
         cand_y, cand_s = _run_side(candidate, cand_on, x, candidate_state)
+        if callable(compare_state):
+            cand_s = compare_state(cand_s)
         want_ys = [(p, interop.to_numpy(a)) for p, a in _named_leaves(ref_y, "y")]
         want_s = [(p, interop.to_numpy(a)) for p, a in _named_leaves(ref_s, "state")]
         got_ys, got_s = _named_leaves(cand_y, "y"), _named_leaves(cand_s, "state")
-        if compare_state is None:
-            compare_state = both and len(want_s) == len(got_s)
-        if not compare_state:
+        same = _paths(want_s) == _paths(got_s)
+        skipped = ""
+        if both and not same and compare_state is None:
+            skipped = (
+                f"the states differ in structure (reference {_paths(want_s)}, candidate "
+                f"{_paths(got_s)}); map one onto the other with compare_state="
+            )
+        if not both or skipped or compare_state is False:
             want_s, got_s = [], []
         dtypes = [dtype_name(a) for _, a in want_ys + want_s]
         first = dtypes[0] if dtypes else "float64"
         tol = tolerance(first)
 
         who = f"{cand_on} vs {ref_on}"
-        leaves = _compare_all(
-            got_ys, got_s, [w for _, w in want_ys], [w for _, w in want_s], dtypes, tolerance
-        )
+        leaves = None
+        if _paths(want_ys) == _paths(got_ys) and _paths(want_s) == _paths(got_s):
+            leaves = _compare_all(
+                got_ys, got_s, [w for _, w in want_ys], [w for _, w in want_s], dtypes, tolerance
+            )
     if leaves is None:
-        counts = f"{len(got_ys)} outputs, {len(got_s)} state arrays"
+        counts = (
+            f"candidate {_paths(got_ys) + _paths(got_s)}, "
+            f"reference {_paths(want_ys) + _paths(want_s)}"
+        )
         rows: tuple[Row, ...] = (
             Row(who, "multi_step_forward", np.nan, np.nan, "structure", first, counts),
         )
@@ -553,6 +624,8 @@ def assert_implementations_close(
             )
             for leaf in leaves
         )
+    if skipped:
+        rows += (Row(who, "multi_step_forward", np.nan, np.nan, None, "-", "state", skipped),)
     report = Report(rows, *tol)
     if check and not report.ok:
         raise AssertionError(f"candidate ({cand_on}) differs from reference ({ref_on}):\n{report}")
