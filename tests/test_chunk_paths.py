@@ -290,6 +290,32 @@ def test_checkpoint_hidden_memory_in_a_function_raises_in_backward(name):
         grads(True)
 
 
+class _BufferMemory(torch.nn.Module):
+    """Memory in a registered buffer, halved in place after each use."""
+
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("g", torch.ones(()))
+
+    def forward(self, x):
+        y = x * self.g
+        with torch.no_grad():
+            self.g.mul_(0.5)
+        return y
+
+
+def test_checkpoint_memory_in_a_buffer_raises_instead_of_wrong_gradients():
+    """The buffer is the same object in the forward pass and the recomputation, so its values
+    were never compared: gradients read 0.125 everywhere instead of 1, 1, .5, .5, .25, .25."""
+    x = torch.ones(6, 1, requires_grad=True)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        ds.chunk_multi_step_forward(2, x, _BufferMemory()).sum().backward()
+    y = ds.chunk_multi_step_forward(2, x, _BufferMemory(), checkpoint=True)
+    assert y.ravel().tolist() == [1, 1, 0.5, 0.5, 0.25, 0.25]
+    with pytest.raises(RuntimeError, match=r"recomputing a chunk in the backward pass gave other"):
+        y.sum().backward()
+
+
 @pytest.mark.parametrize("layer", ["batchnorm", "dropout"])
 def test_checkpoint_accepts_batchnorm_and_dropout_in_training(layer):
     """Running statistics change between forward and recomputation, and dropout draws random

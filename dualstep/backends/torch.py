@@ -163,10 +163,13 @@ class _SavedValues:
     compares it with the recomputed tensor's in backward (one sync per saved tensor).
     """
 
-    __slots__ = ("fingerprint", "meta", "tensor")
+    __slots__ = ("fingerprint", "meta", "tensor", "version")
 
     def __init__(self, x: torch.Tensor) -> None:
         self.meta = (x.shape, x.dtype, x.device)
+        # In-place operations bump a tensor's version; torch's own saved-tensor check (which
+        # the recomputation bypasses) compares it too.
+        self.version = x._version
         if x.requires_grad and x.grad_fn is None:
             # A parameter or an input leaf: alive anyway, kept as is and fingerprinted only
             # if the recomputation saved another object in its place.
@@ -189,9 +192,13 @@ class _SavedValues:
             return False  # torch raises its own error, naming shape, dtype or device
         saved, recomputed = self._saved(), other._saved()
         if saved is not None and saved is recomputed:
-            # The same tensor object (a parameter, a buffer, an input), not a recomputed one:
-            # changing it in place is autograd's business, and batch norm's running
-            # statistics legitimately change between forward and recomputation.
+            # The same tensor object (a parameter, a buffer, an input), not a recomputed one.
+            # Changed in place since the forward pass saved it (memory kept in a buffer), it
+            # would give the gradients of other values: without checkpointing torch raises its
+            # in-place error. Batch norm's running statistics change without a new version,
+            # and are not what its gradient reads.
+            if self.version != other.version:
+                raise RuntimeError(_MISMATCH)
             return True
         a_value, b_value = self._fingerprint_value(), other._fingerprint_value()
         if a_value != b_value and not (math.isnan(a_value) and math.isnan(b_value)):
