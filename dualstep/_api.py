@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from typing import Any
 
@@ -41,17 +42,15 @@ def _check_state(state: Any, modules: Any, argument: str, x_seq: Any) -> Any:
     """Return `state` with a module list's per-module entries as a tuple.
 
     Every leaf must be an array of `x_seq`'s kind (one backend runs the call) or None; NumPy
-    scalars are NumPy's 0-d arrays.
+    scalars are NumPy's 0-d arrays. Leaves are found through tuples, lists, dicts, dataclasses
+    and, when JAX is imported, registered pytree nodes (:mod:`._tree`).
     """
     if state is None:
         return state
     same = type(x_seq)
-    leaves = (
-        leaves_with_path(state, "state")
-        if isinstance(state, (tuple, list, dict))
-        else [("state", state)]
-    )
-    for path, leaf in leaves:
+    fields = False  # a leaf inside a dataclass or pytree node (paths `state.v`)
+    for path, leaf in leaves_with_path(state, "state"):
+        fields = fields or "." in path
         if type(leaf) is same or leaf is None:  # the common case, decided without a lookup
             continue
         leaf_kind = "numpy" if isinstance(leaf, np.generic) else kind_of(leaf)
@@ -61,6 +60,14 @@ def _check_state(state: Any, modules: Any, argument: str, x_seq: Any) -> Any:
                 f"({type(x_seq).__qualname__}), or None; got "
                 f"{type(leaf).__module__}.{type(leaf).__qualname__}"
             )
+    if fields and kind_of(x_seq) == "jax":  # lax.scan carries pytrees: name a dataclass it can't
+        for leaf in sys.modules["jax"].tree_util.tree_leaves(state):
+            if dataclasses.is_dataclass(leaf):
+                raise TypeError(
+                    f"`state` must be a pytree of arrays on JAX; it holds a "
+                    f"{type(leaf).__name__}, a dataclass JAX cannot walk: register it "
+                    "(jax.tree_util.register_dataclass, flax.struct.dataclass) or use a dict"
+                )
     if not isinstance(modules, (list, tuple)):
         return state
     if not isinstance(state, (list, tuple)):

@@ -6,6 +6,8 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ._tree import node
+
 
 def apply_modules(x: Any, modules: Any) -> Any:
     """Call `modules` on `x` the SpikingJelly way.
@@ -23,16 +25,102 @@ def apply_modules(x: Any, modules: Any) -> Any:
     return modules(*args)
 
 
-def _call_stateful(module: Callable, x: Any, state: Any, path: str) -> tuple[Any, Any]:
-    out = module(x, state)
+def _call_stateful(
+    module: Callable, x: Any, state: Any, index: int | None, kept: Callable[[Any], bool] | None
+) -> tuple[Any, Any]:
+    """``module(x, state)``, checked by :func:`_checked_pair`."""
+    return _checked_pair(module(x, state), state, index, kept)
+
+
+def _checked_pair(
+    out: Any, state: Any, index: int | None, kept: Callable[[Any], bool] | None
+) -> tuple[Any, Any]:
+    """`out`, a module's return value for `state`, if it is a ``(y, state)`` pair whose state
+    keeps the layout of `state`; else the error. `kept` is `state`'s :func:`layout_test`
+    (None: the rule alone decides); `index` is the module's place in a module list, for the
+    error's path."""
     if not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(
             "a module called with a state must return a `(y, state)` pair; "
             f"got {type(out).__qualname__}"
             + (f" of length {len(out)}" if isinstance(out, tuple) else "")
         )
-    _check_state_kept(state, out[1], path)
+    if kept is None or not kept(out[1]):
+        _check_state_kept(state, out[1], "state" if index is None else f"state[{index}]")
     return out
+
+
+# Layout tests by state structure: Python functions generated once per structure, as the loop
+# runs one per step.
+_layout_code: dict[Any, Callable] = {}
+
+
+def layout_test(state: Any, dtypes: bool = True) -> Callable[[Any], bool] | None:
+    """A fast test of the kept-state rule for states laid out as `state`: ``test(new)`` is
+    True when `new` has `state`'s structure (container types, lengths, dict keys), shapes and
+    (with `dtypes`) dtypes. A sufficient test: when it says no, :func:`_check_state_kept`
+    (the rule itself) decides and names what changed. None for a state holding a dataclass or
+    pytree node (the rule walks those).
+
+    The test is straight-line code generated once per structure (no recursion, no paths), so
+    that checking a nested dict state costs about what reading its arrays' shapes does.
+    """
+    constants: list = []
+    lines: list[str] = []
+    structure: list = []
+
+    def visit(tree: Any, name: str) -> bool:
+        cls = type(tree)
+        if cls is dict or cls is tuple or cls is list or isinstance(tree, tuple):
+            keys = tuple(tree) if cls is dict else len(tree)
+            structure.append((cls, keys))
+            constants.append(cls)
+            lines.append(f"if type({name}) is not c[{len(constants) - 1}]: return False")
+            if cls is dict:
+                constants.append(tree.keys())
+                lines.append(f"if {name}.keys() != c[{len(constants) - 1}]: return False")
+            else:
+                lines.append(f"if len({name}) != {len(tree)}: return False")
+            items = tree.items() if cls is dict else enumerate(tree)
+            for i, (key, item) in enumerate(items):
+                child = f"{name}_{i}"
+                constants.append(key)
+                lines.append(f"{child} = {name}[c[{len(constants) - 1}]]")
+                if not visit(item, child):
+                    return False
+            return True
+        if tree is None:
+            structure.append(None)
+            lines.append(f"if {name} is not None: return False")
+            return True
+        if node(tree) is not None or not hasattr(tree, "shape"):
+            return False
+        structure.append("array")
+        constants.append(tree.shape)
+        constants.append(tree.dtype)
+        n = len(constants)
+        dtype = f" or {name}.dtype != c[{n - 1}]" if dtypes else ""
+        lines.append(f"if {name}.shape != c[{n - 2}]{dtype}: return False")
+        return True
+
+    if not visit(state, "s"):
+        return None
+    key = (dtypes, *structure)
+    make = _layout_code.get(key)
+    if make is None:
+        # A state without even the structure fails an index or attribute: not kept either.
+        body = "\n".join(f"            {line}" for line in lines)
+        source = (
+            "def make(c):\n    def test(s):\n        try:\n"
+            f"{body}\n        except (AttributeError, KeyError, IndexError, TypeError):\n"
+            "            return False\n        return True\n    return test\n"
+        )
+        namespace: dict[str, Any] = {}
+        exec(compile(source, "<dualstep layout test>", "exec"), namespace)
+        make = _layout_code[key] = namespace["make"]
+        if len(_layout_code) > 256:  # a program making ever new structures: keep it bounded
+            _layout_code.pop(next(iter(_layout_code)))
+    return make(constants)
 
 
 def _describe(a: Any) -> str:
@@ -63,6 +151,7 @@ def _check_state_kept(before: Any, after: Any, path: str) -> None:
 
     One rule on every backend (``lax.scan`` could not carry anything else); the exception is
     a floating state under ``torch.autocast``, which may come back in another precision.
+    Tuples, lists, dicts, dataclasses and registered JAX pytrees are walked (:mod:`._tree`).
     """
     containers = (tuple, list, dict)
     if isinstance(before, containers) or isinstance(after, containers):
@@ -79,6 +168,14 @@ def _check_state_kept(before: Any, after: Any, path: str) -> None:
         for key, item in items:
             _check_state_kept(item, after[key], f"{path}[{key!r}]")
         return
+    node_before, node_after = node(before), node(after)
+    if node_before is not None or node_after is not None:
+        if node_before is None or node_after is None or node_before.key != node_after.key:
+            raise _state_changed(path, _describe_node(before), _describe_node(after))
+        pairs = zip(node_before.children, node_after.children, strict=True)
+        for suffix, (item, new) in zip(node_before.suffixes, pairs, strict=True):
+            _check_state_kept(item, new, path + suffix)
+        return
     if before is None or after is None or not hasattr(after, "shape"):
         if before is not after:
             raise _state_changed(path, _describe(before), _describe(after))
@@ -87,6 +184,16 @@ def _check_state_kept(before: Any, after: Any, path: str) -> None:
         before.dtype != after.dtype and not _autocast(after)
     ):
         raise _state_changed(path, _describe(before), _describe(after))
+
+
+def _describe_node(a: Any) -> str:
+    found = node(a)
+    if found is None:
+        return _describe(a)
+    fields = [suffix.lstrip(".") for suffix in found.suffixes]
+    # A JAX treedef also shows static fields, which may be what changed.
+    static = "" if isinstance(found.key, tuple) else f" ({found.key})"
+    return f"a {type(a).__name__} with fields {fields}{static}"
 
 
 def _state_changed(path: str, before: str, after: str) -> TypeError:
@@ -102,14 +209,19 @@ def apply_stateful(x: Any, state: Any, modules: Any) -> tuple[Any, Any]:
     With a module list, `state` is a tuple with one entry per module; a ``None`` entry marks a
     stateless module, called as ``m(x)``, and stays ``None`` in the new state.
     """
+    return _apply_checked(x, state, modules, None)
+
+
+def _apply_checked(x: Any, state: Any, modules: Any, tests: Any) -> tuple[Any, Any]:
+    """:func:`apply_stateful` with the layout tests of `state` (None: none)."""
     if not isinstance(modules, (list, tuple)):
-        return _call_stateful(modules, x, state, "state")
+        return _call_stateful(modules, x, state, None, tests)
     new_state = []
     for i, (module, s) in enumerate(zip(modules, state, strict=True)):
         if s is None:
             x = module(x)
         else:
-            x, s = _call_stateful(module, x, s, f"state[{i}]")
+            x, s = _call_stateful(module, x, s, i, tests and tests[i])
         new_state.append(s)
     return x, tuple(new_state)
 
@@ -121,9 +233,25 @@ def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any
     """
     if state is None:
         return [apply_modules(x, modules) for x in steps], None
-    ys = []
+    ys: list = []
+    if not isinstance(modules, (list, tuple)):
+        # The rule in full at the first step; after it structure and shapes at every step
+        # (dtypes do not change with values), and the final state in full again.
+        initial, full, shapes = state, layout_test(state), layout_test(state, dtypes=False)
+        for x in steps:  # `_call_stateful` inlined: this runs once per step
+            out = modules(x, state)
+            if shapes is None or type(out) is not tuple or len(out) != 2 or not shapes(out[1]):
+                _checked_pair(out, state, None, None)
+            elif not ys:
+                _checked_pair(out, state, None, full)
+            y, state = out
+            ys.append(y)
+        if full is None or not full(state):
+            _check_state_kept(initial, state, "state")
+        return ys, state
+    tests = [None if s is None else layout_test(s) for s in state]
     for x in steps:
-        y, state = apply_stateful(x, state, modules)
+        y, state = _apply_checked(x, state, modules, tests)
         ys.append(y)
     return ys, state
 

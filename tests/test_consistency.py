@@ -190,6 +190,41 @@ def test_a_step_that_changes_its_state_is_rejected_everywhere(
     assert f"{path} was {was}, the module returned {became}" in str(e.value)
 
 
+@pytest.mark.parametrize("change", ["shape", "dtype", "keys", "shape and back"])
+@pytest.mark.parametrize("name", ["numpy", "torch"])
+def test_a_state_that_changes_at_a_later_step_is_rejected(name, change):
+    """The loop tests the rule in full at the first step and on the final state, structure and
+    shapes at every step between: a change at step 2 (of a nested dict state) raises too."""
+    pytest.importorskip(name)
+    from support import MAKERS
+
+    backend = MAKERS[name]()
+    x = backend.asarray(np.ones((5, 2), np.float32))
+    wide = backend.asarray(np.ones((3, 2)))
+    seen = []
+
+    def step(xt, s):
+        seen.append(1)
+        v = s["lif"]["v"] + xt
+        t = len(seen)
+        if t == 3 or (t > 3 and change != "shape and back"):
+            if change == "dtype":
+                v = v + wide[0]
+            elif change == "keys":
+                return xt, {"lif": {"v": v, "w": v}}
+            else:
+                v = v + wide
+        return xt, {"lif": {"v": v}}
+
+    s0 = {"lif": {"v": backend.asarray(np.zeros(2, np.float32))}}
+    with pytest.raises(
+        TypeError,
+        match=r"`state\['lif'\]\['v'\]` was float32 of shape \(2,\)|"
+        r"`state\['lif'\]` was a dict with keys \['v'\]",
+    ):
+        ds.multi_step_forward(x, step, state=s0)
+
+
 def test_chunk_module_returning_none_state_is_rejected_in_every_torch_mode():
     """Issue: `(y, None)` from a chunk module came back as `(y, None)` with grad and a bare
     tensor under no_grad; now it is a state change on every path."""
@@ -237,3 +272,43 @@ def test_huge_split_size_is_one_chunk(backend, split):
     got = ds.chunk_multi_step_forward(split, backend.asarray(x), module)
     np.testing.assert_array_equal(backend.to_numpy(got), x * 2)
     assert calls == [3]
+
+
+def test_dataclass_and_named_tuple_states_on_every_backend(backend):
+    """The tree helper walks dataclasses and named tuples on every backend; the final state
+    keeps the class, the rule checks its fields (issue 18, item 6)."""
+    import collections
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class State:
+        v: object
+        a: object
+
+    Pair = collections.namedtuple("Pair", "v a")
+    x = backend.asarray(np.linspace(0, 1, 12).reshape(6, 2).astype(np.float32))
+    zeros = backend.asarray(np.zeros(2, np.float32))
+    for cls in (Pair, State) if backend.name != "jax" else (Pair,):
+
+        def step(xt, s, cls=cls):
+            v = 0.5 * s.v + xt - s.a
+            return v, cls(v=v, a=0.9 * s.a + 0.1 * v)
+
+        y, s = ds.multi_step_forward(x, step, state=cls(v=zeros, a=zeros))
+
+        def as_dict(xt, s, step=step, cls=cls):
+            y, new = step(xt, cls(**s))
+            return y, {"v": new.v, "a": new.a}
+
+        y_dict, s_dict = ds.multi_step_forward(x, as_dict, state={"v": zeros, "a": zeros})
+        assert type(s) is cls
+        np.testing.assert_array_equal(backend.to_numpy(y), backend.to_numpy(y_dict))
+        np.testing.assert_array_equal(backend.to_numpy(s.a), backend.to_numpy(s_dict["a"]))
+        with pytest.raises(
+            TypeError,
+            match=r"`state.a` was float32 of shape \(2,\)|"
+            r"`state\[1\]` was float32 of shape \(2,\)",
+        ):
+            ds.multi_step_forward(
+                x, lambda xt, s, cls=cls: (xt, cls(v=s.v, a=s.a[:1])), state=cls(v=zeros, a=zeros)
+            )

@@ -221,3 +221,88 @@ def test_seq_to_ann_row_order_t_major_eager_batch_major_under_trace():
     np.testing.assert_array_equal(ds.seq_to_ann_forward(jnp.asarray(x), running), t_major)
     jitted = jax.jit(lambda a: ds.seq_to_ann_forward(a, running))
     np.testing.assert_array_equal(jitted(jnp.asarray(x)), b_major)
+
+
+# --- pytree states (issue 18, item 6) ---------------------------------------------------------
+
+
+def _pytree_states():
+    import dataclasses
+
+    @jax.tree_util.register_dataclass
+    @dataclasses.dataclass
+    class Registered:
+        v: jax.Array
+        a: jax.Array
+
+    found = {"register_dataclass": Registered}
+    try:
+        from flax import struct
+
+        @struct.dataclass
+        class FlaxState:
+            v: jax.Array
+            a: jax.Array
+
+        found["flax struct.dataclass"] = FlaxState
+    except ImportError:
+        pass
+    try:
+        import equinox as eqx
+
+        class EqxState(eqx.Module):
+            v: jax.Array
+            a: jax.Array
+            decay: float = eqx.field(static=True, default=0.9)
+
+        found["equinox Module"] = EqxState
+    except ImportError:
+        pass
+    return found
+
+
+@pytest.mark.parametrize("kind", list(_pytree_states()))
+@pytest.mark.parametrize("function", STATEFUL_FUNCTIONS)
+def test_registered_pytree_states_run_like_dicts(kind, function):
+    """A registered dataclass, a Flax struct or an Equinox module as the state (JAX users keep
+    neuron state this way; lax.scan takes it): the same results as a dict state, the final
+    state of the same class, eager and under jit."""
+    cls = _pytree_states()[kind]
+
+    def as_class(x, s):
+        v = 0.5 * s.v + x - s.a
+        return v, cls(v=v, a=0.9 * s.a + 0.1 * v)
+
+    def as_dict(x, s):
+        v = 0.5 * s["v"] + x - s["a"]
+        return v, {"v": v, "a": 0.9 * s["a"] + 0.1 * v}
+
+    x = jnp.asarray(np.random.default_rng(0).random((7, 2, 3)), jnp.float32)
+    zeros = jnp.zeros((2, 3))
+    want_y, want_s = call_time_first(function, as_dict, x, state={"v": zeros, "a": zeros})
+    for run in (call_time_first, jax.jit(call_time_first, static_argnums=(0, 1))):
+        y, s = run(function, as_class, x, state=cls(v=zeros, a=zeros))
+        assert type(s) is cls
+        np.testing.assert_array_equal(np.asarray(y), np.asarray(want_y))
+        np.testing.assert_array_equal(np.asarray(s.a), np.asarray(want_s["a"]))
+
+
+def test_pytree_state_changes_and_unregistered_dataclasses_are_named():
+    import dataclasses
+
+    import equinox as eqx
+
+    class Neuron(eqx.Module):
+        v: jax.Array
+        tau: float = eqx.field(static=True, default=2.0)
+
+    x = jnp.ones((3, 2))
+    with pytest.raises(TypeError, match=r"`state` was a Neuron with fields \['v'\] \(PyTreeDef"):
+        ds.multi_step_forward(x, lambda x, s: (x, Neuron(s.v + x, tau=3.0)), state=Neuron(x[0]))
+
+    @dataclasses.dataclass
+    class Plain:
+        v: jax.Array
+
+    with pytest.raises(TypeError, match=r"it holds a Plain, a dataclass JAX cannot walk"):
+        ds.multi_step_forward(x, lambda x, s: (x, s), state=Plain(x[0]))

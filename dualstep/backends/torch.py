@@ -39,9 +39,12 @@ def _cat_first(tensors: list) -> torch.Tensor:
     return torch.cat(tensors, dim=0)
 
 
-def _steps(x_seq: torch.Tensor, dim: int) -> list:
+def _steps(x_seq: torch.Tensor, dim: int) -> Any:
     # One `select` view per step, as SpikingJelly: a module may then work in place on its
-    # input under autograd, which the views of one `unbind` do not allow.
+    # input under autograd, which the views of one `unbind` do not allow. Without autograd
+    # the views of one `unbind` are the same views, made in one call.
+    if not torch.is_grad_enabled():
+        return x_seq.unbind(dim)
     return [x_seq.select(dim, t) for t in range(x_seq.shape[dim])]
 
 
