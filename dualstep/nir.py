@@ -145,16 +145,44 @@ def _pair(value: Any, n: int) -> tuple:
 
 @dataclasses.dataclass
 class _Node:
-    """One node: ``apply(x, state) -> (y, state)`` and the zeros of its state."""
+    """One node: ``apply(x, state) -> (y, state)`` and the zeros of its state (by the shapes
+    of its state arrays, or a subgraph's whole state)."""
 
     name: str
     kind: str
     apply: Callable[[Any, Any], tuple[Any, Any]]
     state_shapes: dict[str, tuple]
+    sub: Model | None = None  # a NIRGraph node: the subgraph, run as one step
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.state_shapes) or (self.sub is not None and self.sub.stateful)
+
+    def zeros(self, zeros: Callable[[tuple], Any]) -> dict:
+        if self.sub is not None:
+            return self.sub.zeros(zeros)
+        return {key: zeros(shape) for key, shape in self.state_shapes.items()}
+
+
+_NEEDS = {
+    "LIF": ("tau", "r", "v_leak", "v_threshold", "v_reset"),
+    "IF": ("r", "v_threshold", "v_reset"),
+    "LI": ("tau", "r", "v_leak"),
+    "I": ("r",),
+    "CubaLIF": ("tau_syn", "tau_mem", "r", "v_leak", "v_threshold", "v_reset", "w_in"),
+    "CubaLI": ("tau_syn", "tau_mem", "r", "v_leak", "w_in"),
+}
 
 
 def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _Node:
     p = {k: np.asarray(v, dtype=np.float64) for k, v in vars(node).items() if _is_param(v)}
+    missing = [k for k in _NEEDS[kind] if k not in p]
+    if missing:
+        why = " (nir before 1.0.6 has no v_reset: pip install 'nir>=1.0.6')"
+        raise UnsupportedNode(
+            f"node {name!r} ({kind}) has no {', '.join(missing)}"
+            + (why if "v_reset" in missing else "")
+        )
     # The Euler factors, once: each step then converts the same arrays (cached by `_like`).
     for tau in ("tau", "tau_syn", "tau_mem"):
         if tau in p:
@@ -341,7 +369,9 @@ def _conv_numpy(
 _NEURONS = ("LIF", "IF", "LI", "I", "CubaLIF", "CubaLI")
 
 
-def _build_node(name: str, node: Any, dt: float, convention: dict) -> _Node:
+def _build_node(
+    name: str, node: Any, dt: float, convention: dict, prefix: str, convention_name: str
+) -> _Node:
     kind = type(node).__name__
     if kind in ("Input", "Output"):
         return _stateless(name, kind, lambda x: x)
@@ -355,6 +385,14 @@ def _build_node(name: str, node: Any, dt: float, convention: dict) -> _Node:
         return _conv_node(node, kind, name)
     if kind in ("SumPool2d", "AvgPool2d"):
         return _pool_node(node, kind, name)
+    if kind == "NIRGraph":  # a subgraph (a recurrent layer, as Spyx and snnTorch write them)
+        sub = _model(node, dt, convention_name, f"{prefix}{name}.")
+        if len(sub.output_names) != 1:
+            raise UnsupportedNode(
+                f"node {prefix + name!r} is a subgraph with {len(sub.output_names)} Output "
+                "nodes; a subgraph node must have one"
+            )
+        return _Node(name, kind, sub.step, {}, sub)
     if kind == "Threshold":
         threshold = np.asarray(node.threshold)
         inclusive = convention["inclusive"]
@@ -362,7 +400,7 @@ def _build_node(name: str, node: Any, dt: float, convention: dict) -> _Node:
     raise UnsupportedNode(
         f"node {name!r} is a {kind}, which dualstep.nir cannot run; supported: Input, Output, "
         "Affine, Linear, Scale, Flatten, Conv1d, Conv2d, SumPool2d, AvgPool2d, Threshold, "
-        "IF, LIF, LI, I (integrator), CubaLIF, CubaLI"
+        "IF, LIF, LI, I (integrator), CubaLIF, CubaLI, NIRGraph (a subgraph)"
     )
 
 
@@ -412,7 +450,7 @@ class Model:
                     value = value + part
             y, s = node.apply(value, state.get(name))
             values[name] = y
-            if node.state_shapes:
+            if node.stateful:
                 new_state[name] = s
         if "recurrent" in state:
             new_state["recurrent"] = {src: values[src] for src in state["recurrent"]}
@@ -421,17 +459,23 @@ class Model:
 
     def initial_state(self, x_seq: Any) -> dict:
         """Zeros for every stateful node, for `x_seq` (``[T, batch, ...]``): its kind of
-        array, dtype, device and batch size."""
+        array, dtype, device and batch size. A subgraph node's entry is the subgraph's state."""
         xp = array_namespace(x_seq)
         batch = x_seq.shape[1]
 
         def zeros(shape: tuple) -> Any:
             return xp.zeros((batch, *shape), dtype=x_seq.dtype, device=_device(x_seq))
 
+        return self.zeros(zeros)
+
+    @property
+    def stateful(self) -> bool:
+        return bool(self.recurrent) or any(node.stateful for node in self.nodes.values())
+
+    def zeros(self, zeros: Callable[[tuple], Any]) -> dict:
+        """The initial state, each array made by ``zeros(shape)``."""
         state: dict[str, Any] = {
-            name: {key: zeros(shape) for key, shape in node.state_shapes.items()}
-            for name, node in self.nodes.items()
-            if node.state_shapes
+            name: node.zeros(zeros) for name, node in self.nodes.items() if node.stateful
         }
         feeding = sorted({src for sources in self.recurrent.values() for src in sources})
         if feeding:
@@ -507,16 +551,26 @@ def load(source: Any, *, dt: float, convention: str = "nir", type_check: bool = 
         graph = _read(nir, os.fspath(source), type_check)
     else:
         graph = source
+    return _model(graph, float(dt), convention)
+
+
+def _model(graph: Any, dt: float, convention: str, prefix: str = "") -> Model:
+    """The :class:`Model` of a graph (or of a subgraph, whose node names get `prefix` in
+    errors)."""
     rules = CONVENTIONS[convention]
-    nodes = {name: _build_node(name, node, float(dt), rules) for name, node in graph.nodes.items()}
+    nodes = {
+        name: _build_node(name, node, dt, rules, prefix, convention)
+        for name, node in graph.nodes.items()
+    }
     shapes = {name: _port_shape(node, name, "output") for name, node in graph.nodes.items()}
     kinds = {name: type(node).__name__ for name, node in graph.nodes.items()}
     inputs_ = [name for name, kind in kinds.items() if kind == "Input"]
     outputs = sorted(name for name, kind in kinds.items() if kind == "Output")
     if len(inputs_) != 1 or not outputs:
+        where = f" (subgraph {prefix[:-1]!r})" if prefix else ""
         raise ValueError(
-            f"a graph needs one Input node and at least one Output node; got inputs {inputs_} "
-            f"and outputs {outputs}"
+            f"a graph{where} needs one Input node and at least one Output node; got inputs "
+            f"{inputs_} and outputs {outputs}"
         )
     edges = [(_node_name(a, nodes), _node_name(b, nodes)) for a, b in graph.edges]
     order, forward, back = _order(inputs_[0], list(nodes), edges)
@@ -529,7 +583,7 @@ def load(source: Any, *, dt: float, convention: str = "nir", type_check: bool = 
         shapes[inputs_[0]],
         outputs,
         shapes,
-        float(dt),
+        dt,
         convention,
     )
 
