@@ -241,12 +241,20 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_nir(path: str, dt: float, convention: str, steps: int, batch: int, seed: int) -> Any:
+def run_nir(
+    path: str,
+    dt: float,
+    convention: str,
+    steps: int,
+    batch: int,
+    seed: int,
+    type_check: bool = True,
+) -> Any:
     """The report of a NIR graph on random input in [0, 2) against the float64 oracle."""
     from dualstep.nir import load
     from dualstep.testing import assert_backends_close
 
-    model = load(path, dt=dt, convention=convention)
+    model = load(path, dt=dt, convention=convention, type_check=type_check)
     rng = np.random.default_rng(seed)
     x = (rng.random((steps, batch, *model.input_shape)) * 2).astype(np.float32)
     return assert_backends_close(model.step, x, state=model.initial_state(x), check=False)
@@ -258,7 +266,15 @@ def _nir(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise UsageError(str(error)) from error
     try:
-        report = run_nir(args.file, args.dt, args.convention, args.T, args.batch, args.seed)
+        report = run_nir(
+            args.file,
+            args.dt,
+            args.convention,
+            args.T,
+            args.batch,
+            args.seed,
+            not args.no_type_check,
+        )
     except (NIRFileError, UnsupportedNode) as error:
         raise UsageError(str(error)) from error
     if args.json:
@@ -374,6 +390,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     nir_args.add_argument("--T", type=_positive_int, default=32, help="time steps (default 32)")
     nir_args.add_argument("--batch", type=_positive_int, default=4, help="batch (default 4)")
+    nir_args.add_argument(
+        "--no-type-check",
+        action="store_true",
+        help="read without nir's type check (graphs that fail it but run)",
+    )
     nir_args.add_argument("--seed", type=_integer, default=0, help="input seed (default 0)")
     nir_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser

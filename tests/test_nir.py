@@ -397,6 +397,7 @@ def test_main_job_runs_a_nir_file_on_every_backend(tmp_path, capsys):
         ("jax", "t_last_multi_step_forward"),
     }
     assert all(r["first_bad_step"] is None for r in found["rows"])
+    assert main_job.main(["nir", str(path), "--T", "4", "--no-type-check"]) == 0
     with pytest.raises(SystemExit):
         main_job.main(["nir", str(path), "--dt", "0"])
 
