@@ -306,10 +306,30 @@ def _pool_node(node: Any, kind: str, name: str) -> _Node:
     pads = tuple((p, p) for p in _pair(node.padding, 2))
     channels = _port_shape(node, name, "input")[0]
     scale = 1.0 / math.prod(kernel) if kind == "AvgPool2d" else 1.0
-    # A pool is a grouped convolution with a kernel of ones (average: padding counted).
+    # On NumPy a pool is a grouped convolution with a kernel of ones (average: padding counted).
     window = np.ones((channels, 1, *kernel)) * scale
 
     def fn(x: Any) -> Any:
+        kind_ = kind_of(x)
+        if kind_ == "jax":  # a window sum, channels last (as the convolution, for XLA on CPU)
+            import jax.numpy as jnp
+            from jax import lax
+
+            y = lax.reduce_window(
+                jnp.transpose(x, (0, 2, 3, 1)),
+                0.0,
+                lax.add,
+                (1, *kernel, 1),
+                (1, *stride, 1),
+                ((0, 0), *pads, (0, 0)),
+            )
+            y = jnp.transpose(y, (0, 3, 1, 2))
+            return y if scale == 1.0 else y * scale
+        if kind_ == "torch":
+            import torch.nn.functional as F
+
+            flat = [p for pair in reversed(pads) for p in pair]
+            return F.avg_pool2d(F.pad(x, flat), kernel, stride, divisor_override=1) * scale
         return _conv(x, _like(window, x), stride, pads, (1, 1), channels)
 
     return _stateless(name, kind, fn)
@@ -327,12 +347,16 @@ def _conv(x: Any, w: Any, stride: tuple, pads: tuple, dilation: tuple, groups: i
         conv = F.conv1d if dims == 1 else F.conv2d
         return conv(x, w, stride=stride, dilation=dilation, groups=groups)
     if kind == "jax":
+        import jax.numpy as jnp
         from jax import lax
 
-        spec = ("NCH", "OIH", "NCH") if dims == 1 else ("NCHW", "OIHW", "NCHW")
-        return lax.conv_general_dilated(
-            x,
-            w,
+        # Channels last, transposed in and out: XLA on CPU runs a channels-first convolution
+        # inside a scan (a while loop) about 5x slower than the same one channels last.
+        spec = ("NHC", "HIO", "NHC") if dims == 1 else ("NHWC", "HWIO", "NHWC")
+        to_last, to_first = (0, *range(2, 2 + dims), 1), (0, 1 + dims, *range(1, 1 + dims))
+        y = lax.conv_general_dilated(
+            jnp.transpose(x, to_last),
+            jnp.transpose(w, (*range(2, 2 + dims), 1, 0)),
             window_strides=stride,
             padding=list(pads),
             rhs_dilation=dilation,
@@ -340,6 +364,7 @@ def _conv(x: Any, w: Any, stride: tuple, pads: tuple, dilation: tuple, groups: i
             feature_group_count=groups,
             precision=lax.Precision.HIGHEST,
         )
+        return jnp.transpose(y, to_first)
     return _conv_numpy(x, w, stride, pads, dilation, groups)
 
 

@@ -132,6 +132,11 @@ def test_nir_benchmark_checks_then_times_both_steps():
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "NIR step / hand-written step (Linear -> LIF, 8x4x16, jax.jit):" in out.stdout
+    for label in ("CSNN, T=4, batch 8, 2x10x10", "RSNN, T=8, batch 8"):
+        line = next(
+            line for line in out.stdout.splitlines() if line.startswith(f"dualstep / Spyx ({label}")
+        )
+        assert "(bound <= " in line or "Spyx is not installed (pip install spyx)" in line
 
 
 def test_targets_name_only_systems_that_exist(monkeypatch):
