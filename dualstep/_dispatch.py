@@ -30,6 +30,12 @@ def kind_of(x: object) -> str | None:
     return None
 
 
+def compiling() -> bool:
+    """Whether torch.compile is tracing the current call (torch is never imported here)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and torch.compiler.is_compiling()
+
+
 def dtype_name(a: Any) -> str:
     """The dtype's name, the same on every backend (``"float32"``, ``"bfloat16"``, ``"bool"``)."""
     return str(a.dtype).removeprefix("torch.")
@@ -57,8 +63,7 @@ def backend_for(x: object, argument: str = "x_seq") -> ModuleType:
     traces, the cache is neither read nor written: compiled code guards on what it reads, so a
     cache that fills up after a cold trace would force a recompile.
     """
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.compiler.is_compiling():
+    if compiling():
         return _resolve(x, argument)
     backend = _cache.get(type(x))
     if backend is None:

@@ -6,6 +6,7 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ._dispatch import compiling
 from ._tree import node
 
 
@@ -234,7 +235,9 @@ def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any
     if state is None:
         return [apply_modules(x, modules) for x in steps], None
     ys: list = []
-    if not isinstance(modules, (list, tuple)):
+    # Under torch.compile the rule itself runs, once at trace time: the compiled graph checks
+    # nothing per step, and the generated layout tests cannot be traced.
+    if not isinstance(modules, (list, tuple)) and not compiling():
         # The rule in full at the first step; after it structure and shapes at every step
         # (dtypes do not change with values), and the final state in full again.
         initial, full, shapes = state, layout_test(state), layout_test(state, dtypes=False)
@@ -249,7 +252,9 @@ def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any
         if full is None or not full(state):
             _check_state_kept(initial, state, "state")
         return ys, state
-    tests = [None if s is None else layout_test(s) for s in state]
+    tests = None
+    if isinstance(modules, (list, tuple)) and not compiling():
+        tests = [None if s is None else layout_test(s) for s in state]
     for x in steps:
         y, state = _apply_checked(x, state, modules, tests)
         ys.append(y)

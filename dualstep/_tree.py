@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ._dispatch import compiling
+
 _CONTAINERS = (tuple, list, dict, type(None))
 # Types seen to be leaves (arrays, scalars, plain objects): decided once, as the walk of a state
 # runs on every call.
@@ -40,10 +42,14 @@ def node(tree: Any) -> Node | None:
     """`tree` as a :class:`Node` when it is a dataclass instance or a registered JAX pytree
     node (neither a tuple, list, dict nor None); else None, a leaf."""
     cls = type(tree)
-    if cls in _leaf_types or isinstance(tree, _CONTAINERS):
+    # While torch.compile traces, the type cache is neither read nor written: compiled code
+    # guards on what it reads, and a cache that fills up later would force a recompile.
+    cached = not compiling()
+    if (cached and cls in _leaf_types) or isinstance(tree, _CONTAINERS):
         return None
-    if isinstance(tree, np.generic) or _is_tensor(tree):
-        _leaf_types.add(cls)
+    if isinstance(tree, (np.ndarray, np.generic)) or _is_tensor(tree):
+        if cached:
+            _leaf_types.add(cls)
         return None
     jax = sys.modules.get("jax")
     if jax is not None and not isinstance(tree, (jax.Array, jax.core.Tracer)):
@@ -70,7 +76,7 @@ def node(tree: Any) -> Node | None:
             [getattr(tree, name) for name in names],
             rebuild,
         )
-    if jax is not None and not isinstance(tree, jax.core.Tracer):
+    if cached and jax is not None and not isinstance(tree, jax.core.Tracer):
         _leaf_types.add(cls)  # neither a pytree node nor a dataclass (tracer types vary)
     return None
 
