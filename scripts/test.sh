@@ -3,7 +3,8 @@
 # pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The setup (about 30 s) runs when .venv is missing or was set up from other requirements.
+# The setup (93 s measured on a fresh clone, mostly downloads) runs when .venv is missing or
+# was set up from other requirements.
 if ! [ -f .venv/.dualstep-setup ] || ! diff -q <(bash scripts/setup_stamp.sh) .venv/.dualstep-setup >/dev/null; then
   bash scripts/setup.sh
 fi
