@@ -241,42 +241,24 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_nir(
-    path: str,
-    dt: float,
-    convention: str,
-    steps: int,
-    batch: int,
-    seed: int,
-    type_check: bool = True,
-) -> Any:
-    """The report of a NIR graph on random input in [0, 2) against the float64 oracle."""
-    from dualstep.nir import load
-    from dualstep.testing import assert_backends_close
-
-    model = load(path, dt=dt, convention=convention, type_check=type_check)
+def run_nir(model: Any, steps: int, batch: int, seed: int) -> Any:
+    """The report of a loaded NIR graph (`dualstep.nir.load`) on random input in [0, 2)
+    against the float64 oracle."""
     rng = np.random.default_rng(seed)
     x = (rng.random((steps, batch, *model.input_shape)) * 2).astype(np.float32)
     return assert_backends_close(model.step, x, state=model.initial_state(x), check=False)
 
 
 def _nir(args: argparse.Namespace) -> int:
+    from dualstep.nir import UnsupportedNode, load
+
     try:
-        from dualstep.nir import NIRFileError, UnsupportedNode
-    except ImportError as error:
-        raise UsageError(str(error)) from error
-    try:
-        report = run_nir(
-            args.file,
-            args.dt,
-            args.convention,
-            args.T,
-            args.batch,
-            args.seed,
-            not args.no_type_check,
+        model = load(
+            args.file, dt=args.dt, convention=args.convention, type_check=not args.no_type_check
         )
-    except (NIRFileError, UnsupportedNode) as error:
+    except (ImportError, ValueError, UnsupportedNode) as error:  # NIRFileError: a ValueError
         raise UsageError(str(error)) from error
+    report = run_nir(model, args.T, args.batch, args.seed)
     if args.json:
         rows = [dataclasses.asdict(r) for r in report.rows]
         settings = {k: getattr(args, k) for k in ("file", "dt", "convention", "T", "batch", "seed")}

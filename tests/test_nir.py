@@ -627,3 +627,31 @@ def test_a_neuron_without_v_reset_is_named_at_load():
         UnsupportedNode, match=r"node 'n0' \(LIF\) has no v_reset \(nir before 1\.0\.6"
     ):
         load(_graph(lif), dt=1.0)
+
+
+def test_main_job_nir_graphs_that_cannot_run_are_one_line(tmp_path, capsys, monkeypatch):
+    """A graph without an Input node (a ValueError of `load`), a node that cannot run, and a
+    missing nir package: one line naming what is wrong, exit 2, no traceback."""
+    from dualstep import __main__ as main_job
+
+    lif = _neurons()["lif"]
+    no_input = nir.NIRGraph(
+        nodes={"n0": lif, "output": nir.Output(output_type=np.array([3]))},
+        edges=[("n0", "output")],
+        type_check=False,
+    )
+    no_reset = _graph(_neurons()["lif"])
+    del no_reset.nodes["n0"].v_reset
+    path = tmp_path / "graph.nir"
+    path.write_bytes(b"read by the patched nir.read")
+    for graph, message in ((no_input, "needs one Input node"), (no_reset, "has no v_reset")):
+        monkeypatch.setattr(nir, "read", lambda p, type_check=True, graph=graph: graph)
+        with pytest.raises(SystemExit) as info:
+            main_job.main(["nir", str(path)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err and err.startswith("dualstep nir: error:")
+    monkeypatch.setitem(__import__("sys").modules, "nir", None)
+    with pytest.raises(SystemExit) as info:
+        main_job.main(["nir", str(path)])
+    assert "pip install 'dualstep[nir]'" in capsys.readouterr().err and info.value.code == 2
