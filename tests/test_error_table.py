@@ -6,6 +6,7 @@ type and the whole message against the row (``...`` matches the received value).
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import numpy as np
@@ -44,6 +45,11 @@ def _fused_memory_module(b):
     return ds.multi_step_forward(b.asarray(np.ones((4, 2))), neuron.IFNode(), fused=True)
 
 
+@dataclasses.dataclass
+class _Plain:
+    v: object
+
+
 def _seq(b, shape=(3, 2)):
     return b.asarray(np.ones(shape))
 
@@ -78,9 +84,17 @@ BAD_CALLS = {
     26: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, compile=1),
     27: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, checkpoint=True, compile=True),
     28: lambda b: assert_backends_close(_ident, _seq(b), backends=[b.name], rtol=float("nan")),
+    29: lambda b: ds.multi_step_forward(_seq(b), lambda x, s: (x, s), state=_Plain(_seq(b, (2,)))),
 }
 EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError, "NotFusable": ds.NotFusable}
-ONLY = {15: {"torch"}, 16: {"torch"}, 23: {"torch", "jax"}, 24: {"numpy"}, 25: {"torch"}}
+ONLY = {
+    15: {"torch"},
+    16: {"torch"},
+    23: {"torch", "jax"},
+    24: {"numpy"},
+    25: {"torch"},
+    29: {"jax"},
+}
 CASES = [(n, b) for n in sorted(ERROR_ROWS) for b in BACKENDS if b in ONLY.get(n, BACKENDS)]
 
 
