@@ -655,3 +655,36 @@ def test_main_job_nir_graphs_that_cannot_run_are_one_line(tmp_path, capsys, monk
     with pytest.raises(SystemExit) as info:
         main_job.main(["nir", str(path)])
     assert "pip install 'dualstep[nir]'" in capsys.readouterr().err and info.value.code == 2
+
+
+def test_split_and_merge_inside_a_subgraph():
+    """NIR's branch and merge-and-split shapes: the input feeds two branches whose outputs a
+    node sums, here inside a subgraph, against the step written by hand."""
+    w1, w2 = np.array([[1.0, 0.5], [0.0, 2.0]]), np.array([[-1.0, 0.0], [0.5, 0.5]])
+    ones = np.ones(2)
+    inner = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type=np.array([2])),
+            "a": nir.Linear(weight=w1),
+            "b": nir.Linear(weight=w2),
+            "li": nir.LI(tau=ones * 2.0, r=ones, v_leak=0 * ones),
+            "output": nir.Output(output_type=np.array([2])),
+        },
+        edges=[("input", "a"), ("input", "b"), ("a", "li"), ("b", "li"), ("li", "output")],
+    )
+    graph = nir.NIRGraph(
+        nodes={
+            "input": nir.Input(input_type=np.array([2])),
+            "inner": inner,
+            "output": nir.Output(output_type=np.array([2])),
+        },
+        edges=[("input", "inner"), ("inner", "output")],
+    )
+    model = load(graph, dt=1.0)
+    x = _x((5, 1, 2), seed=9).astype(np.float64)
+    y, _ = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    v, want = np.zeros(2), []
+    for xt in x[:, 0]:
+        v = v + 0.5 * (-v + w1 @ xt + w2 @ xt)
+        want.append(v)
+    np.testing.assert_allclose(y[:, 0], np.array(want), rtol=1e-12)
