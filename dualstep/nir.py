@@ -329,7 +329,8 @@ def _pool_node(node: Any, kind: str, name: str) -> _Node:
             import torch.nn.functional as F
 
             flat = [p for pair in reversed(pads) for p in pair]
-            return F.avg_pool2d(F.pad(x, flat), kernel, stride, divisor_override=1) * scale
+            y = F.avg_pool2d(F.pad(x, flat), kernel, stride, divisor_override=1)
+            return y if scale == 1.0 else y * scale
         return _conv(x, _like(window, x), stride, pads, (1, 1), channels)
 
     return _stateless(name, kind, fn)
@@ -417,7 +418,8 @@ def _build_node(
                 f"node {prefix + name!r} is a subgraph with {len(sub.output_names)} Output "
                 "nodes; a subgraph node must have one"
             )
-        return _Node(name, kind, sub.step, {}, sub)
+        # A subgraph without state gets None from its parent, and runs from an empty dict.
+        return _Node(name, kind, lambda x, s: sub.step(x, {} if s is None else s), {}, sub)
     if kind == "Threshold":
         threshold = np.asarray(node.threshold)
         inclusive = convention["inclusive"]

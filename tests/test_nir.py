@@ -683,6 +683,17 @@ def test_split_and_merge_inside_a_subgraph():
     model = load(graph, dt=1.0)
     x = _x((5, 1, 2), seed=9).astype(np.float64)
     y, _ = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    # A subgraph without state (the two branches alone) runs too.
+    inner.nodes["output"] = nir.Output(output_type=np.array([2]))
+    stateless = nir.NIRGraph(
+        nodes={k: v for k, v in inner.nodes.items() if k != "li"},
+        edges=[("input", "a"), ("input", "b"), ("a", "output"), ("b", "output")],
+    )
+    graph.nodes["inner"] = stateless
+    branches = load(graph, dt=1.0)
+    assert branches.initial_state(x) == {}
+    z, _ = ds.multi_step_forward(x, branches.step, state={})
+    np.testing.assert_allclose(z[:, 0], x[:, 0] @ (w1 + w2).T, rtol=1e-12)
     v, want = np.zeros(2), []
     for xt in x[:, 0]:
         v = v + 0.5 * (-v + w1 @ xt + w2 @ xt)
