@@ -290,11 +290,14 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _integer(text: str) -> int:
+def _seed(text: str) -> int:
     try:
-        return int(text)
+        value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer; got {text!r}") from None
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}")
+    return value
 
 
 def _positive_float(text: str) -> float:
@@ -377,7 +380,7 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read without nir's type check (graphs that fail it but run)",
     )
-    nir_args.add_argument("--seed", type=_integer, default=0, help="input seed (default 0)")
+    nir_args.add_argument("--seed", type=_seed, default=0, help="input seed (default 0)")
     nir_args.add_argument("--json", action="store_true", help="print the rows as JSON")
     return parser
 

@@ -100,6 +100,8 @@ def _like(p: np.ndarray, x: Any) -> Any:
         import jax.numpy as jnp
 
         return jnp.asarray(p, dtype=x.dtype)
+    if kind != "torch" and p.dtype == x.dtype:
+        return p  # already what NumPy needs: caching `p` itself would keep it alive forever
     device = getattr(x, "device", None)
     entry = _converted.get(id(p))
     if entry is None or entry[0]() is not p:
@@ -111,7 +113,8 @@ def _like(p: np.ndarray, x: Any) -> Any:
         if kind == "torch":
             import torch
 
-            value = torch.as_tensor(p, dtype=x.dtype, device=device)
+            # A copy: a tensor sharing `p`'s memory would keep `p` alive through the cache.
+            value = torch.tensor(p, dtype=x.dtype, device=device)
         else:
             value = np.asarray(p, dtype=x.dtype)
         entry[1][key] = value
@@ -135,7 +138,11 @@ def _port_shape(node: Any, name: str, port: str) -> tuple[int, ...]:
 
 def _fire(v: Any, threshold: Any, inclusive: bool) -> Any:
     xp = array_namespace(v)
-    return xp.astype(v >= threshold if inclusive else v > threshold, v.dtype)
+    return xp.astype(_crossed(v, threshold, inclusive), v.dtype)
+
+
+def _crossed(v: Any, threshold: Any, inclusive: bool) -> Any:
+    return v >= threshold if inclusive else v > threshold
 
 
 def _pair(value: Any, n: int) -> tuple:
@@ -176,6 +183,12 @@ _NEEDS = {
 
 def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _Node:
     p = {k: np.asarray(v, dtype=np.float64) for k, v in vars(node).items() if _is_param(v)}
+    for tau in ("tau", "tau_syn", "tau_mem"):
+        if tau in p and not (np.all(np.isfinite(p[tau])) and np.all(p[tau] > 0)):
+            raise ValueError(
+                f"node {name!r} ({kind}): `{tau}` must be finite and positive everywhere; got "
+                f"{p[tau].min() if p[tau].size else p[tau]!r} at least once"
+            )
     missing = [k for k in _NEEDS[kind] if k not in p]
     if missing:
         why = " (nir before 1.0.6 has no v_reset: pip install 'nir>=1.0.6')"
@@ -196,12 +209,15 @@ def _neuron(node: Any, kind: str, dt: float, convention: dict, name: str) -> _No
         return _like(p[key], x)
 
     def fire_and_reset(v_before: Any, v: Any, x: Any) -> tuple:
+        # Resets are selects, not `z * v_reset + (1 - z) * v`: with an infinite membrane the
+        # product would be 0 * inf = NaN where the equation says v_reset.
+        xp = array_namespace(v)
         threshold = get("v_threshold", x)
         if convention["subtract"]:
-            v = v - _fire(v_before, threshold, inclusive) * threshold
+            v = xp.where(_crossed(v_before, threshold, inclusive), v - threshold, v)
             return _fire(v, threshold, inclusive), v
-        z = _fire(v, threshold, inclusive)
-        return z, z * get("v_reset", x) + (1.0 - z) * v
+        crossed = _crossed(v, threshold, inclusive)
+        return xp.astype(crossed, v.dtype), xp.where(crossed, get("v_reset", x), v)
 
     def leak(x: Any, v: Any, drive: Any, tau: str) -> Any:
         return v + (get("v_leak", x) - v + get("r", x) * drive) * get(f"dt/{tau}", x)
@@ -284,6 +300,11 @@ def _conv_node(node: Any, kind: str, name: str) -> _Node:
     if isinstance(padding, str):
         if padding == "valid":
             padding = (0,) * dims
+        elif any(s_ != 1 for s_ in stride):
+            raise UnsupportedNode(
+                f"node {name!r} ({kind}) has padding='same' with stride {stride}; dualstep.nir "
+                "runs 'same' at stride 1 only (write the padding as numbers)"
+            )
         else:  # "same", for stride 1: the total padding split as torch does (more at the end)
             total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:], strict=True)]
             padding = tuple((t // 2, t - t // 2) for t in total)
@@ -600,6 +621,12 @@ def _model(graph: Any, dt: float, convention: str, prefix: str = "") -> Model:
             f"{inputs_} and outputs {outputs}"
         )
     edges = [(_node_name(a, nodes), _node_name(b, nodes)) for a, b in graph.edges]
+    into_input = [edge for edge in edges if edge[1] == inputs_[0]]
+    if into_input:
+        raise UnsupportedNode(
+            f"edge {into_input[0]} goes into the Input node {prefix + inputs_[0]!r}, whose value "
+            "is the sequence's input alone; feed the node it goes to instead"
+        )
     order, forward, back = _order(inputs_[0], list(nodes), edges)
     return Model(
         nodes,
@@ -623,20 +650,25 @@ def _order(start: str, names: list[str], edges: list) -> tuple[list, dict, dict]
     for a, b in edges:
         successors[a].append(b)
     finished: list[str] = []
-    on_path: set[str] = set()
+    done: set[str] = set()
+    on_path: set[str] = {start}
     back_edges: set[tuple[str, str]] = set()
-
-    def visit(n: str) -> None:
-        on_path.add(n)
-        for m in successors[n]:
-            if m in on_path:
-                back_edges.add((n, m))
-            elif m not in finished:
-                visit(m)
-        on_path.discard(n)
-        finished.append(n)
-
-    visit(start)
+    # Depth first without recursion (a chain of thousands of nodes is a valid graph): a stack
+    # of (node, its successors not yet visited).
+    stack = [(start, iter(successors[start]))]
+    while stack:
+        n, rest = stack[-1]
+        m = next(rest, None)
+        if m is None:
+            stack.pop()
+            on_path.discard(n)
+            finished.append(n)
+            done.add(n)
+        elif m in on_path:
+            back_edges.add((n, m))
+        elif m not in done:
+            on_path.add(m)
+            stack.append((m, iter(successors[m])))
     order = finished[::-1]
     unreached = [n for n in names if n not in order]
     if unreached:

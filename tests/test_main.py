@@ -99,7 +99,9 @@ def test_the_package_imports_nothing_from_the_checkout():
         (["--backends", "numpy,jxa"], "argument --backends: must be a comma-separated list"),
         (["--backends", ""], "argument --backends: must be a comma-separated list"),
         (["chek"], "invalid choice: 'chek' (choose from"),
-        (["nir", "x.nir", "--seed", "x"], "argument --seed: must be an integer; got 'x'"),
+        (["nir", "x.nir", "--seed", "x"], "argument --seed: must be a non-negative integer"),
+        (["nir", "x.nir", "--seed", "-1"], "argument --seed: must be a non-negative integer"),
+        (["--features", "10000000000000"], "needs about"),
     ],
 )
 def test_bad_arguments_name_the_option_and_exit_2(argv, message, capsys):

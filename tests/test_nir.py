@@ -699,3 +699,116 @@ def test_split_and_merge_inside_a_subgraph():
         v = v + 0.5 * (-v + w1 @ xt + w2 @ xt)
         want.append(v)
     np.testing.assert_allclose(y[:, 0], np.array(want), rtol=1e-12)
+
+
+# --- issue 24: odd graphs ----------------------------------------------------------------------
+
+
+def test_an_edge_into_the_input_node_is_refused():
+    """It was dropped silently (the output equalled the graph without it)."""
+    ones = np.ones(3)
+    nodes = {
+        "input": nir.Input(input_type=np.array([3])),
+        "li": nir.LI(tau=ones, r=ones, v_leak=0 * ones),
+        "output": nir.Output(output_type=np.array([3])),
+    }
+    graph = nir.NIRGraph(nodes, [("input", "li"), ("li", "input"), ("li", "output")])
+    with pytest.raises(UnsupportedNode, match=r"edge \('li', 'input'\) goes into the Input node"):
+        load(graph, dt=1.0)
+
+
+def test_same_padding_with_a_stride_is_refused():
+    conv = nir.Conv2d(
+        input_shape=(5, 6),
+        weight=np.ones((3, 1, 3, 3)),
+        stride=2,
+        padding="same",
+        dilation=1,
+        groups=1,
+        bias=np.zeros(3),
+    )
+    with pytest.raises(UnsupportedNode, match=r"node 'n0' \(Conv2d\) has padding='same' with"):
+        load(_graph(conv, in_shape=(1, 5, 6)), dt=1.0)
+
+
+def test_flatten_without_an_input_type_is_named():
+    flat = nir.Flatten(input_type={"input": np.array([2, 3])}, start_dim=0, end_dim=-1)
+    flat.input_type = None
+    nodes = {
+        "input": nir.Input(input_type=np.array([2, 3])),
+        "flat": flat,
+        "output": nir.Output(output_type=np.array([6])),
+    }
+    graph = nir.NIRGraph(nodes, [("input", "flat"), ("flat", "output")], type_check=False)
+    with pytest.raises(UnsupportedNode, match=r"node 'flat' \(Flatten\) has no input shape"):
+        load(graph, dt=1.0)
+
+
+def test_a_chain_of_thousands_of_nodes_loads_and_runs():
+    """The depth-first order was recursive: a valid chain of ~1000 nodes hit RecursionError."""
+    chain = [nir.Scale(scale=np.full(2, 1.001)) for _ in range(3000)]
+    model = load(_graph(*chain, in_shape=(2,)), dt=1.0)
+    y, _ = ds.multi_step_forward(np.ones((2, 1, 2)), model.step, state={})
+    np.testing.assert_allclose(y, np.full((2, 1, 2), 1.001**3000), rtol=1e-9)
+
+
+@pytest.mark.parametrize("tau", [0.0, -1.0, np.inf, np.nan])
+def test_a_time_constant_that_is_not_positive_is_refused(tau):
+    """tau=0 was accepted (a divide warning, then NaN membranes)."""
+    lif = _neurons()["lif"]
+    lif.tau = np.array([2e-3, tau, 2e-3])
+    with pytest.raises(ValueError, match=r"node 'n0' \(LIF\): `tau` must be finite and positive"):
+        load(_graph(lif), dt=1e-3)
+    cuba = _neurons()["cubalif"]
+    cuba.tau_syn = np.array([tau, 1.0, 1.0])
+    with pytest.raises(ValueError, match=r"`tau_syn` must be finite and positive"):
+        load(_graph(cuba), dt=1e-3)
+
+
+@pytest.mark.parametrize("convention", ["nir", "spikingjelly", "snntorch"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_infinite_input_resets_to_v_reset_not_nan(convention, backend):
+    """`z * v_reset + (1 - z) * v` gave 0 * inf = NaN; the reset is a select."""
+    import support
+
+    b = support.MAKERS[backend]()
+    ones = np.ones(1)
+    lif = nir.IF(r=ones, v_threshold=ones, v_reset=0 * ones)
+    model = load(_graph(lif, in_shape=(1,)), dt=1.0, convention=convention)
+    x = b.asarray(np.array([np.inf, 0.0, 0.0]).reshape(3, 1, 1))
+    y, final = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    v = b.to_numpy(final["n0"]["v"])
+    if convention == "snntorch":  # subtracts the threshold one step late: inf stays inf
+        assert b.to_numpy(y).ravel().tolist() == [1.0, 1.0, 1.0] and np.isinf(v).all()
+    else:
+        assert b.to_numpy(y).ravel().tolist() == [1.0, 0.0, 0.0] and v.tolist() == [[0.0]]
+
+
+def test_float64_input_keeps_no_parameter_alive():
+    """The conversion cache held `np.asarray(p, float64)`, which is `p` itself (and on torch
+    a tensor sharing its memory), so its weak reference never fired."""
+    import gc
+    import weakref
+
+    def arrays(fn, seen):
+        """The NumPy arrays a step function holds, through its closures."""
+        for cell in getattr(fn, "__closure__", None) or ():
+            value = cell.cell_contents
+            if isinstance(value, np.ndarray):
+                yield value
+            elif callable(value) and id(value) not in seen:
+                seen.add(id(value))
+                yield from arrays(value, seen)
+
+    def run(x):
+        w = np.full((30, 30), 0.01)
+        model = load(nir.NIRGraph.from_list(nir.Linear(weight=w)), dt=1.0)
+        ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+        held = list(arrays(model.nodes["linear"].apply, set()))
+        assert held  # the transposed weight
+        return [weakref.ref(a) for a in held]
+
+    for x in (np.ones((2, 1, 30)), torch.ones(2, 1, 30, dtype=torch.float64)):
+        refs = run(x)
+        gc.collect()
+        assert all(r() is None for r in refs)
