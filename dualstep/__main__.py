@@ -44,6 +44,7 @@ from dualstep.testing import (
     assert_backends_close,
     call,
     check_tolerance,
+    import_error,
     installed_backends,
     jax_x64,
     lif_step,
@@ -105,7 +106,7 @@ def check(
         backends = installed_backends()
         for backend in BACKENDS:
             if backend not in backends:
-                print(f"{backend} is not installed: {_INSTALL[backend]}", file=sys.stderr)
+                print(_missing(backend), file=sys.stderr)
     compare = functools.partial(
         assert_backends_close, backends=backends, rtol=rtol, atol=atol, check=False
     )
@@ -211,7 +212,8 @@ def info() -> dict[str, Any]:
     installed = installed_backends()
     for name in BACKENDS[1:]:
         if name not in installed:
-            out["backends"][name] = None
+            broken = import_error(name)
+            out["backends"][name] = None if broken is None else {"error": broken}
             continue
         module = importlib.import_module(name)
         if name == "torch":
@@ -233,7 +235,9 @@ def _info(args: argparse.Namespace) -> int:
     print(f"dualstep {found['dualstep']} on Python {found['python']}")
     for name, entry in found["backends"].items():
         if entry is None:
-            print(f"  {name:<6} not installed: pip install 'dualstep[{name}]'")
+            print(f"  {name:<6} not installed: {_INSTALL[name]}")
+        elif "error" in entry:
+            print(f"  {name:<6} installed but fails to import: {entry['error']}")
         else:
             print(f"  {name:<6} {entry['version']:<12} devices: {', '.join(entry['devices'])}")
     sj = found["spikingjelly"]
@@ -276,6 +280,14 @@ def _nir(args: argparse.Namespace) -> int:
 
 
 _INSTALL = {name: f"pip install 'dualstep[{name}]'" for name in BACKENDS}
+
+
+def _missing(name: str) -> str:
+    """Why backend `name` is not run: not installed, or installed but failing to import."""
+    broken = import_error(name)
+    if broken is not None:
+        return f"{name} is installed but fails to import ({broken}); the others run"
+    return f"{name} is not installed: {_INSTALL[name]}"
 
 
 # Argument types raise ArgumentTypeError, so that argparse's message names the option
@@ -330,9 +342,7 @@ def _backend_list(text: str) -> tuple[str, ...]:
         )
     missing = [name for name in names if name not in installed_backends()]
     if missing:
-        raise argparse.ArgumentTypeError(
-            "; ".join(f"{name} is not installed: {_INSTALL[name]}" for name in missing)
-        )
+        raise argparse.ArgumentTypeError("; ".join(_missing(name) for name in missing))
     return tuple(dict.fromkeys(names))
 
 

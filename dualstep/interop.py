@@ -50,6 +50,8 @@ def _map(tree: Any, convert: Callable[[Any, str, str], Any], path: str) -> Any:
                 f"`{where}` must be a {SUPPORTED}, or a tuple/list/dict of them; "
                 f"got {type(x).__module__}.{type(x).__qualname__}"
             )
+        if kind == "jax" and getattr(x, "is_deleted", lambda: False)():
+            raise ValueError(f"`{where}` is a JAX array that has been deleted")
         return convert(x, kind, where)
 
     return map_with_path(leaf, tree, path)
@@ -164,6 +166,8 @@ def _to_jax_leaf(x: Any, kind: str, path: str) -> Any:
     import jax.dlpack
 
     if kind == "numpy":
+        if not x.dtype.isnative:  # JAX takes native byte order only: convert, as to_torch does
+            x = x.astype(x.dtype.newbyteorder("="))
         return jax.numpy.asarray(x)
     t = x.detach().resolve_conj().resolve_neg()  # DLPack has no conjugate or negative bit
     try:
@@ -304,9 +308,12 @@ def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
     Raises
     ------
     TypeError
-        A value that is not a torch, JAX or NumPy array.
+        `params` is not a dict, or a value that is not a torch, JAX or NumPy array.
     ValueError
-        Missing or unexpected names, or a shape or dtype that differs from the module's.
+        Missing or unexpected names, a shape or dtype that differs from the module's, or a
+        tensor of the module that cannot be written in place (an inference tensor, an
+        expanded buffer whose elements share memory). Every check runs before anything is
+        written, so the module is changed entirely or not at all.
 
     Examples
     --------
@@ -317,6 +324,11 @@ def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
     """
     import torch
 
+    if not isinstance(params, dict):
+        raise TypeError(
+            "`params` must be a dict of arrays by name (as module_to_jax returns); "
+            f"got {type(params).__qualname__}"
+        )
     tensors = {**dict(module.named_parameters()), **dict(module.named_buffers())}
     missing, unexpected = tensors.keys() - params.keys(), params.keys() - tensors.keys()
     if missing or unexpected:
@@ -337,6 +349,17 @@ def module_from_jax(module: Any, params: dict[str, Any]) -> Any:
             raise ValueError(
                 f"`params[{name!r}]` must have shape {tuple(t.shape)} and dtype {t.dtype}; "
                 f"got shape {tuple(src.shape)} and dtype {src.dtype}"
+            )
+        # What `copy_` would refuse half-way through, checked before anything is written.
+        if t.is_inference() and not torch.is_inference_mode_enabled():
+            raise ValueError(
+                f"the module's {name!r} is an inference tensor (made under "
+                "torch.inference_mode()), which cannot be written outside it"
+            )
+        if torch._debug_has_internal_overlap(t) == 1:
+            raise ValueError(
+                f"the module's {name!r} has elements that share memory (an expanded tensor), "
+                "so it cannot be written element by element"
             )
     with torch.no_grad():
         for name, t in tensors.items():

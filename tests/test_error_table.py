@@ -14,6 +14,7 @@ import pytest
 from support import ERROR_ROWS, MAKERS, error_pattern
 
 import dualstep as ds
+from dualstep.nir import UnsupportedNode
 from dualstep.testing import BACKENDS, assert_backends_close, lif_step
 
 
@@ -43,6 +44,40 @@ def _wrong_step_mode(b):
 def _fused_memory_module(b):
     neuron = pytest.importorskip("spikingjelly.activation_based.neuron")
     return ds.multi_step_forward(b.asarray(np.ones((4, 2))), neuron.IFNode(), fused=True)
+
+
+def _nir_graph(defect):
+    """`dualstep.nir.load` of a small graph with one defect."""
+    nir = pytest.importorskip("nir")
+    from dualstep.nir import load
+
+    ones = np.ones(2)
+    node = nir.LI(tau=ones, r=ones, v_leak=0 * ones)
+    shape = [2]
+    if defect == "same padding":
+        node = nir.Conv2d(
+            input_shape=(4, 4),
+            weight=np.ones((1, 1, 3, 3)),
+            stride=2,
+            padding="same",
+            dilation=1,
+            groups=1,
+            bias=np.zeros(1),
+        )
+        shape = [1, 4, 4]
+    if defect == "tau":
+        node = nir.LI(tau=0 * ones, r=ones, v_leak=0 * ones)
+    nodes = {
+        "input": nir.Input(input_type=np.array(shape)),
+        "n": node,
+        "output": nir.Output(output_type=np.array(node.output_type["output"])),
+    }
+    edges = [("input", "n"), ("n", "output")] + ([("n", "input")] * (defect == "input edge"))
+    return load(nir.NIRGraph(nodes, edges, type_check=False), dt=1.0)
+
+
+def _linear():
+    return pytest.importorskip("torch").nn.Linear(2, 2)
 
 
 @dataclasses.dataclass
@@ -85,8 +120,17 @@ BAD_CALLS = {
     27: lambda b: ds.chunk_multi_step_forward(2, _seq(b), _ident, checkpoint=True, compile=True),
     28: lambda b: assert_backends_close(_ident, _seq(b), backends=[b.name], rtol=float("nan")),
     29: lambda b: ds.multi_step_forward(_seq(b), lambda x, s: (x, s), state=_Plain(_seq(b, (2,)))),
+    30: lambda b: _nir_graph("input edge"),
+    31: lambda b: _nir_graph("same padding"),
+    32: lambda b: _nir_graph("tau"),
+    33: lambda b: pytest.importorskip("dualstep.interop").module_from_jax(_linear(), None),
 }
-EXCEPTIONS = {"TypeError": TypeError, "ValueError": ValueError, "NotFusable": ds.NotFusable}
+EXCEPTIONS = {
+    "TypeError": TypeError,
+    "ValueError": ValueError,
+    "NotFusable": ds.NotFusable,
+    "UnsupportedNode": UnsupportedNode,
+}
 ONLY = {
     15: {"torch"},
     16: {"torch"},
@@ -94,6 +138,10 @@ ONLY = {
     24: {"numpy"},
     25: {"torch"},
     29: {"jax"},
+    30: {"numpy"},
+    31: {"numpy"},
+    32: {"numpy"},
+    33: {"torch"},
 }
 CASES = [(n, b) for n in sorted(ERROR_ROWS) for b in BACKENDS if b in ONLY.get(n, BACKENDS)]
 

@@ -327,3 +327,42 @@ def test_needs_x64_is_the_one_rule_for_64_bit_dtypes(kind, jax_x64):
     for name in ["float32", "int32", "complex64", "float16", "bool", *sorted(wide)]:
         a = _make(kind, np.zeros(2, dtype=name))
         assert needs_x64(a) == (name in wide), (kind, name)
+
+
+# --- issue 24: interop edge cases ------------------------------------------------------------
+
+
+def test_big_endian_numpy_goes_to_jax_as_to_torch():
+    """A JAX-internal TypeError without the leaf path before; now converted, as to_torch does."""
+    a = np.arange(6, dtype=">f4").reshape(2, 3)
+    j = to_jax({"w": a})["w"]
+    assert j.dtype == jnp.float32
+    np.testing.assert_array_equal(np.asarray(j), a)
+    np.testing.assert_array_equal(to_torch(a).numpy(), a)
+
+
+def test_a_deleted_jax_array_is_named():
+    j = jnp.ones(3)
+    j.delete()
+    for convert in (to_torch, to_numpy):
+        with pytest.raises(ValueError, match=r"`tree\['v'\]` is a JAX array that has been deleted"):
+            convert({"v": j})
+
+
+def test_module_from_jax_writes_all_or_nothing_and_names_params():
+    """A tensor that cannot be written in place (an expanded buffer, an inference tensor) is
+    found before anything is written: the module is left as it was (it was half-written)."""
+    lin = torch.nn.Linear(3, 2)
+    lin.register_buffer("g", torch.zeros(1).expand(2))
+    new = {k: np.asarray(v) + 5 for k, v in module_to_jax(lin).items()}
+    before = {k: v.clone() for k, v in lin.state_dict().items()}
+    with pytest.raises(ValueError, match=r"the module's 'g' has elements that share memory"):
+        module_from_jax(lin, new)
+    assert all(torch.equal(before[k], v) for k, v in lin.state_dict().items())
+    with torch.inference_mode():
+        frozen = torch.nn.Linear(3, 2)
+    with pytest.raises(ValueError, match=r"the module's 'weight' is an inference tensor"):
+        module_from_jax(frozen, module_to_jax(torch.nn.Linear(3, 2)))
+    for bad in (None, [1, 2]):
+        with pytest.raises(TypeError, match=r"`params` must be a dict of arrays by name"):
+            module_from_jax(lin, bad)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -151,3 +153,20 @@ def test_timings_wait_for_every_array_of_a_result():
 
     main_job._median_seconds(lambda: (Pending("y"), {"v": Pending("v"), "i": Pending("i")}), 2)
     assert sorted(waited) == sorted(["y", "v", "i"] * 3)
+
+
+def test_a_backend_that_fails_to_import_is_reported_and_the_rest_run(tmp_path):
+    """`installed_backends()` looked at find_spec only: a jax whose import raises crashed
+    `info` and `check`. Now `info` names it with its error and `check` runs the others."""
+    fake = tmp_path / "jax"
+    fake.mkdir()
+    (fake / "__init__.py").write_text("raise ImportError('libtpu exploded')\n")
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    run = functools.partial(subprocess.run, capture_output=True, text=True, env=env)
+    info = run([sys.executable, "-m", "dualstep", "info", "--json"])
+    assert info.returncode == 0, info.stderr[-2000:]
+    assert json.loads(info.stdout)["backends"]["jax"] == {"error": "ImportError: libtpu exploded"}
+    check = run([sys.executable, "-m", "dualstep", *ARGS, "--json"])
+    assert check.returncode == 0, check.stderr[-2000:]
+    assert "jax is installed but fails to import (ImportError: libtpu exploded)" in check.stderr
+    assert "jax" not in {r["backend"] for r in json.loads(check.stdout)["rows"]}

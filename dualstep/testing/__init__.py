@@ -4,9 +4,10 @@
   installed backend against the NumPy float64 oracle; a `Report` of the errors.
 - `assert_implementations_close`: two implementations of one model (a torch model and its
   JAX port, a model before and after NIR), on any two backends, compared step by step.
-- `BACKENDS`, `installed_backends()`, `TOLERANCES` (by dtype name), `check_tolerance` (finite
-  and non-negative, or ValueError) and `jax_x64(enable)`: the backends and the tolerance rule
-  both helpers use, for tests and tools that compare too.
+- `BACKENDS`, `installed_backends()` (`import_error(name)` says why an installed one does not
+  import), `TOLERANCES` (by dtype name), `check_tolerance` (finite and non-negative, or
+  ValueError) and `jax_x64(enable)`: the backends and the tolerance rule both helpers use, for
+  tests and tools that compare too.
 - `FUNCTIONS` (the five names), `STATEFUL_FUNCTIONS`, `TIME_LAST_FUNCTIONS`, `call(name, ...)`,
   `call_time_first(name, ...)` and `chunk_module(step)`: the one catalogue of how each function
   is called, in its own layout or time first, and how a step becomes a chunk module.
@@ -36,6 +37,7 @@ from ._validate import (
     assert_backends_close,
     assert_implementations_close,
     check_tolerance,
+    import_error,
     installed_backends,
     jax_x64,
 )
@@ -56,6 +58,7 @@ __all__ = [
     "check_tolerance",
     "chunk_module",
     "if_step",
+    "import_error",
     "installed_backends",
     "jax_x64",
     "lif_step",

@@ -89,9 +89,30 @@ class Report:
         return "\n".join(lines)
 
 
+_import_errors: dict[str, str | None] = {}
+
+
+def import_error(name: str) -> str | None:
+    """Why framework `name` fails to import although it is installed (a broken install), as
+    ``"ImportError: ..."``; None when it imports or is not installed. Tried once."""
+    if name not in _import_errors:
+        _import_errors[name] = None
+        if importlib.util.find_spec(name) is not None:
+            try:
+                importlib.import_module(name)
+            except Exception as error:  # any failure at import is a broken install
+                _import_errors[name] = f"{type(error).__name__}: {error}"
+    return _import_errors[name]
+
+
 def installed_backends() -> tuple[str, ...]:
-    """The backends whose framework can be imported here (NumPy always)."""
-    return tuple(b for b in BACKENDS if b == "numpy" or importlib.util.find_spec(b) is not None)
+    """The backends whose framework is installed and imports here (NumPy always); see
+    :func:`import_error` for one that is installed but broken."""
+    return tuple(
+        b
+        for b in BACKENDS
+        if b == "numpy" or (importlib.util.find_spec(b) is not None and import_error(b) is None)
+    )
 
 
 def _check_backends(backends: Sequence[str] | None) -> tuple[str, ...]:
