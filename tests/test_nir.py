@@ -398,6 +398,10 @@ def test_main_job_runs_a_nir_file_on_every_backend(tmp_path, capsys):
     }
     assert all(r["first_bad_step"] is None for r in found["rows"])
     assert main_job.main(["nir", str(path), "--T", "4", "--no-type-check"]) == 0
+    with pytest.raises(SystemExit) as info:  # beyond memory: one line, not a traceback
+        main_job.main(["nir", str(path), "--T", "1000000000000"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("dualstep nir: error: out of memory: ")
     with pytest.raises(SystemExit):
         main_job.main(["nir", str(path), "--dt", "0"])
 
