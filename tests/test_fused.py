@@ -300,6 +300,35 @@ def test_torch_trace_cache_sees_changed_scalars_and_tensors():
     assert not np.allclose(_np(first[0]), _np(ds.multi_step_forward(x, neuron.step, state=v0)[0]))
 
 
+def test_torch_kernel_sources_go_with_their_kernels(monkeypatch):
+    """Generated sources were registered in linecache and never removed (400 entries after 200
+    distinct steps); now they are dropped with the kernels the cache evicts."""
+    import gc
+    import linecache
+
+    torch = _framework("torch")
+    from dualstep.fused import triton as fused_triton
+
+    monkeypatch.setattr(fused_triton, "CACHE_SIZE", 2)
+    x, v0 = torch.linspace(-1, 3, 4 * 3).reshape(4, 3), torch.zeros(3)
+
+    def sources():
+        gc.collect()
+        return [name for name in linecache.cache if name.startswith("<dualstep-fused-")]
+
+    before = len(sources())
+    for i in range(8):  # an annealed threshold: a new closure value, a new trace, every call
+        threshold = 1.0 + i / 8
+
+        def step(x, v, threshold=threshold):
+            v = v + x
+            s = (v > threshold).to(x.dtype)
+            return s, v * (1 - s)
+
+        ds.multi_step_forward(x, step, state=v0, fused=True)
+    assert len(sources()) - before <= 2 * 2  # forward and backward of the cached two
+
+
 def _scale(x, v, row):
     return x * row, v
 

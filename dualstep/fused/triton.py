@@ -312,13 +312,15 @@ class _Kernels:
 _counter = itertools.count()
 
 
-def _compile(source: str, name: str, interpret: bool) -> Any:
+def _compile(source: str, name: str, interpret: bool, filenames: list) -> Any:
     """Define the kernel `name` from `source`, registered with linecache so that Triton (which
-    reads a kernel's source) can see it."""
+    reads a kernel's source) can see it; the name it is registered under is appended to
+    `filenames`, to be dropped with the kernels (:func:`_drop_sources`)."""
     import triton
     import triton.language as tl
 
     filename = f"<dualstep-fused-{next(_counter)}>"
+    filenames.append(filename)
     linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     namespace: dict[str, Any] = {"triton": triton, "tl": tl}
     exec(compile(source, filename, "exec"), namespace)
@@ -450,13 +452,23 @@ def _build(
     out_vals = [n.meta.get("val") for n in _output_nodes(graph)]
     check_layout(step_shape, out_vals[:ny], "output")
     launch = INTERPRET_LAUNCH if interpret else LAUNCH
-    fwd = _compile(_forward_source(graph, len(leaves), launch["unroll"]), "fwd", interpret)
+    sources: list[str] = []
+    source = _forward_source(graph, len(leaves), launch["unroll"])
+    fwd = _compile(source, "fwd", interpret, sources)
     out_dtypes = [v.dtype for v in out_vals[:ny]]
     diff_y = [i for i in range(ny) if out_dtypes[i].is_floating_point]
     bwd = None
     if torch.is_grad_enabled():
-        bwd = _backward_kernel(step, example, ny, out_dtypes, diff_y, interpret)
-    return _Kernels(fwd, bwd, outputs[0], out_dtypes)
+        bwd = _backward_kernel(step, example, ny, out_dtypes, diff_y, interpret, sources)
+    kernels = _Kernels(fwd, bwd, outputs[0], out_dtypes)
+    # The sources live as long as the kernels: evicted from the cache and unused, both go.
+    weakref.finalize(kernels, _drop_sources, tuple(sources))
+    return kernels
+
+
+def _drop_sources(filenames: tuple) -> None:
+    for filename in filenames:
+        linecache.cache.pop(filename, None)
 
 
 def _output_nodes(graph: _Graph) -> list:
@@ -465,7 +477,13 @@ def _output_nodes(graph: _Graph) -> list:
 
 
 def _backward_kernel(
-    step: Callable, example: list, ny: int, out_dtypes: list, diff_y: list, interpret: bool
+    step: Callable,
+    example: list,
+    ny: int,
+    out_dtypes: list,
+    diff_y: list,
+    interpret: bool,
+    sources: list,
 ) -> Any:
     """The reverse-time kernel: the vector-Jacobian product of one step, traced through
     ``torch.autograd.grad`` (so a ``torch.autograd.Function``'s backward is what it computes)."""
@@ -492,7 +510,7 @@ def _backward_kernel(
         )
 
     graph = _Graph(_trace(vjp, [*example, *cotangents]), tuple(shape))
-    return _compile(_backward_source(graph, nl, len(diff_y)), "bwd", interpret)
+    return _compile(_backward_source(graph, nl, len(diff_y)), "bwd", interpret, sources)
 
 
 class _Fused(torch.autograd.Function):
