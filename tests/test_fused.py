@@ -329,6 +329,34 @@ def test_torch_kernel_sources_go_with_their_kernels(monkeypatch):
     assert len(sources()) - before <= 2 * 2  # forward and backward of the cached two
 
 
+def test_torch_fused_calls_from_threads():
+    """Six threads, eight LIF steps each, cold (tracing: make_fx's global state) and warm
+    (the Triton interpreter's global patching): every result equals the loop."""
+    import concurrent.futures
+
+    torch = _framework("torch")
+
+    def steps(k):
+        def step(x, v, tau=2.0 + k):
+            v = v + (x - v) / tau
+            s = (v > 0.5).to(x.dtype)
+            return s, v * (1 - s)
+
+        return step
+
+    x, v0 = torch.linspace(-1, 3, 8 * 6).reshape(8, 6), torch.zeros(6)
+    want = [ds.multi_step_forward(x, steps(k), state=v0) for k in range(8)]
+    for _ in ("cold", "warm"):
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            got = list(
+                pool.map(
+                    lambda k: ds.multi_step_forward(x, steps(k), state=v0, fused=True), range(8)
+                )
+            )
+        for g, w in zip(got, want, strict=True):
+            _assert_same(g, w)
+
+
 def _scale(x, v, row):
     return x * row, v
 

@@ -16,6 +16,7 @@ are not seen, as in the JAX compile cache.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import linecache
@@ -244,6 +245,11 @@ _Key = tuple
 _cache: OrderedDict[_Key, tuple[list, _Kernels]] = OrderedDict()
 _lock = threading.Lock()
 CACHE_SIZE = 128
+# make_fx keeps global state while it traces, and Triton's interpreter patches `triton.language`
+# globally while a kernel runs: each is serialised across threads (compiled CUDA launches are
+# not). Re-entrant: a step may itself make a fused call.
+_tracing = threading.RLock()
+_interpreting = threading.RLock()
 
 
 class _Uncacheable(Exception):
@@ -418,21 +424,31 @@ def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Ke
         hash(key)
     except (_Uncacheable, TypeError):
         key = None
-    if key is not None:
-        entry = _cache.get(key)
-        if entry is not None:
-            refs, kernels = entry
-            if len(refs) == len(tensors) and all(
-                r() is t for r, t in zip(refs, tensors, strict=True)
-            ):
-                return kernels
-    kernels = _build(x_seq, modules, state, leaves, step_shape, interpret)
-    if key is not None:
-        with _lock:
-            _cache[key] = ([weakref.ref(t) for t in tensors], kernels)
-            while len(_cache) > CACHE_SIZE:
-                _cache.popitem(last=False)
+    found = _cached(key, tensors)
+    if found is not None:
+        return found
+    with _tracing:
+        found = _cached(key, tensors)  # built meanwhile by another thread
+        if found is not None:
+            return found
+        kernels = _build(x_seq, modules, state, leaves, step_shape, interpret)
+        if key is not None:
+            with _lock:
+                _cache[key] = ([weakref.ref(t) for t in tensors], kernels)
+                while len(_cache) > CACHE_SIZE:
+                    _cache.popitem(last=False)
     return kernels
+
+
+def _cached(key: Any, tensors: list) -> _Kernels | None:
+    """The cached kernels of `key` when the tensors it names are still the same objects."""
+    entry = None if key is None else _cache.get(key)
+    if entry is None:
+        return None
+    refs, kernels = entry
+    if len(refs) == len(tensors) and all(r() is t for r, t in zip(refs, tensors, strict=True)):
+        return kernels
+    return None
 
 
 def _build(
@@ -526,18 +542,19 @@ class _Fused(torch.autograd.Function):
         saved = [a.new_empty((steps, n)) for a in leaves] if save else []
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else {"num_warps": launch["num_warps"]}
-        kernels.fwd[grid](
-            x2d,
-            *leaves,
-            *ys,
-            *finals,
-            *(saved or [x2d] * nl),
-            steps,
-            n,
-            SAVE=save,
-            BLOCK=launch["block"],
-            **options,
-        )
+        with _interpreting if interpret else contextlib.nullcontext():
+            kernels.fwd[grid](
+                x2d,
+                *leaves,
+                *ys,
+                *finals,
+                *(saved or [x2d] * nl),
+                steps,
+                n,
+                SAVE=save,
+                BLOCK=launch["block"],
+                **options,
+            )
         if save:
             ctx.save_for_backward(x2d, *saved)
             ctx.kernels = kernels
@@ -566,19 +583,20 @@ class _Fused(torch.autograd.Function):
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else {"num_warps": launch["num_warps"]}
         last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
-        kernels.bwd[grid](
-            x2d,
-            *saved,
-            *g_ys,
-            *g_final,
-            g_x,
-            *g_0,
-            steps,
-            n,
-            last,
-            BLOCK=launch["block"],
-            **options,
-        )
+        with _interpreting if interpret else contextlib.nullcontext():
+            kernels.bwd[grid](
+                x2d,
+                *saved,
+                *g_ys,
+                *g_final,
+                g_x,
+                *g_0,
+                steps,
+                n,
+                last,
+                BLOCK=launch["block"],
+                **options,
+            )
         return (None, g_x, *g_0)
 
 
