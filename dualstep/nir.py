@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 from array_api_compat import array_namespace
 
-from ._dispatch import kind_of
+from ._dispatch import dtype_name, kind_of
 
 __all__ = ["CONVENTIONS", "Model", "NIRFileError", "UnsupportedNode", "load"]
 
@@ -484,6 +484,7 @@ class Model:
     convention: str
 
     def step(self, x: Any, state: Any) -> tuple[Any, Any]:
+        _check_floating(x, "x")
         values: dict[str, Any] = {}
         new_state: dict[str, Any] = {}
         for name in self.order:
@@ -508,6 +509,7 @@ class Model:
     def initial_state(self, x_seq: Any) -> dict:
         """Zeros for every stateful node, for `x_seq` (``[T, batch, ...]``): its kind of
         array, dtype, device and batch size. A subgraph node's entry is the subgraph's state."""
+        _check_floating(x_seq, "x_seq")
         xp = array_namespace(x_seq)
         batch = x_seq.shape[1]
 
@@ -529,6 +531,20 @@ class Model:
         if feeding:
             state["recurrent"] = {src: zeros(self.output_shapes[src]) for src in feeding}
         return state
+
+
+_FLOATING = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+def _check_floating(x: Any, argument: str) -> None:
+    """Graphs compute in floating point: an integer or bool input would cast the weights to
+    its dtype (a Linear of 0.5 on ones gave 0)."""
+    name = dtype_name(x)
+    if name not in _FLOATING:
+        raise TypeError(
+            f"`{argument}` of a NIR graph must be a floating array (float16, bfloat16, float32 "
+            f"or float64); got {name}: convert it first, e.g. x.astype('float32')"
+        )
 
 
 def _device(x: Any) -> Any:

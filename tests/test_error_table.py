@@ -76,6 +76,13 @@ def _nir_graph(defect):
     return load(nir.NIRGraph(nodes, edges, type_check=False), dt=1.0)
 
 
+def _nir_model():
+    nir = pytest.importorskip("nir")
+    from dualstep.nir import load
+
+    return load(nir.NIRGraph.from_list(nir.Linear(weight=np.eye(2))), dt=1.0)
+
+
 def _linear():
     return pytest.importorskip("torch").nn.Linear(2, 2)
 
@@ -124,6 +131,7 @@ BAD_CALLS = {
     31: lambda b: _nir_graph("same padding"),
     32: lambda b: _nir_graph("tau"),
     33: lambda b: pytest.importorskip("dualstep.interop").module_from_jax(_linear(), None),
+    34: lambda b: _nir_model().initial_state(b.asarray(np.ones((3, 2, 2), np.int32))),
 }
 EXCEPTIONS = {
     "TypeError": TypeError,

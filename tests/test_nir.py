@@ -816,3 +816,15 @@ def test_float64_input_keeps_no_parameter_alive():
         refs = run(x)
         gc.collect()
         assert all(r() is None for r in refs)
+
+
+@pytest.mark.parametrize("dtype", ["int32", "bool", "uint8"])
+def test_integer_and_bool_input_is_refused_by_name(dtype):
+    """The weights were cast to the input's dtype: a Linear of 0.5 on int ones gave 0."""
+    model = load(_graph(nir.Linear(weight=np.full((3, 3), 0.5))), dt=1.0)
+    x = np.ones((2, 1, 3), dtype)
+    message = rf"`x_seq` of a NIR graph must be a floating array .*; got {dtype}"
+    with pytest.raises(TypeError, match=message):
+        model.initial_state(x)
+    with pytest.raises(TypeError, match=rf"`x` of a NIR graph must be a floating array .*{dtype}"):
+        ds.multi_step_forward(x, model.step, state={})
