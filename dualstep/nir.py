@@ -121,19 +121,28 @@ def _like(p: np.ndarray, x: Any) -> Any:
     return value
 
 
-def _port_shape(node: Any, name: str, port: str) -> tuple[int, ...]:
-    """The shape of a node's input or output (without the batch), as NIR's type inference
-    wrote it; a graph read with ``type_check=False`` may have none."""
+def _declared_shape(node: Any, port: str) -> tuple[int, ...] | None:
+    """The shape of a node's input or output (without the batch) as the graph declares it, or
+    None where it declares none (a graph read with ``type_check=False`` may not)."""
     types_ = getattr(node, f"{port}_type", None) or {}
     shape = types_.get(port, next(iter(types_.values()), None))
     a = None if shape is None else np.asarray(shape)
     if a is None or a.ndim != 1 or a.size == 0 or not np.issubdtype(a.dtype, np.integer):
+        return None
+    return tuple(int(n) for n in a)
+
+
+def _port_shape(node: Any, name: str, port: str) -> tuple[int, ...]:
+    """:func:`_declared_shape`, which this node must declare."""
+    shape = _declared_shape(node, port)
+    if shape is None:
+        types_ = getattr(node, f"{port}_type", None) or {}
         raise UnsupportedNode(
             f"node {name!r} ({type(node).__name__}) has no {port} shape (its {port}_type is "
             f"{types_!r}); write the graph with its types (nir's type inference), or give "
             "the node its shape"
         )
-    return tuple(int(n) for n in a)
+    return shape
 
 
 def _fire(v: Any, threshold: Any, inclusive: bool) -> Any:
@@ -643,6 +652,13 @@ def _model(graph: Any, dt: float, convention: str, prefix: str = "") -> Model:
             f"edge {into_input[0]} goes into the Input node {prefix + inputs_[0]!r}, whose value "
             "is the sequence's input alone; feed the node it goes to instead"
         )
+    for a, b in edges:  # what nir's type check does, for graphs built or read without it
+        want = _declared_shape(graph.nodes[b], "input")
+        if want is not None and want != shapes[a]:
+            raise UnsupportedNode(
+                f"edge {(prefix + a, prefix + b)} joins an output of shape {list(shapes[a])} "
+                f"to an input of shape {list(want)}; the arrays would broadcast silently"
+            )
     order, forward, back = _order(inputs_[0], list(nodes), edges)
     return Model(
         nodes,

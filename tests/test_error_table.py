@@ -67,6 +67,8 @@ def _nir_graph(defect):
         shape = [1, 4, 4]
     if defect == "tau":
         node = nir.LI(tau=0 * ones, r=ones, v_leak=0 * ones)
+    if defect == "shapes":
+        shape = [3]
     nodes = {
         "input": nir.Input(input_type=np.array(shape)),
         "n": node,
@@ -132,6 +134,7 @@ BAD_CALLS = {
     32: lambda b: _nir_graph("tau"),
     33: lambda b: pytest.importorskip("dualstep.interop").module_from_jax(_linear(), None),
     34: lambda b: _nir_model().initial_state(b.asarray(np.ones((3, 2, 2), np.int32))),
+    35: lambda b: _nir_graph("shapes"),
 }
 EXCEPTIONS = {
     "TypeError": TypeError,
@@ -150,6 +153,7 @@ ONLY = {
     31: {"numpy"},
     32: {"numpy"},
     33: {"torch"},
+    35: {"numpy"},
 }
 CASES = [(n, b) for n in sorted(ERROR_ROWS) for b in BACKENDS if b in ONLY.get(n, BACKENDS)]
 

@@ -828,3 +828,22 @@ def test_integer_and_bool_input_is_refused_by_name(dtype):
         model.initial_state(x)
     with pytest.raises(TypeError, match=rf"`x` of a NIR graph must be a floating array .*{dtype}"):
         ds.multi_step_forward(x, model.step, state={})
+
+
+def test_shapes_that_would_broadcast_are_refused_at_load():
+    """A Linear with one output into a 2-neuron LIF ran silently (broadcast) in a graph built
+    with type_check=False; the edge is now refused as nir's type check would."""
+    ones = np.ones(2)
+    nodes = {
+        "input": nir.Input(input_type=np.array([3])),
+        "lin": nir.Linear(weight=np.ones((1, 3))),
+        "lif": nir.LIF(tau=ones, r=ones, v_leak=0 * ones, v_threshold=ones, v_reset=0 * ones),
+        "output": nir.Output(output_type=np.array([2])),
+    }
+    edges = [("input", "lin"), ("lin", "lif"), ("lif", "output")]
+    graph = nir.NIRGraph(nodes, edges, type_check=False)
+    with pytest.raises(
+        UnsupportedNode,
+        match=r"edge \('lin', 'lif'\) joins an output of shape \[1\] to an input of shape \[2\]",
+    ):
+        load(graph, dt=1.0)
