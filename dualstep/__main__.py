@@ -49,7 +49,7 @@ from dualstep.testing import (
     jax_x64,
     lif_step,
 )
-from dualstep.testing._validate import CONVERT
+from dualstep.testing._validate import CONVERT, why_not_installed
 
 SPLIT = 16
 
@@ -235,7 +235,7 @@ def _info(args: argparse.Namespace) -> int:
     print(f"dualstep {found['dualstep']} on Python {found['python']}")
     for name, entry in found["backends"].items():
         if entry is None:
-            print(f"  {name:<6} not installed: {_INSTALL[name]}")
+            print(f"  {name:<6} not installed: pip install 'dualstep[{name}]'")
         elif "error" in entry:
             print(f"  {name:<6} installed but fails to import: {entry['error']}")
         else:
@@ -279,37 +279,31 @@ def _nir(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
-_INSTALL = {name: f"pip install 'dualstep[{name}]'" for name in BACKENDS}
-
-
 def _missing(name: str) -> str:
-    """Why backend `name` is not run: not installed, or installed but failing to import."""
-    broken = import_error(name)
-    if broken is not None:
-        return f"{name} is installed but fails to import ({broken}); the others run"
-    return f"{name} is not installed: {_INSTALL[name]}"
+    """Why backend `name` is not run (`check` goes on with the others)."""
+    reason = why_not_installed(name)
+    return f"{reason}; the others run" if import_error(name) is not None else reason
 
 
 # Argument types raise ArgumentTypeError, so that argparse's message names the option
 # ("argument --T: must be a positive integer; got 'abc'").
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return value
+def _int_at_least(low: int, what: str) -> Callable[[str], int]:
+    """An argument type: an int of at least `low` (`what` says so in the error)."""
+
+    def convert(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = low - 1
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be a {what} integer; got {text!r}")
+        return value
+
+    return convert
 
 
-def _seed(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer; got {text!r}")
-    return value
+_positive_int = _int_at_least(1, "positive")
+_seed = _int_at_least(0, "non-negative")
 
 
 def _positive_float(text: str) -> float:
@@ -342,7 +336,7 @@ def _backend_list(text: str) -> tuple[str, ...]:
         )
     missing = [name for name in names if name not in installed_backends()]
     if missing:
-        raise argparse.ArgumentTypeError("; ".join(_missing(name) for name in missing))
+        raise argparse.ArgumentTypeError("; ".join(why_not_installed(name) for name in missing))
     return tuple(dict.fromkeys(names))
 
 

@@ -123,8 +123,17 @@ def _check_backends(backends: Sequence[str] | None) -> tuple[str, ...]:
         if b not in BACKENDS:
             raise ValueError(f"`backends` entries must be among {BACKENDS}; got {b!r}")
         if b not in installed_backends():
-            raise ValueError(f"{b} is not installed: pip install 'dualstep[{b}]'")
+            raise ValueError(why_not_installed(b))
     return backends
+
+
+def why_not_installed(name: str) -> str:
+    """Why backend `name` cannot run here: not installed (with its install command), or
+    installed but failing to import (with the error)."""
+    broken = import_error(name)
+    if broken is not None:
+        return f"{name} is installed but fails to import ({broken})"
+    return f"{name} is not installed: pip install 'dualstep[{name}]'"
 
 
 def _check_functions(functions: Sequence[str] | None, stateful: bool) -> tuple[str, ...]:
