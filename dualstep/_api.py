@@ -126,11 +126,11 @@ def _step_mode_of(module: Any) -> str | None:
     return mode
 
 
-def _stepping_modules(modules: Any) -> list:
-    """The outermost SpikingJelly step modules that are or hold memory modules: the ones whose
-    step mode says how time is fed to that memory. A container (``MultiStepContainer``,
-    ``StepModeContainer``...) decides for what it holds: a ``MultiStepContainer`` of
-    single-step neurons is multi-step."""
+def _stepping_modules(modules: Any, with_memory: bool = True) -> list:
+    """The outermost SpikingJelly step modules (with `with_memory`, those that are or hold
+    memory modules: the ones whose step mode says how time is fed to that memory). A container
+    (``MultiStepContainer``, ``StepModeContainer``...) decides for what it holds: a
+    ``MultiStepContainer`` of single-step neurons is multi-step."""
     sj_base = sys.modules.get("spikingjelly.activation_based.base")
     if sj_base is None:
         return []
@@ -139,7 +139,7 @@ def _stepping_modules(modules: Any) -> list:
     def visit(module: Any) -> None:
         if isinstance(module, sj_base.StepModule):
             inside = module.modules() if hasattr(module, "modules") else (module,)
-            if any(isinstance(sub, sj_base.MemoryModule) for sub in inside):
+            if not with_memory or any(isinstance(sub, sj_base.MemoryModule) for sub in inside):
                 found.append(module)
             return
         for child in module.children() if hasattr(module, "children") else ():

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from .. import interop
-from .._api import _memory_modules, _step_mode_of
+from .._api import _memory_modules, _step_mode_of, _stepping_modules
 from .._dispatch import dtype_name, kind_of
 from .._tree import leaves_with_path, map_with_path
 from ._functions import FUNCTIONS, STATEFUL_FUNCTIONS, call, call_time_first
@@ -458,16 +458,9 @@ def _side_backend(modules: Any, state: Any, x_seq: Any, given: str | None, side:
 
 
 def _multi_step(modules: Any) -> bool:
-    """Whether `modules` take the whole sequence: SpikingJelly modules in step mode 'm'
-    (``step_mode="m"``, a ``MultiStepContainer``...), found through torch submodules."""
-    sj_base = sys.modules.get("spikingjelly.activation_based.base")
-    if sj_base is None:
-        return False
-    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
-        for sub in module.modules() if hasattr(module, "modules") else (module,):
-            if isinstance(sub, sj_base.StepModule) and _step_mode_of(sub) == "m":
-                return True
-    return False
+    """Whether `modules` take the whole sequence: an outermost SpikingJelly step module in
+    step mode 'm' (``step_mode="m"``, a ``MultiStepContainer``...)."""
+    return any(_step_mode_of(m) == "m" for m in _stepping_modules(modules, with_memory=False))
 
 
 def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[Any, Any]:
