@@ -600,18 +600,11 @@ def test_nested_graphs_run_as_the_flat_graph_with_their_own_recurrent_edges(tmp_
         assert assert_backends_close(
             model.step, x.astype(np.float32), state=model.initial_state(x.astype(np.float32))
         ).ok
-    twice = nir.NIRGraph(
-        nodes={
-            "input": nir.Input(input_type=np.array([2])),
-            "layer": inner,
-            "output": nir.Output(output_type=np.array([2])),
-        },
-        edges=[("input", "layer"), ("layer", "output")],
-    )
+    twice = _graph(inner, in_shape=(2,))  # input -> n0 (the subgraph) -> output
     model = load(_outer(twice), dt=1.0)
     y, final = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
     np.testing.assert_allclose(y, want, rtol=1e-12)
-    assert set(final["rnn"]["layer"]) == {"li", "recurrent"}
+    assert set(final["rnn"]["n0"]) == {"li", "recurrent"}
 
 
 def test_a_subgraph_with_two_outputs_is_named():
@@ -676,14 +669,7 @@ def test_split_and_merge_inside_a_subgraph():
         },
         edges=[("input", "a"), ("input", "b"), ("a", "li"), ("b", "li"), ("li", "output")],
     )
-    graph = nir.NIRGraph(
-        nodes={
-            "input": nir.Input(input_type=np.array([2])),
-            "inner": inner,
-            "output": nir.Output(output_type=np.array([2])),
-        },
-        edges=[("input", "inner"), ("inner", "output")],
-    )
+    graph = _graph(inner, in_shape=(2,))  # input -> n0 (the subgraph) -> output
     model = load(graph, dt=1.0)
     x = _x((5, 1, 2), seed=9).astype(np.float64)
     y, _ = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
@@ -693,7 +679,7 @@ def test_split_and_merge_inside_a_subgraph():
         nodes={k: v for k, v in inner.nodes.items() if k != "li"},
         edges=[("input", "a"), ("input", "b"), ("a", "output"), ("b", "output")],
     )
-    graph.nodes["inner"] = stateless
+    graph.nodes["n0"] = stateless
     branches = load(graph, dt=1.0)
     assert branches.initial_state(x) == {}
     z, _ = ds.multi_step_forward(x, branches.step, state={})

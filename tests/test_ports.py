@@ -191,9 +191,18 @@ def test_a_port_with_another_state_structure_is_not_reported_wrong():
     x = _input(6, 2, 3)
     zeros = np.zeros((2, 3), np.float32)
     ref_state, cand_state = (zeros, zeros), {"v": zeros, "a": zeros}
-    report = assert_implementations_close(
-        reference, port, x, reference_state=ref_state, candidate_state=cand_state
-    )
+
+    def compare(candidate, **options):
+        return assert_implementations_close(
+            reference,
+            candidate,
+            x,
+            reference_state=ref_state,
+            candidate_state=cand_state,
+            **options,
+        )
+
+    report = compare(port)
     assert report.ok
     (y, skipped) = report.rows
     assert (y.leaf, y.max_abs_error) == ("y", 0.0)
@@ -203,14 +212,7 @@ def test_a_port_with_another_state_structure_is_not_reported_wrong():
     )
     assert "not compared: the states differ" in str(report)
     # Mapped onto the reference's structure, the states are compared, and a wrong port fails.
-    mapped = assert_implementations_close(
-        reference,
-        port,
-        x,
-        reference_state=ref_state,
-        candidate_state=cand_state,
-        compare_state=lambda s: (s["v"], s["a"]),
-    )
+    mapped = compare(port, compare_state=lambda s: (s["v"], s["a"]))
     assert [(r.leaf, r.max_abs_error) for r in mapped.rows] == [
         ("y", 0.0),
         ("state[0]", 0.0),
@@ -221,35 +223,12 @@ def test_a_port_with_another_state_structure_is_not_reported_wrong():
         y, s = port(x, s)
         return y, {"v": s["v"], "a": s["a"] * 1.5}
 
-    bad = assert_implementations_close(
-        reference,
-        drifting,
-        x,
-        reference_state=ref_state,
-        candidate_state=cand_state,
-        compare_state=lambda s: (s["v"], s["a"]),
-        check=False,
-    )
+    bad = compare(drifting, compare_state=lambda s: (s["v"], s["a"]), check=False)
     assert {r.leaf for r in bad.rows if not r.ok} == {"y", "state[0]", "state[1]"}
-    forced = assert_implementations_close(
-        reference,
-        port,
-        x,
-        reference_state=ref_state,
-        candidate_state=cand_state,
-        compare_state=True,
-        check=False,
-    )
+    forced = compare(port, compare_state=True, check=False)
     assert not forced.ok and forced.rows[0].first_bad_step == "structure"
     with pytest.raises(TypeError, match="`compare_state` must be a bool, a callable or None"):
-        assert_implementations_close(
-            reference,
-            port,
-            x,
-            reference_state=ref_state,
-            candidate_state=cand_state,
-            compare_state="yes",
-        )
+        compare(port, compare_state="yes")
 
 
 def _sj_multi_step_net():
