@@ -37,7 +37,7 @@ def _checked_pair(
     out: Any, state: Any, index: int | None, kept: Callable[[Any], bool] | None
 ) -> tuple[Any, Any]:
     """`out`, a module's return value for `state`, if it is a ``(y, state)`` pair whose state
-    keeps the layout of `state`; else the error. `kept` is `state`'s :func:`layout_test`
+    keeps the layout of `state`; else the error. `kept` is one of `state`'s :func:`layout_tests`
     (None: the rule alone decides); `index` is the module's place in a module list, for the
     error's path."""
     if not (isinstance(out, tuple) and len(out) == 2):
@@ -56,19 +56,22 @@ def _checked_pair(
 _layout_code: dict[Any, Callable] = {}
 
 
-def layout_test(state: Any, dtypes: bool = True) -> Callable[[Any], bool] | None:
-    """A fast test of the kept-state rule for states laid out as `state`: ``test(new)`` is
-    True when `new` has `state`'s structure (container types, lengths, dict keys), shapes and
-    (with `dtypes`) dtypes. A sufficient test: when it says no, :func:`_check_state_kept`
-    (the rule itself) decides and names what changed. None for a state holding a dataclass or
-    pytree node (the rule walks those).
+def layout_tests(state: Any) -> tuple[Callable[[Any], bool], Callable[[Any], bool]] | None:
+    """Fast tests of the kept-state rule for states laid out as `state`: ``(full, shapes)``,
+    where ``full(new)`` is True when `new` has `state`'s structure (container types, lengths,
+    dict keys), shapes and dtypes, and ``shapes(new)`` the same without the dtypes. Sufficient
+    tests: when one says no, :func:`_check_state_kept` (the rule itself) decides and names what
+    changed. None for a state holding a dataclass or pytree node (the rule walks those).
 
-    The test is straight-line code generated once per structure (no recursion, no paths), so
+    The tests are straight-line code generated once per structure (no recursion, no paths), so
     that checking a nested dict state costs about what reading its arrays' shapes does.
     """
     constants: list = []
-    lines: list[str] = []
+    lines: list[tuple[str, str]] = []  # (the full test's line, the shapes test's line)
     structure: list = []
+
+    def line(text: str) -> None:
+        lines.append((text, text))
 
     def visit(tree: Any, name: str) -> bool:
         cls = type(tree)
@@ -76,23 +79,23 @@ def layout_test(state: Any, dtypes: bool = True) -> Callable[[Any], bool] | None
             keys = tuple(tree) if cls is dict else len(tree)
             structure.append((cls, keys))
             constants.append(cls)
-            lines.append(f"if type({name}) is not c[{len(constants) - 1}]: return False")
+            line(f"if type({name}) is not c[{len(constants) - 1}]: return False")
             if cls is dict:
                 constants.append(tree.keys())
-                lines.append(f"if {name}.keys() != c[{len(constants) - 1}]: return False")
+                line(f"if {name}.keys() != c[{len(constants) - 1}]: return False")
             else:
-                lines.append(f"if len({name}) != {len(tree)}: return False")
+                line(f"if len({name}) != {len(tree)}: return False")
             items = tree.items() if cls is dict else enumerate(tree)
             for i, (key, item) in enumerate(items):
                 child = f"{name}_{i}"
                 constants.append(key)
-                lines.append(f"{child} = {name}[c[{len(constants) - 1}]]")
+                line(f"{child} = {name}[c[{len(constants) - 1}]]")
                 if not visit(item, child):
                     return False
             return True
         if tree is None:
             structure.append(None)
-            lines.append(f"if {name} is not None: return False")
+            line(f"if {name} is not None: return False")
             return True
         if node(tree) is not None or not hasattr(tree, "shape"):
             return False
@@ -100,21 +103,31 @@ def layout_test(state: Any, dtypes: bool = True) -> Callable[[Any], bool] | None
         constants.append(tree.shape)
         constants.append(tree.dtype)
         n = len(constants)
-        dtype = f" or {name}.dtype != c[{n - 1}]" if dtypes else ""
-        lines.append(f"if {name}.shape != c[{n - 2}]{dtype}: return False")
+        shape = f"if {name}.shape != c[{n - 2}]"
+        lines.append(
+            (f"{shape} or {name}.dtype != c[{n - 1}]: return False", f"{shape}: return False")
+        )
         return True
 
     if not visit(state, "s"):
         return None
-    key = (dtypes, *structure)
+    key = tuple(structure)
     make = _layout_code.get(key)
     if make is None:
         # A state without even the structure fails an index or attribute: not kept either.
-        body = "\n".join(f"            {line}" for line in lines)
+        def test(name: str, body: list[str]) -> str:
+            indented = "\n".join(f"            {text}" for text in body)
+            return (
+                f"    def {name}(s):\n        try:\n{indented}\n"
+                "        except (AttributeError, KeyError, IndexError, TypeError):\n"
+                "            return False\n        return True\n"
+            )
+
         source = (
-            "def make(c):\n    def test(s):\n        try:\n"
-            f"{body}\n        except (AttributeError, KeyError, IndexError, TypeError):\n"
-            "            return False\n        return True\n    return test\n"
+            "def make(c):\n"
+            + test("full", [full for full, _ in lines])
+            + test("shapes", [shapes for _, shapes in lines])
+            + "    return full, shapes\n"
         )
         namespace: dict[str, Any] = {}
         exec(compile(source, "<dualstep layout test>", "exec"), namespace)
@@ -122,6 +135,11 @@ def layout_test(state: Any, dtypes: bool = True) -> Callable[[Any], bool] | None
         if len(_layout_code) > 256:  # a program making ever new structures: keep it bounded
             _layout_code.pop(next(iter(_layout_code)))
     return make(constants)
+
+
+def _full_test(state: Any) -> Callable[[Any], bool] | None:
+    layout = layout_tests(state)
+    return None if layout is None else layout[0]
 
 
 def _describe(a: Any) -> str:
@@ -240,7 +258,9 @@ def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any
     if not isinstance(modules, (list, tuple)) and not compiling():
         # The rule in full at the first step; after it structure and shapes at every step
         # (dtypes do not change with values), and the final state in full again.
-        initial, full, shapes = state, layout_test(state), layout_test(state, dtypes=False)
+        layout = layout_tests(state)
+        full, shapes = (None, None) if layout is None else layout
+        initial = state
         for x in steps:  # `_call_stateful` inlined: this runs once per step
             out = modules(x, state)
             if shapes is None or type(out) is not tuple or len(out) != 2 or not shapes(out[1]):
@@ -254,7 +274,7 @@ def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any
         return ys, state
     tests = None
     if isinstance(modules, (list, tuple)) and not compiling():
-        tests = [None if s is None else layout_test(s) for s in state]
+        tests = [None if s is None else _full_test(s) for s in state]
     for x in steps:
         y, state = _apply_checked(x, state, modules, tests)
         ys.append(y)
