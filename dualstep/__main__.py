@@ -175,7 +175,8 @@ def _check(args: argparse.Namespace) -> int:
 
 # Arrays of the example's size that `check` holds at once, counted in float64 elements: the
 # input in its dtype and time last, the float64 oracle's input, output and state, and each
-# backend's copies of the input and its output (measured peak: about 9 on three backends).
+# backend's copies of the input and its output. An estimate, counted from the code and rounded
+# up, not a measured peak.
 _COPIES = 12
 
 
