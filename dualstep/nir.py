@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import heapq
 import math
 import os
 import weakref
@@ -675,41 +676,86 @@ def _model(graph: Any, dt: float, convention: str, prefix: str = "") -> Model:
 
 
 def _order(start: str, names: list[str], edges: list) -> tuple[list, dict, dict]:
-    """Nodes in the order one step computes them (depth first from the input), each node's
-    sources computed before it this step, and its sources from the previous step (the edges
-    that close a cycle)."""
+    """Nodes in the order one step computes them, each node's sources computed before it this
+    step, and its sources from the previous step: the rule of the README ("NIR graphs").
+
+    The order depends on the graph alone, not on the order of its node or edge lists: the
+    cycles (strongly connected components) run in dependency order, the nodes of each by their
+    distance from the input (the fewest edges, ties by name). An edge into a node of its own
+    cycle that has already run this step (a self-loop too) feeds the previous step's output.
+    Sources are listed by name, so several inputs to a node are summed in one order too."""
     successors: dict[str, list[str]] = {n: [] for n in names}
     for a, b in edges:
         successors[a].append(b)
-    finished: list[str] = []
-    done: set[str] = set()
-    on_path: set[str] = {start}
-    back_edges: set[tuple[str, str]] = set()
-    # Depth first without recursion (a chain of thousands of nodes is a valid graph): a stack
-    # of (node, its successors not yet visited).
-    stack = [(start, iter(successors[start]))]
-    while stack:
-        n, rest = stack[-1]
-        m = next(rest, None)
-        if m is None:
-            stack.pop()
-            on_path.discard(n)
-            finished.append(n)
-            done.add(n)
-        elif m in on_path:
-            back_edges.add((n, m))
-        elif m not in done:
-            on_path.add(m)
-            stack.append((m, iter(successors[m])))
-    order = finished[::-1]
-    unreached = [n for n in names if n not in order]
+    distance = {start: 0}
+    frontier = [start]
+    for n in frontier:  # breadth first, so the list grows as it is read
+        for m in successors[n]:
+            if m not in distance:
+                distance[m] = distance[n] + 1
+                frontier.append(m)
+    unreached = [n for n in names if n not in distance]
     if unreached:
         raise UnsupportedNode(f"nodes {unreached} cannot be reached from the input")
+    cycle = _cycles(names, successors)
+    rank = {n: (distance[n], n) for n in names}
+    members: dict[str, list[str]] = {}
+    for n in sorted(names, key=rank.__getitem__):
+        members.setdefault(cycle[n], []).append(n)
+    needs = {c: {cycle[a] for a, b in edges if cycle[b] == c != cycle[a]} for c in members}
+    # The cycles in dependency order (Kahn's), the nearest to the input first among those ready.
+    ready = [(rank[first[0]], c) for c, first in members.items() if not needs[c]]
+    order: list[str] = []
+    while ready:
+        _, c = heapq.heappop(ready)
+        order += members[c]
+        for d in {cycle[b] for n in members[c] for b in successors[n]} - {c}:
+            needs[d].discard(c)
+            if not needs[d]:
+                heapq.heappush(ready, (rank[members[d][0]], d))
+    position = {n: i for i, n in enumerate(order)}
     forward: dict[str, list[str]] = {n: [] for n in names}
     back: dict[str, list[str]] = {}
-    for a, b in edges:
-        if (a, b) in back_edges:
-            back.setdefault(b, []).append(a)
-        else:
+    for a, b in sorted(edges):
+        if position[a] < position[b]:
             forward[b].append(a)
+        else:
+            back.setdefault(b, []).append(a)
     return order, forward, back
+
+
+def _cycles(names: list[str], successors: dict[str, list[str]]) -> dict[str, str]:
+    """Each node's strongly connected component, named by one of its nodes (Kosaraju's two
+    depth-first passes, without recursion: a chain of thousands of nodes is a valid graph)."""
+    finished: list[str] = []
+    seen: set[str] = set()
+    for root in names:
+        if root in seen:
+            continue
+        seen.add(root)
+        stack = [(root, iter(successors[root]))]
+        while stack:
+            n, rest = stack[-1]
+            m = next(rest, None)
+            if m is None:
+                stack.pop()
+                finished.append(n)
+            elif m not in seen:
+                seen.add(m)
+                stack.append((m, iter(successors[m])))
+    predecessors: dict[str, list[str]] = {n: [] for n in names}
+    for a, bs in successors.items():
+        for b in bs:
+            predecessors[b].append(a)
+    component: dict[str, str] = {}
+    for root in reversed(finished):
+        if root in component:
+            continue
+        component[root] = root
+        todo = [root]
+        while todo:
+            for m in predecessors[todo.pop()]:
+                if m not in component:
+                    component[m] = root
+                    todo.append(m)
+    return component

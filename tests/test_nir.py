@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 
 import numpy as np
 import pytest
@@ -16,6 +17,7 @@ nir = pytest.importorskip("nir")
 torch = pytest.importorskip("torch")
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
+from benchmarks import nir_cycles as cycles  # noqa: E402
 from dualstep.nir import NIRFileError, UnsupportedNode, load  # noqa: E402
 
 DT = 1e-4
@@ -324,6 +326,81 @@ def test_recurrent_edges_feed_the_previous_step():
         want.append(v)
     np.testing.assert_allclose(y[:, 0], np.array(want))
     assert assert_backends_close(model.step, x, state=model.initial_state(x)).ok
+
+
+def test_which_edge_of_a_cycle_is_delayed_is_decided_by_the_graph_not_its_lists(tmp_path):
+    """The issue's graph: Input feeds both a (LI) and b (Scale 0.5), a <-> b. The delayed edge
+    used to be the one the edge list met second: [0.5, 1.125, ...] in one order, [0.75, 1.3125,
+    ...] in another, and a file keeps the order. Now every edge order and node order, in memory
+    and read from a file, gives one result: a and b are both one edge from the input, so a runs
+    first by name and b -> a carries the previous step's value."""
+    edges = [("input", "a"), ("input", "b"), ("a", "b"), ("b", "a"), ("a", "output")]
+    x = np.linspace(0.5, 1.5, 5).reshape(5, 1, 1)
+    v, b, want = 0.0, 0.0, []
+    for xt in x[:, 0, 0]:
+        v += (xt + b - v) / 2  # a: LI, tau 2, fed the input and b's previous output
+        b = 0.5 * (xt + v)
+        want.append(v)
+    nodes = {"a": cycles.li(), "b": nir.Scale(scale=np.array([0.5]))}
+    results = []
+    for i, perm in enumerate(itertools.permutations(edges)):
+        for node_order in (None, ["b", "output", "input", "a"]):
+            results.append(cycles.dualstep_run(cycles.graph(nodes, perm, node_order), x))
+        if i % 40 == 0:  # through a file too, which keeps the edge list's order
+            nir.write(tmp_path / "g.nir", cycles.graph(nodes, perm))
+            results.append(cycles.dualstep_run(nir.read(tmp_path / "g.nir"), x))
+    np.testing.assert_allclose(results[0][:, 0, 0], want, rtol=1e-15)
+    assert all(np.array_equal(r, results[0]) for r in results)
+    # Named the other way round, the Scale runs first and reads the LI's previous output.
+    swapped = {"b": cycles.li(), "a": nir.Scale(scale=np.array([0.5]))}
+    edges = [("input", "a"), ("input", "b"), ("a", "b"), ("b", "a"), ("b", "output")]
+    v, want = 0.0, []
+    for xt in x[:, 0, 0]:
+        v += (xt + 0.5 * (xt + v) - v) / 2
+        want.append(v)
+    np.testing.assert_allclose(cycles.dualstep_run(cycles.graph(swapped, edges), x)[:, 0, 0], want)
+
+
+def test_a_cycle_starts_at_its_node_nearest_the_input_whatever_the_names():
+    """q (one edge from the input) runs before p (two edges, through m), though p sorts first:
+    p -> q is the edge that carries the previous step's value."""
+    nodes = {
+        "m": nir.Scale(scale=np.array([1.0])),
+        "p": cycles.li(),
+        "q": nir.Scale(np.array([0.5])),
+    }
+    edges = [("input", "m"), ("input", "q"), ("m", "p"), ("q", "p"), ("p", "q"), ("p", "output")]
+    x = np.linspace(0.5, 1.5, 5).reshape(5, 1, 1)
+    v, want = 0.0, []
+    for xt in x[:, 0, 0]:
+        q = 0.5 * (xt + v)  # v: p's previous output
+        v += (xt + q - v) / 2
+        want.append(v)
+    np.testing.assert_allclose(cycles.dualstep_run(cycles.graph(nodes, edges), x)[:, 0, 0], want)
+
+
+def test_cycles_run_as_nirtorch_runs_them_wherever_its_result_does_not_depend_on_node_order():
+    """nirtorch (the importer of snnTorch, Norse and Sinabs) breaks a cycle where its walk over
+    the node dict first finds a node whose other inputs are ready, so its result can change with
+    the order of the nodes. On every random graph where it does not (every order of the nodes
+    tried), dualstep gives nirtorch's result; a snnTorch-style recurrent layer is one such
+    graph. `python -m benchmarks.nir_cycles` runs the same check on more graphs."""
+    pytest.importorskip("nirtorch")
+    rng = np.random.default_rng(3)
+    recurrent = (
+        {"lif": cycles.li(), "w": nir.Scale(np.array([-0.5]))},
+        [("input", "lif"), ("lif", "w"), ("w", "lif"), ("lif", "output")],
+    )
+    n = int(os.environ.get("DUALSTEP_MAX_EXAMPLES", "12"))
+    compared = []
+    for nodes, edges in [recurrent] + [cycles.random_cyclic_graph(rng) for _ in range(n)]:
+        theirs = cycles.nirtorch_results(nodes, edges)
+        if len(theirs) == 1:
+            ours = cycles.dualstep_run(cycles.graph(nodes, edges)).ravel()
+            np.testing.assert_allclose(ours, next(iter(theirs)), rtol=1e-12, atol=0)
+            compared.append(bool(load(cycles.graph(nodes, edges), dt=1.0).recurrent))
+    # Most of the seed's graphs do not depend on the order, and a third of all have cycles.
+    assert len(compared) > n // 2 and sum(compared) >= n // 3, compared
 
 
 def test_jax_jit_grad_and_vmap_of_a_nir_step():
