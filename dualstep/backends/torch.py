@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils import checkpoint as _ckpt
 
+from .._dispatch import compiling
 from .._modules import (
     apply_modules,
     call_once,
@@ -40,12 +41,48 @@ def _cat_first(tensors: list) -> torch.Tensor:
 
 
 def _steps(x_seq: torch.Tensor, dim: int) -> Any:
-    # One `select` view per step, as SpikingJelly: a module may then work in place on its
-    # input under autograd, which the views of one `unbind` do not allow. Without autograd
-    # the views of one `unbind` are the same views, made in one call.
+    # Without autograd the views of one `unbind` are SpikingJelly's views, made in one call.
     if not torch.is_grad_enabled():
         return x_seq.unbind(dim)
-    return [x_seq.select(dim, t) for t in range(x_seq.shape[dim])]
+    return _views(
+        x_seq, x_seq.shape[dim], lambda t: x_seq.select(dim, t), lambda: x_seq.unbind(dim)
+    )
+
+
+def _views(x_seq: torch.Tensor, n: int, view: Callable, views: Callable) -> Any:
+    """The inputs of `n` steps or chunks: `view(i)` for each, SpikingJelly's own views, unless
+    their backward would be quadratic; then those of one `views()` call where that changes
+    nothing (`_first_decides`)."""
+    if n > 1 and x_seq.requires_grad and torch.is_grad_enabled() and not _transformed():
+        return _first_decides(x_seq, n, view, views)
+    return [view(i) for i in range(n)]
+
+
+def _transformed() -> bool:
+    # dynamo traces the loop (and sees the version counter as a graph break) and torch.func
+    # runs its own autograd: both keep SpikingJelly's views.
+    return compiling() or torch._C._are_functorch_transforms_active()
+
+
+def _first_decides(x_seq: torch.Tensor, n: int, view: Callable, views: Callable) -> Any:
+    # The backward of each select view (or slice) adds a zero tensor the size of the whole
+    # sequence into its gradient: n of them, quadratic in T. One `unbind` (or `split`) stacks
+    # the steps' gradients once, but its views may not be changed in place under autograd,
+    # which SpikingJelly's allow. So the first step decides, given a copy of its part: if it
+    # changed it in place, the change is written into the sequence as SpikingJelly's view
+    # would have made it (autograd records the write), and every later step gets
+    # SpikingJelly's view; if not, the later steps get the views of the one `views()` call.
+    parts = views()
+    first = parts[0].clone()
+    version, sequence_version = first._version, x_seq._version
+    yield first
+    changed = first._version != version
+    if changed:
+        view(0).copy_(first)
+    if changed or x_seq._version != sequence_version:
+        yield from (view(i) for i in range(1, n))
+    else:
+        yield from parts[1:]
 
 
 def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> Any:
@@ -98,10 +135,17 @@ def chunk_multi_step_forward(
     checkpoint: bool,
     compile: bool | str = False,
 ) -> Any:
-    # Slices rather than `torch.split`, whose views may not be modified in place under autograd.
     steps = x_seq.shape[0]
-    chunks = [x_seq[i : i + split_size] for i in range(0, steps, split_size)]
+    starts = range(0, steps, split_size)
     grad = torch.is_grad_enabled()
+    # Slices, as `_steps` gives select views: `torch.split`'s views may not be modified in
+    # place under autograd.
+    chunks = _views(
+        x_seq,
+        len(starts),
+        lambda i: x_seq[starts[i] : starts[i] + split_size],
+        lambda: x_seq.split(split_size),
+    )
     call = _call_checkpointed if checkpoint and grad else call_once
     if compile is not False:
         call = _compiled_call(compile)
