@@ -271,7 +271,7 @@ def test_cache_holds_no_reference_to_steps_or_their_arrays(kind):
     assert not any(_alive_after_call(make))
 
 
-def test_cycles_run_uncached_and_correct():
+def test_cycles_run_uncached_and_correct_and_say_so_once():
     class Loop:
         def __init__(self, w):
             self.w = w
@@ -281,9 +281,10 @@ def test_cycles_run_uncached_and_correct():
             return x * self.me.w, s
 
     net = Loop(jnp.float32(2.0))
-    check(net.step)
+    with pytest.warns(UserWarning, match=r"cannot cache the JAX step .*Loop\.step \(the step's"):
+        check(net.step)
     net.w = jnp.float32(3.0)
-    check(net.step)
+    check(net.step)  # no second warning (warnings are errors here)
 
 
 def test_outer_tracer_in_the_step_with_a_concrete_input():
@@ -299,6 +300,63 @@ def test_outer_tracer_in_the_step_with_a_concrete_input():
 
     w = jnp.float32(0.3)
     np.testing.assert_allclose(jax.grad(loss)(w), jax.grad(plain_loss)(w), rtol=1e-6)
+
+
+def _surrogate_closure(alpha):
+    from dualstep.testing import surrogate_spike
+
+    spike = surrogate_spike("jax", alpha)  # a jax.custom_vjp, held in a local variable
+
+    def step(x, v):
+        v = TRACES(v + (x - v) * 0.5)
+        s = spike(v - 1.0)
+        return s, v * (1.0 - s)
+
+    return step
+
+
+def test_a_custom_vjp_surrogate_in_a_closure_is_cached():
+    """Its attributes refer back to one another: the walk gave up ("too deep or has a
+    cycle") and every eager call traced and compiled. Now it is keyed by identity."""
+    step = _surrogate_closure(4.0)
+    check(step)
+    before = TRACES.n
+    for _ in range(3):
+        check(step)
+    assert TRACES.n == before
+    check(_surrogate_closure(4.0))  # a new surrogate object: one more program, correct
+    assert TRACES.n == before + 1
+
+
+def test_a_jitted_function_as_the_step_is_cached():
+    """``jnp.tanh`` is a jitted function, whose attributes the walk could not key."""
+    x = jnp.linspace(-2.0, 2.0, 12).reshape(4, 3)
+    for _ in range(2):
+        np.testing.assert_allclose(ds.multi_step_forward(x, jnp.tanh), jnp.tanh(x), rtol=1e-6)
+
+
+def test_eager_grad_of_seq_to_ann_then_multi_step_is_cached():
+    """Under ``jax.value_and_grad`` without ``jit`` the sequence is a tracer: the cached path
+    was skipped and the scan traced on every call. Now each program is traced once, and the
+    gradients are those of ``jax.jit`` of the same function."""
+    w = jnp.asarray(np.linspace(-1.0, 1.0, 9).reshape(3, 3), jnp.float32)
+    x = jnp.stack([X, 2.0 * X], axis=1)  # [T, B, N] = [4, 2, 3]
+    step = _surrogate_closure(4.0)
+
+    def loss(w, x):
+        h = ds.seq_to_ann_forward(x, lambda a: a @ w)
+        y, _ = ds.multi_step_forward(h, step, state=jnp.zeros((2, 3)))
+        return y.sum() + (h * h).sum()
+
+    grad = jax.value_and_grad(loss)
+    want = jax.jit(grad)(w, x)
+    got = grad(w, x)
+    before = TRACES.n
+    for _ in range(3):
+        got = grad(w, x)
+    assert TRACES.n == before
+    for g, e in zip(got, want, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
 
 
 # What the cache cannot see: each is listed in the README with this test.

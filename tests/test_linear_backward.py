@@ -3,8 +3,8 @@
 A select view per step (SpikingJelly's way) gives each step a backward that adds a zero tensor
 the size of the whole sequence into the sequence's gradient, so T steps cost T full-size
 tensors. The tests count the autograd edges into the sequence's own gradient node: T of them
-before, at most two now (the first step's view and one unbind or split). The speed is measured
-by `python -m benchmarks.training`.
+before, one now (one unbind or split, the first step reading a copy of its part). The speed is
+measured by `python -m benchmarks.training`.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def test_the_sequence_gradient_is_assembled_once_and_equals_a_hand_loop(name):
     if name.startswith("t_last"):
         x = x.movedim(0, -1)
     y = CALLS[name](x, torch.zeros(3, 4))
-    assert _edges_into(y.grad_fn, x.grad_fn) <= 2  # it was T (one per step or chunk)
+    assert _edges_into(y.grad_fn, x.grad_fn) == 1  # it was T (one per step or chunk)
     (y * torch.linspace(-1, 1, y.numel()).reshape(y.shape)).sum().backward()
     ours = leaf.grad.clone()
     leaf.grad = None
@@ -109,8 +109,9 @@ def test_spikingjelly_module_path_stays_bit_identical_with_a_linear_backward(spl
 
 
 def test_a_first_step_that_works_in_place_keeps_spikingjellys_views():
-    """The first step decides: one that changes its input in place gets a select view, and so
-    does every later step, so the sequence is changed in place as SpikingJelly changes it."""
+    """The first step decides: one that changes its input in place has the change written into
+    the sequence, and every later step gets a select view, so the sequence is changed in place
+    as SpikingJelly changes it, and its gradient is SpikingJelly's."""
     leaf = torch.randn(T, 3, requires_grad=True)
     x = leaf * 1.0
     y = ds.multi_step_forward(x, lambda t: t.mul_(2.0))
@@ -132,3 +133,36 @@ def test_a_later_step_that_works_in_place_raises_torchs_error():
     x = torch.randn(T, 3, requires_grad=True) * 1.0
     with pytest.raises(RuntimeError, match="output of a function that returns multiple views"):
         ds.multi_step_forward(x, step)
+
+
+@pytest.mark.parametrize("split_size", [None, 2])
+def test_a_first_step_that_changes_a_leafs_view_in_place_fails_as_in_spikingjelly(split_size):
+    """A sequence that is a leaf requiring grad: SpikingJelly's view may not be changed in
+    place, and the write of the changed copy raises torch's same error."""
+    x = torch.randn(T, 3, requires_grad=True)
+    with pytest.raises(RuntimeError, match="a view of a leaf Variable that requires grad"):
+        if split_size is None:
+            ds.multi_step_forward(x, lambda t: t.mul_(2.0))
+        else:
+            ds.chunk_multi_step_forward(split_size, x, lambda c: c.mul_(2.0))
+
+
+def test_a_first_step_that_changes_the_sequence_itself_keeps_spikingjellys_views():
+    """A step that writes into the captured sequence (not its input): the later steps get
+    select views, which stay valid after the write, where the views of one unbind would not."""
+    leaf = torch.randn(T, 3, requires_grad=True)
+    x = leaf * 1.0
+    calls = []
+
+    def step(t):
+        if not calls:
+            x[-1].mul_(0.0)
+        calls.append(1)
+        return t * 2.0
+
+    y = ds.multi_step_forward(x, step)
+    assert torch.equal(y[-1], torch.zeros(3)) and torch.equal(y[:-1], leaf.detach()[:-1] * 2)
+    y.sum().backward()
+    want = torch.full_like(leaf, 2.0)
+    want[-1] = 0.0
+    assert torch.equal(leaf.grad, want)

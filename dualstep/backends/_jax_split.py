@@ -14,6 +14,9 @@ JAX and NumPy arrays (numbers and bools) are the arrays passed in. Python scalar
 gives for a node's integer fields), strings and other values hashable by value are part of the
 key by value (a change recompiles, as a static
 argument of ``jax.jit`` would); anything else is keyed by identity through a weak reference.
+So are ``jax.custom_vjp`` and ``jax.custom_jvp`` functions (a surrogate spike) and jitted
+functions (``jnp.tanh``), which are not walked: what they close over is baked into the program
+at its first trace, as globals are (``jax.jit`` itself does the same).
 
 The key holds no strong reference to the step or its arrays: code objects, module namespaces,
 classes and values hashable by value only. Not seen: module-level globals (baked into the
@@ -55,6 +58,13 @@ _STATIC_BY_IDENTITY = (
     types.CodeType,
     np.ufunc,
 )
+
+
+# Functions with custom derivatives and jitted functions (``jnp.tanh`` is one): their
+# attributes (the function, its rules, functools' `__wrapped__`, jit's options) refer back to
+# one another or cannot be keyed, and what they do is fixed once defined; jit bakes what a
+# jitted function closes over into its program too.
+_KEYED_BY_IDENTITY = (jax.custom_vjp, jax.custom_jvp, type(jax.jit(abs)))
 
 
 _ARRAY, _NUMPY, _SCALAR, _NUMPY_SCALAR, _OTHER = range(5)
@@ -189,7 +199,7 @@ def _node(obj: Any) -> _Node | None:
         ]
     if cls is types.MethodType:
         return "method", [obj.__func__, obj.__self__]
-    if isinstance(obj, _STATIC_BY_IDENTITY):
+    if isinstance(obj, (*_STATIC_BY_IDENTITY, *_KEYED_BY_IDENTITY)):
         return None
     kind = _object_kind(obj)
     if kind == "pytree":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
@@ -63,24 +64,57 @@ def _program(key: tuple, impl: Callable, keep: list) -> Callable:
 _Tracer = jax.core.Tracer
 
 
-def _is_traced(x_seq: Any) -> bool:
+def _jit_tracer_type() -> type:
+    """The tracer of jax.jit (make_jaxpr, a scan body): the call is then part of a program."""
+    try:
+        from jax._src.interpreters.partial_eval import DynamicJaxprTracer
+    except ImportError:  # pragma: no cover - a JAX that moved it: every tracer counts as one
+        return jax.core.Tracer
+    return DynamicJaxprTracer
+
+
+_JitTracer = _jit_tracer_type()
+
+
+def _jit_traced(x_seq: Any) -> bool:
     if isinstance(x_seq, tuple):
-        return any(isinstance(a, _Tracer) for a in x_seq)
-    return isinstance(x_seq, _Tracer)
+        return any(isinstance(a, _JitTracer) for a in x_seq)
+    return isinstance(x_seq, _JitTracer)
+
+
+_warned: set[tuple[str, str]] = set()
+
+
+def _warn_uncached(reason: Exception, modules: Any) -> None:
+    """Say once per step and reason that a step runs uncached (each eager call traces it)."""
+    name = getattr(modules, "__qualname__", None) or type(modules).__qualname__
+    why = str(reason) or type(reason).__name__
+    if (name, why) in _warned:
+        return
+    _warned.add((name, why))
+    warnings.warn(
+        f"dualstep cannot cache the JAX step {name} ({why}), so every eager call traces and "
+        "compiles it again; call it inside jax.jit, or keep the cycle out of what the step "
+        'refers to (README, "What the JAX compile cache sees")',
+        stacklevel=4,
+    )
 
 
 def _cached_call(key: tuple, impl: Callable, x_seq: Any, modules: Any, *args: Any) -> Any:
-    """``impl(x_seq, modules, *args)``: directly under a trace, else through the cache.
+    """``impl(x_seq, modules, *args)`` through the cache, eagerly and under ``jax.grad`` or
+    ``jax.vmap`` without ``jit`` (a jitted program takes their tracers, and JAX keeps the
+    transformed program); directly when ``jit`` traces it, which compiles it anyway.
 
     `key` names `impl` and its static parameters; the step structure is added to it.
     """
-    if _is_traced(x_seq) or not _config.jax_cache:
+    if not _config.jax_cache or _jit_traced(x_seq):
         return impl(x_seq, modules, *args)
     try:
         structure, arrays, keep = key_and_arrays(modules)
         program = _program((key, structure), impl, keep)
-    except (Uncacheable, TypeError):
+    except (Uncacheable, TypeError) as e:
         # A cycle, or something that can be keyed neither by value nor weakly: run uncached.
+        _warn_uncached(e, modules)
         return impl(x_seq, modules, *args)
     outer = getattr(_tracing, "modules", None)  # a step may make eager calls of its own
     _tracing.modules = modules
