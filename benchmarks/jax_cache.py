@@ -10,6 +10,11 @@ the ways a user passes weights, and the same computation under the tool each lib
 - a Flax NNX module against `flax.nnx.jit`;
 - a bound method whose object's weight is replaced every call, against the same hand scan.
 
+Then, at 64x32x512, a LIF step holding ``surrogate_spike("jax")`` (a ``jax.custom_vjp``) in a
+local variable, eager against ``jax.jit`` of the same call (bound 1.2), and eager
+``value_and_grad`` of ``seq_to_ann_forward`` (a Linear) then ``multi_step_forward`` of it
+against its ``jax.jit`` (bound 1.3).
+
 Each eager system's result is checked against the reference first. Prints one line per pair
 with the ratio eager / reference (1.0: as fast as the library's own jit).
 """
@@ -117,10 +122,59 @@ def main() -> None:
         ),
     }
     print(f"Linear -> LIF, {t}x{b}x{n}, float32, {jax.devices()[0].platform}")
+    _report(pairs)
+    print(f"Surrogate LIF (a jax.custom_vjp spike in a closure), {'x'.join(map(str, BIG))}")
+    _report(_surrogate_pairs())
+
+
+def _report(pairs: dict) -> None:
     for name, (eager, reference) in pairs.items():
-        np.testing.assert_allclose(np.asarray(eager()), np.asarray(reference()), rtol=1e-6)
+        for a, e in zip(jax.tree.leaves(eager()), jax.tree.leaves(reference()), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(e), rtol=1e-5, atol=1e-5)
         ours, theirs = time_side_by_side([eager, reference], budget=2.0)
         print(f"{name:58s} {ours * 1e6:8.1f} us / {theirs * 1e6:8.1f} us = {ours / theirs:5.2f}")
+
+
+BIG = (64, 32, 512)
+
+
+def _surrogate_pairs() -> dict:
+    """The issue's two eager cases, each against ``jax.jit`` of the same call: a step holding
+    ``surrogate_spike("jax")`` in a local variable, and ``value_and_grad`` of
+    ``seq_to_ann_forward`` (a Linear) then ``multi_step_forward`` of that step."""
+    from dualstep.testing import surrogate_spike
+
+    t, b, n = BIG
+    rng = np.random.default_rng(1)
+    x = jnp.asarray(rng.random((t, b, n)) * 2, jnp.float32)
+    v0 = jnp.zeros((b, n), jnp.float32)
+    w = jnp.asarray(rng.standard_normal((n, n)) / np.sqrt(n), jnp.float32)
+    spike = surrogate_spike("jax", 4.0)
+
+    def lif(h, v):
+        v = v + (h - v) * 0.5
+        s = spike(v - 1.0)
+        return s, v * (1.0 - s)
+
+    def forward(x, v0):
+        return ds.multi_step_forward(x, lif, state=v0)
+
+    def loss(w, x):
+        h = ds.seq_to_ann_forward(x, lambda a: a @ w)
+        return ds.multi_step_forward(h, lif, state=v0)[0].sum()
+
+    jitted_forward, grad = jax.jit(forward), jax.value_and_grad(loss)
+    jitted_grad = jax.jit(grad)
+    return {
+        "surrogate step, eager / jax.jit of the same call": (
+            lambda: forward(x, v0),
+            lambda: jitted_forward(x, v0),
+        ),
+        "value_and_grad(seq_to_ann + multi_step), eager / its jax.jit": (
+            lambda: grad(w, x),
+            lambda: jitted_grad(w, x),
+        ),
+    }
 
 
 if __name__ == "__main__":

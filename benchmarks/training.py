@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for steps in lengths:
         systems = {**loop_systems(steps), **spikingjelly_systems(steps)}
-        times = time_side_by_side(list(systems.values()), budget * len(systems), rounds=5)
+        times = time_side_by_side(list(systems.values()), budget, rounds=5)
         rows += [
             {"workload": "LIF", "T": steps, "system": k, "seconds": t}
             for k, t in zip(systems, times, strict=True)
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     onm = open_neuromorphic_systems()
     if onm:
-        times = time_side_by_side(list(onm.values()), budget * len(onm), rounds=5)
+        times = time_side_by_side(list(onm.values()), budget, rounds=5)
         rows += [
             {"workload": "Open Neuromorphic", "T": 500, "system": k, "seconds": t}
             for k, t in zip(onm, times, strict=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -155,3 +156,14 @@ def test_targets_name_only_systems_that_exist(monkeypatch):
     monkeypatch.setattr(systems, "NAMES", systems.NAMES - {"SpikingJelly multi_step_forward"})
     with pytest.raises(KeyError, match="SpikingJelly multi_step_forward"):
         run.targets(result)
+
+
+def test_training_systems_compute_the_same():
+    """`python -m benchmarks.training` times like with like: each builder checks its systems'
+    outputs and input gradients (bit-identical where stated) before returning them."""
+    from benchmarks import training
+
+    assert len(training.loop_systems(6)) == 4
+    if importlib.util.find_spec("spikingjelly") is not None:
+        assert len(training.spikingjelly_systems(6)) == 3
+        assert len(training.open_neuromorphic_systems(steps=4)) == 3

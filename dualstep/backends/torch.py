@@ -138,8 +138,8 @@ def chunk_multi_step_forward(
     steps = x_seq.shape[0]
     starts = range(0, steps, split_size)
     grad = torch.is_grad_enabled()
-    # Slices, as `_steps` gives select views: `torch.split`'s views may not be modified in
-    # place under autograd.
+    # SpikingJelly's slices, or the views of one `split` where no chunk changes its input in
+    # place (`_views`): a split's views may not be changed in place under autograd.
     chunks = _views(
         x_seq,
         len(starts),
