@@ -702,7 +702,10 @@ def _order(start: str, names: list[str], edges: list) -> tuple[list, dict, dict]
     members: dict[str, list[str]] = {}
     for n in sorted(names, key=rank.__getitem__):
         members.setdefault(cycle[n], []).append(n)
-    needs = {c: {cycle[a] for a, b in edges if cycle[b] == c != cycle[a]} for c in members}
+    needs: dict[str, set[str]] = {c: set() for c in members}  # the cycles each one reads
+    for a, b in edges:
+        if cycle[a] != cycle[b]:
+            needs[cycle[b]].add(cycle[a])
     # The cycles in dependency order (Kahn's), the nearest to the input first among those ready.
     ready = [(rank[first[0]], c) for c, first in members.items() if not needs[c]]
     order: list[str] = []
