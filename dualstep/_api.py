@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ._dispatch import backend_for, kind_of
+from ._modules import memory_modules
 from ._tree import leaves_with_path
 from .fused import NotFusable, check_fused
 
@@ -99,23 +100,6 @@ def _check_sequence(x_seq: Any, min_ndim: int, layout: str, time_axis: int | Non
     return backend
 
 
-def _memory_modules(modules: Any) -> list:
-    """The SpikingJelly memory modules (neurons) that `modules` is or holds.
-
-    torch modules are searched through their submodules (a neuron in a ``Sequential``);
-    functions are opaque. SpikingJelly cannot have made one if it was never imported.
-    """
-    sj_base = sys.modules.get("spikingjelly.activation_based.base")
-    if sj_base is None:
-        return []
-    found = []
-    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
-        for sub in module.modules() if hasattr(module, "named_modules") else (module,):
-            if isinstance(sub, sj_base.MemoryModule):
-                found.append(sub)
-    return found
-
-
 def _step_mode_of(module: Any) -> str | None:
     """A SpikingJelly step module's mode: its ``step_mode``, or the one mode its class
     supports (``MultiStepContainer`` and the other containers are multi-step only)."""
@@ -165,7 +149,7 @@ def _check_step_mode(modules: Any, argument: str, mode: str) -> None:
 def _check_checkpoint(checkpoint: Any, modules: Any) -> None:
     if not isinstance(checkpoint, bool):
         raise TypeError(f"`checkpoint` must be a bool; got {_describe(checkpoint)}")
-    found = _memory_modules(modules) if checkpoint else []
+    found = memory_modules(modules) if checkpoint else []
     if found:
         raise ValueError(
             "`checkpoint=True` recomputes each chunk in the backward pass, which would "
@@ -185,7 +169,7 @@ def _check_fused(fused: Any, unroll: Any, modules: Any) -> bool | str:
     if fused is False:
         return fused
     check_fused(fused)
-    found = _memory_modules(modules)
+    found = memory_modules(modules)
     if found and fused is True:
         raise NotFusable(
             "`fused=True` needs the state passed with `state=`; a SpikingJelly memory module "

@@ -245,6 +245,23 @@ def _apply_checked(x: Any, state: Any, modules: Any, tests: Any) -> tuple[Any, A
     return x, tuple(new_state)
 
 
+def memory_modules(modules: Any) -> list:
+    """The SpikingJelly memory modules (neurons) that `modules` is or holds.
+
+    torch modules are searched through their submodules (a neuron in a ``Sequential``);
+    functions are opaque. SpikingJelly cannot have made one if it was never imported.
+    """
+    sj_base = sys.modules.get("spikingjelly.activation_based.base")
+    if sj_base is None:
+        return []
+    found = []
+    for module in modules if isinstance(modules, (list, tuple)) else (modules,):
+        for sub in module.modules() if hasattr(module, "named_modules") else (module,):
+            if isinstance(sub, sj_base.MemoryModule):
+                found.append(sub)
+    return found
+
+
 def run_steps(steps: Iterable[Any], modules: Any, state: Any) -> tuple[list, Any]:
     """The plain loop: call the module(s) on each item of `steps` in order, threading `state`.
 

@@ -18,9 +18,11 @@ from torch.utils import checkpoint as _ckpt
 from .._dispatch import compiling
 from .._modules import (
     apply_modules,
+    apply_stateful,
     call_once,
     loop_result,
     map_items,
+    memory_modules,
     run_steps,
     same_tuple,
     stack_outputs,
@@ -102,14 +104,87 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
         return None
 
 
+def _scannable(x_seq: torch.Tensor, modules: Any, state: Any, dim: int, unroll: Any) -> bool:
+    """Whether a loop lowers to torch's `scan` (one loop construct) instead of T unrolled steps.
+
+    Under ``torch.compile`` (and ``torch.export``), for stateful calls only: `scan` needs a
+    pure step, a state of tensors (tuples, lists, dicts) and a carry whose dtypes stay fixed.
+    With ``state=None`` the step may keep hidden memory (SpikingJelly's neurons), and eager
+    calls keep the plain loop, which runs faster than an eager `scan`. `unroll` >= T traces
+    the T steps one by one (a step with side effects, which `scan` refuses).
+    """
+    if state is None or not compiling() or torch._C._are_functorch_transforms_active():
+        return False
+    if unroll is not None and unroll >= x_seq.shape[dim]:  # unrolled, as lax.scan would
+        return False
+    if torch.is_autocast_enabled(x_seq.device.type):  # the state may change precision
+        return False
+    leaves = torch.utils._pytree.tree_leaves(state)
+    if not all(leaf is None or isinstance(leaf, torch.Tensor) for leaf in leaves):
+        return False  # a dataclass or other node torch's pytree does not know
+    return not memory_modules(modules) and _scan_lowers()
+
+
+@torch._dynamo.assume_constant_result
+def _scan_lowers() -> bool:
+    """Whether Inductor can lower a `scan` in the graph being traced, run once per trace.
+
+    torch 2.13 lowers `scan` to a loop whose index is a scalar read from a tensor, which its
+    tracer allows only where scalar outputs are: with ``fullgraph=True`` (and
+    ``torch.export``), or with ``torch._dynamo.config.capture_scalar_outputs``. Elsewhere the
+    compile would fail, so the loop is unrolled as before.
+    """
+    context = torch._guards.TracingContext.try_get()
+    shape_env = getattr(getattr(context, "fake_mode", None), "shape_env", None)
+    return bool(getattr(shape_env, "allow_scalar_outputs", False))
+
+
+def _scanned(x_seq: torch.Tensor, modules: Any, state: Any, dim: int) -> tuple[Any, Any]:
+    """The stateful loop as one `scan` over axis `dim`: the same steps, checked the same way
+    (while tracing), with outputs stacked along `dim`."""
+    from torch._higher_order_ops.scan import scan
+
+    pytree = torch.utils._pytree
+    leaves, spec = pytree.tree_flatten(state)
+    # `scan` carries tensors only: the state's None entries (stateless modules) are put back
+    # around them at each step, and a module keeps them None (the kept-state rule).
+    filled = [i for i, leaf in enumerate(leaves) if leaf is not None]
+
+    def rebuild(tensors: Any) -> Any:
+        full = list(leaves)
+        for i, tensor in zip(filled, tensors, strict=True):
+            full[i] = tensor
+        return pytree.tree_unflatten(full, spec)
+
+    def body(carry: list, x: torch.Tensor) -> tuple[list, Any]:
+        y, new = apply_stateful(x, rebuild(carry), modules)
+        new_leaves = pytree.tree_leaves(new)
+        # `scan` refuses outputs that alias its inputs or each other: fresh tensors (Inductor
+        # writes them in the step's own kernel).
+        return [new_leaves[i].clone() for i in filled], pytree.tree_map(torch.clone, y)
+
+    xs = x_seq.movedim(dim, 0)
+    # The first step traced once outside the scan, for its checks alone (the graph drops its
+    # unused operations): a step that breaks the rules raises its own error, as the loop
+    # does, not torch's error about a scan body.
+    apply_stateful(xs[0], state, modules)
+    # A tensor given twice in the state would alias two carries: each starts as its own copy.
+    final, ys = scan(body, [leaves[i].clone() for i in filled], xs)
+    if dim != 0:  # laid out as torch.stack(ys, dim=-1) lays them out
+        ys = map_items(ys, lambda a: a.movedim(0, -1).contiguous())
+    return ys, rebuild(final)
+
+
 def multi_step_forward(
     x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
 ) -> Any:
-    # `unroll` is for lax.scan; this loop runs step by step.
+    # `unroll` >= T unrolls a compiled loop; `scan` has no other unroll factor.
     if fused is not False:
         out = _fused(x_seq, modules, state, fused)
         if out is not None:
             return out
+    if _scannable(x_seq, modules, state, 0, unroll):
+        return _scanned(x_seq, modules, state, 0)
     ys, final = run_steps(_steps(x_seq, 0), modules, state)
     return loop_result(ys, final, state, _stack_first)
 
@@ -123,6 +198,8 @@ def t_last_multi_step_forward(
             ys, final = (out, None) if state is None else out
             ys = map_items(ys, lambda a: a.movedim(0, -1).contiguous())
             return ys if state is None else (ys, final)
+    if _scannable(x_seq, modules, state, -1, unroll):
+        return _scanned(x_seq, modules, state, -1)
     ys, final = run_steps(_steps(x_seq, -1), modules, state)
     return loop_result(ys, final, state, _stack_last)
 

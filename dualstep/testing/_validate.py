@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from .. import interop
-from .._api import _memory_modules, _step_mode_of, _stepping_modules
+from .._api import _step_mode_of, _stepping_modules
 from .._dispatch import dtype_name, kind_of
+from .._modules import memory_modules
 from .._tree import leaves_with_path, map_with_path
 from ._functions import FUNCTIONS, STATEFUL_FUNCTIONS, call, call_time_first
 
@@ -471,7 +472,7 @@ def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[An
     ``step_mode="m"``) are called once on the whole sequence, as
     ``chunk_multi_step_forward`` with one chunk.
     """
-    memory = _memory_modules(modules)
+    memory = memory_modules(modules)
     for module in memory:
         module.reset()
     convert = CONVERT[backend]
