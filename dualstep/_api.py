@@ -275,9 +275,11 @@ def multi_step_forward(
         runs the loop otherwise. On CPU a fused kernel runs through its interpreter, which is
         slow and meant for tests. NumPy has no kernels: ``True`` raises there.
     unroll : int, optional
-        JAX only: time steps per ``lax.scan`` iteration (XLA fuses an unrolled elementwise
-        body). By default 1 on CPU and, on a GPU, 32 for an elementwise step. torch and NumPy
-        loop step by step and ignore it.
+        JAX: time steps per ``lax.scan`` iteration (XLA fuses an unrolled elementwise body).
+        By default 1 on CPU and, on a GPU, 32 for an elementwise step. torch: under
+        ``torch.compile(fullgraph=True)`` a stateful call is one ``scan``, one step per
+        iteration; ``unroll >= T`` traces the T steps one by one instead (a step with side
+        effects, which ``scan`` refuses). Eager torch and NumPy loop step by step.
 
     Returns
     -------
@@ -299,7 +301,9 @@ def multi_step_forward(
     Exceptions raised by the modules propagate unchanged. On JAX the call lowers to one
     ``lax.scan``; eager calls reuse a compiled program per step structure and input shapes,
     with the arrays the step holds passed as arguments (README, "What the JAX compile cache
-    sees"), so steps must be pure functions of their arguments and arrays.
+    sees"), so steps must be pure functions of their arguments and arrays. Under
+    ``torch.compile(fullgraph=True)`` a call with `state` lowers to one torch ``scan``, so its
+    compile time does not grow with T (README, "Long loops under torch.compile").
 
     Examples
     --------

@@ -139,9 +139,9 @@ def _scan_lowers() -> bool:
     return bool(getattr(shape_env, "allow_scalar_outputs", False))
 
 
-def _scanned(x_seq: torch.Tensor, modules: Any, state: Any, dim: int) -> tuple[Any, Any]:
-    """The stateful loop as one `scan` over axis `dim`: the same steps, checked the same way
-    (while tracing), with outputs stacked along `dim`."""
+def _scan(call: Callable, xs: torch.Tensor, state: Any) -> tuple[Any, Any]:
+    """``(ys, final_state)`` of ``call(x, state) -> (y, state)`` over axis 0 of `xs`, as one
+    `scan`: the outputs stacked along axis 0, the checks of `call` run while tracing."""
     from torch._higher_order_ops.scan import scan
 
     pytree = torch.utils._pytree
@@ -157,22 +157,27 @@ def _scanned(x_seq: torch.Tensor, modules: Any, state: Any, dim: int) -> tuple[A
         return pytree.tree_unflatten(full, spec)
 
     def body(carry: list, x: torch.Tensor) -> tuple[list, Any]:
-        y, new = apply_stateful(x, rebuild(carry), modules)
+        y, new = call(x, rebuild(carry))
         new_leaves = pytree.tree_leaves(new)
         # `scan` refuses outputs that alias its inputs or each other: fresh tensors (Inductor
         # writes them in the step's own kernel).
         return [new_leaves[i].clone() for i in filled], pytree.tree_map(torch.clone, y)
 
-    xs = x_seq.movedim(dim, 0)
     # The first step traced once outside the scan, for its checks alone (the graph drops its
     # unused operations): a step that breaks the rules raises its own error, as the loop
     # does, not torch's error about a scan body.
-    apply_stateful(xs[0], state, modules)
+    call(xs[0], state)
     # A tensor given twice in the state would alias two carries: each starts as its own copy.
     final, ys = scan(body, [leaves[i].clone() for i in filled], xs)
+    return ys, rebuild(final)
+
+
+def _scanned(x_seq: torch.Tensor, modules: Any, state: Any, dim: int) -> tuple[Any, Any]:
+    """The stateful loop over axis `dim` as one `scan`, outputs stacked along `dim`."""
+    ys, final = _scan(lambda x, s: apply_stateful(x, s, modules), x_seq.movedim(dim, 0), state)
     if dim != 0:  # laid out as torch.stack(ys, dim=-1) lays them out
         ys = map_items(ys, lambda a: a.movedim(0, -1).contiguous())
-    return ys, rebuild(final)
+    return ys, final
 
 
 def multi_step_forward(
