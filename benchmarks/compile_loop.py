@@ -26,17 +26,11 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import os
 import platform
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
-
-# Cold compiles: no Inductor cache from an earlier run (set before torch is imported).
-os.environ.setdefault("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "1")
-os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", tempfile.mkdtemp(prefix="dualstep-inductor-"))
 
 import torch
 
@@ -219,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer T, a short budget")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
+    # Cold compiles: nothing from an earlier run's caches.
+    torch.compiler.config.force_disable_caches = True
     out = measure(args.quick)
     text, ok = report(out)
     print(text)

@@ -167,3 +167,34 @@ def test_training_systems_compute_the_same():
     if importlib.util.find_spec("spikingjelly") is not None:
         assert len(training.spikingjelly_systems(6)) == 3
         assert len(training.open_neuromorphic_systems(steps=4)) == 3
+
+
+def test_compile_loop_report_holds_each_figure_to_its_target():
+    """`python -m benchmarks.compile_loop` fails when the cold compile at T=500 takes 60 s or
+    more, when a T after the first two compiles a graph, or when the compiled LIF is under 3x
+    the eager loop; the other workloads are reported without a bound."""
+    from benchmarks import compile_loop
+
+    def result(compile_s=10.0, graphs=0, lif=(0.12, 0.036), other=(0.4, 1.2)) -> dict:
+        return {
+            "compile_s": [
+                {"workload": "LIF", "loop": "scan", "T": 500, "s": compile_s, "graphs": 1}
+            ],
+            "new_T": [
+                {"workload": "LIF", "T": t, "s": 1.0, "graphs": g}
+                for t, g in ((500, 1), (300, 1), (700, graphs))
+            ],
+            "speed": [
+                {"workload": "LIF", "T": 500, "eager_s": lif[0], "compiled_s": lif[1]},
+                {"workload": "other", "T": 500, "eager_s": other[0], "compiled_s": other[1]},
+            ],
+        }
+
+    assert compile_loop.report(result())[1]
+    assert not compile_loop.report(result(compile_s=61.0))[1]
+    assert not compile_loop.report(result(graphs=1))[1]
+    assert not compile_loop.report(result(lif=(0.12, 0.05)))[1]
+    assert (
+        "| eager / compiled, other, T=500 | 0.33x | (no bound) |"
+        in compile_loop.report(result())[0]
+    )
