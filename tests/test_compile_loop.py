@@ -112,6 +112,26 @@ def test_every_stateful_layout_lowers_and_equals_the_loop():
             assert got[0].stride() == want[0].stride()  # time last laid out as torch.stack's
 
 
+def test_chunks_are_a_loop_over_chunks_each_one_scan():
+    """A chunk module that is a stateful multi_step_forward: one scan per chunk (torch 2.13
+    cannot differentiate a scan inside a scan), gradients equal to the eager loop."""
+
+    def chunk(xc, v):
+        return ds.multi_step_forward(xc, _lif, state=v)
+
+    def fn(x, v):
+        y, v = ds.chunk_multi_step_forward(3, x, chunk, state=v)
+        return y.sum() + v.square().sum()
+
+    x, v = torch.randn(7, 2, 3, requires_grad=True), torch.zeros(2, 3)
+    compiled, graphs = _compiled(fn, dynamic=False)
+    loss = compiled(x, v)
+    assert graphs.calls(SCAN) == 3  # chunks of 3, 3 and 1 steps
+    torch.testing.assert_close(loss, fn(x, v))
+    got = torch.autograd.grad(loss, x)[0]
+    torch.testing.assert_close(got, torch.autograd.grad(fn(x, v), x)[0])
+
+
 def test_scan_under_inductor_gives_the_loops_values_and_gradients():
     """Inductor's own lowering of `scan`, forward and backward, with a Linear inside the step
     (its weight a lifted input of the scan) and the input, the weight and the initial state
