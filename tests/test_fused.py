@@ -420,6 +420,40 @@ def test_half_precision_with_bool_spikes(fw, dtype):
     )
 
 
+def test_torch_float16_transcendentals_and_division_equal_the_loop():
+    """exp, sigmoid, tanh and a division by 3 of float16 inputs are computed in float32 and
+    rounded once, as torch computes them (the GPU compiler refuses them in float16:
+    tests/test_gpu_compile.py)."""
+    torch = _framework("torch")
+
+    def step(x, v):
+        v = v + (x - v) / 3.0
+        return torch.tanh(v) + torch.sigmoid(x) * torch.exp(-v), v
+
+    x = torch.from_numpy(np.random.default_rng(6).normal(size=(6, 3, 7))).to(torch.float16)
+    fused, loop = (ds.multi_step_forward(x, step, state=x[0] * 0, fused=f) for f in (True, False))
+    for a, b in zip(fused, loop, strict=True):
+        assert a.dtype == torch.float16
+        # One float16 rounding apart at most (its unit roundoff is 2**-11).
+        np.testing.assert_allclose(a.float().numpy(), b.float().numpy(), rtol=2**-10, atol=2**-14)
+
+
+def test_a_negative_base_to_an_integer_power_is_not_nan(fw):
+    """FitzHugh-Nagumo's ``v - v**3 / 3``, and other integer powers of negative numbers, are
+    finite as in the loop (they were ``exp2(b * log2(a))``, NaN for a negative base)."""
+    name, _ = fw
+
+    def step(x, v):
+        v = v + 0.1 * (v - v**3 / 3 + x)
+        return v**2.0 + v**-1 + v**11, v
+
+    x = _asarray(name, np.random.default_rng(7).normal(size=(5, 2, 6)).astype(np.float32))
+    v0 = _asarray(name, -np.linspace(0.5, 1.5, 12, dtype=np.float32).reshape(2, 6))
+    fused, loop = (ds.multi_step_forward(x, step, state=v0, fused=f) for f in (True, False))
+    assert not np.isnan(_np(loop[0])).any()
+    _assert_same(fused, loop)
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

@@ -28,6 +28,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -73,10 +74,43 @@ def _scaled(op: str, swap: bool = False) -> Callable[..., str]:
     return render
 
 
-def _div(a: str, b: str, rounding_mode: str = "None", **_: Any) -> str:
+def _div(a: str, b: str, rounding_mode: str = "None", dtype: Any = None, **_: Any) -> str:
+    """True division giving `dtype`, rounded to nearest as torch divides: Triton's `/` is an
+    approximate division in float32 (exact in float64), its rounded one takes float32 only."""
     if rounding_mode != "None":
         raise not_fusable(f"it divides with rounding_mode={rounding_mode}")
-    return f"({a} / {b})"
+    if dtype == torch.float64:
+        return f"({a} / {b})"
+    return f"tl.math.div_rn({_as_float32(a)}, {_as_float32(b)})"
+
+
+def _as_float32(text: str) -> str:
+    try:
+        float(text)  # a Python literal: converted where it meets a tensor
+    except ValueError:
+        return f"({text}).to(tl.float32)"
+    return text
+
+
+def _pow(a: str, b: str, dtype: Any) -> str:
+    """``a ** b``: small integer powers by multiplication, as torch computes them, other
+    integer powers of ``|a|`` with the sign of an odd power (a negative base is no NaN), and
+    the rest as ``exp2(b * log2(a))`` (NaN for a negative base, as in torch)."""
+    try:
+        exponent: float | None = float(b)
+    except ValueError:  # a tensor exponent
+        exponent = None
+    if exponent is None or not exponent.is_integer():
+        return f"tl.exp2({b} * tl.log2({a}))"
+    n = abs(int(exponent))
+    if n == 0:
+        return f"tl.where({a} == {a}, 1.0, 1.0)"  # 1 for every base, NaN included
+    if n <= 8:
+        power = f"({' * '.join([a] * n)})"
+    else:
+        power = f"tl.exp2({float(n)} * tl.log2(tl.abs({a})))"
+        power = f"tl.where({a} < 0, -{power}, {power})" if n % 2 else power
+    return _div("1.0", power, dtype=dtype) if exponent < 0 else power
 
 
 def _clamp(a: str, lo: str = "None", hi: str = "None", **_: Any) -> str:
@@ -97,7 +131,7 @@ _OPS: dict[str, Callable[..., str]] = {
     "mul": _infix("*"),
     "div": _div,
     "neg": lambda a, **_: f"(-{a})",
-    "reciprocal": lambda a, **_: f"(1.0 / {a})",
+    "reciprocal": lambda a, dtype=None, **_: _div("1.0", a, dtype=dtype),
     "square": lambda a, **_: f"({a} * {a})",
     "relu": lambda a, **_: f"tl.where({a} > 0, {a}, 0)",
     "maximum": lambda a, b, **_: f"tl.maximum({a}, {b}, {_NAN})",
@@ -121,7 +155,7 @@ _OPS: dict[str, Callable[..., str]] = {
     "bitwise_xor": _infix("^"),
     "heaviside": lambda a, v, **_: f"tl.where({a} > 0, 1.0, tl.where({a} == 0, {v}, 0.0))",
     "sign": lambda a, **_: f"(tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0))",
-    "pow": lambda a, b, **_: f"({a} * {a})" if b == "2" else f"tl.exp2({b} * tl.log2({a}))",
+    "pow": lambda a, b, dtype=None, **_: _pow(a, b, dtype),
     "sigmoid_backward": lambda g, y, **_: f"({g} * (1.0 - {y}) * {y})",
     "tanh_backward": lambda g, y, **_: f"({g} * (1.0 - {y} * {y}))",
     "threshold_backward": lambda g, x, t, **_: f"tl.where({x} <= {t}, 0.0, {g})",
@@ -233,12 +267,40 @@ class _Graph:
                 return f"tl.full([], {_literal(value)}, {dtype})"
             return f"tl.full([BLOCK], {_literal(value)}, {dtype})"
         args = [render(a) for a in node.args]
+        if name in _FLOAT32_MATH:
+            args = [_float32(a, text) for a, text in zip(node.args, args, strict=True)]
         if name in _IDENTITY:
             expr = args[0]
         else:
             kwargs = {k: render(v) for k, v in node.kwargs.items()}
-            expr = _OPS[name](*args, **kwargs)
+            expr = _OPS[name](*args, **{**kwargs, "dtype": val.dtype})
         return f"({expr}).to({dtype})"
+
+
+# Computed in float32 for half inputs, as torch computes them; Triton's libdevice calls and
+# its rounded division take float32 and float64 only.
+_FLOAT32_MATH = {
+    "div",
+    "reciprocal",
+    "pow",
+    "sigmoid",
+    "tanh",
+    "exp",
+    "exp2",
+    "log",
+    "log2",
+    "sqrt",
+    "rsqrt",
+    "sin",
+    "cos",
+    "erf",
+}
+
+
+def _float32(arg: Any, text: str) -> str:
+    val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
+    half = isinstance(val, torch.Tensor) and val.dtype in (torch.float16, torch.bfloat16)
+    return f"({text}).to(tl.float32)" if half else text
 
 
 _Key = tuple
@@ -529,6 +591,21 @@ def _backward_kernel(
     return _compile(_backward_source(graph, nl, len(diff_y)), "bwd", interpret, sources)
 
 
+@contextlib.contextmanager
+def _interpreted() -> Any:
+    """Around an interpreted launch: one at a time, and NumPy's warnings off as on a GPU
+    (libdevice calls such as the rounded division run as NumPy functions there, and the
+    masked lanes past N divide zeros)."""
+    with _interpreting, np.errstate(all="ignore"):
+        yield
+
+
+def _options(launch: dict) -> dict:
+    """A GPU launch's compile options. No fused multiply-add: the loop rounds each product
+    and sum separately, and one ulp on the threshold flips a spike."""
+    return {"num_warps": launch["num_warps"], "enable_fp_fusion": False}
+
+
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, kernels: _Kernels, x2d: torch.Tensor, *leaves: torch.Tensor) -> Any:
@@ -541,8 +618,8 @@ class _Fused(torch.autograd.Function):
         finals = [torch.empty_like(a) for a in leaves]
         saved = [a.new_empty((steps, n)) for a in leaves] if save else []
         grid = (math.ceil(n / launch["block"]),)
-        options = {} if interpret else {"num_warps": launch["num_warps"]}
-        with _interpreting if interpret else contextlib.nullcontext():
+        options = {} if interpret else _options(launch)
+        with _interpreted() if interpret else contextlib.nullcontext():
             kernels.fwd[grid](
                 x2d,
                 *leaves,
@@ -581,9 +658,9 @@ class _Fused(torch.autograd.Function):
         g_x = torch.empty_like(x2d)
         g_0 = [torch.empty_like(s[0]) for s in saved]
         grid = (math.ceil(n / launch["block"]),)
-        options = {} if interpret else {"num_warps": launch["num_warps"]}
+        options = {} if interpret else _options(launch)
         last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
-        with _interpreting if interpret else contextlib.nullcontext():
+        with _interpreted() if interpret else contextlib.nullcontext():
             kernels.bwd[grid](
                 x2d,
                 *saved,
