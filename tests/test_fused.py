@@ -454,6 +454,80 @@ def test_a_negative_base_to_an_integer_power_is_not_nan(fw):
     _assert_same(fused, loop)
 
 
+def test_nan_propagates_through_relu_clamp_and_maximum(fw):
+    """NaN in, NaN out, as in the loop (Triton's maximum drops NaN unless told)."""
+    name, m = fw
+    if name == "torch":
+        ops = [m.relu, lambda a: m.clamp(a, -0.5, 0.5), lambda a: a.clamp(min=0)]
+        ops += [lambda a: m.maximum(a, a * 0), lambda a: m.minimum(a, a * 0)]
+    else:
+        ops = [m.nn.relu, lambda a: m.numpy.clip(a, -0.5, 0.5), lambda a: m.numpy.maximum(a, 0)]
+    x = _asarray(name, np.array([[np.nan, -1.0, 0.25, 2.0]] * 3, np.float32))
+    v0 = x[0] * 0
+    for op in ops:
+
+        def step(a, v, op=op):
+            return op(a + v), v
+
+        fused, loop = (ds.multi_step_forward(x, step, state=v0, fused=f) for f in (True, False))
+        assert np.isnan(_np(loop[0])[:, 0]).all()
+        _assert_same(fused, loop)
+
+
+def test_torch_captured_and_created_zero_dim_tensors_are_constants():
+    """``tau = torch.tensor(2.0)`` captured, ``torch.tensor(1.0)`` made in the step: each is a
+    constant of the kernel (it generated ``(0.5).to(tl.float32)`` before)."""
+    torch = _framework("torch")
+    tau = torch.tensor(2.0)
+
+    def step(x, v):
+        v = v + (x - v) / tau
+        return v * torch.tensor(1.0) + torch.tensor(0.5) * 2, v
+
+    x = torch.rand(4, 2, 5)
+    fused, loop = (ds.multi_step_forward(x, step, state=x[0] * 0, fused=f) for f in (True, False))
+    _assert_same(fused, loop)
+
+
+def test_torch_clamp_and_maximum_train_fused():
+    """In the default grad mode autograd's own formulas for clamp and maximum work in place
+    (`logical_and_`, `masked_fill_`); the backward kernel is traced functionalized, so these
+    steps fuse and their gradients equal the loop's."""
+    torch = _framework("torch")
+
+    def step(x, v):
+        v = torch.clamp(v + x, -1.0, 1.0)
+        return torch.maximum(v, x * 0.5), v * 0.9
+
+    x = torch.from_numpy(np.random.default_rng(8).normal(size=(5, 2, 6)).astype(np.float32))
+    grads = []
+    for fused in (True, False):
+        xr = x.clone().requires_grad_()
+        y, v = ds.multi_step_forward(xr, step, state=torch.zeros(2, 6), fused=fused)
+        grads.append(torch.autograd.grad(y.sum() + v.square().sum(), xr)[0])
+    _assert_same(grads[0], grads[1])
+    assert grads[1].abs().max() > 0
+
+
+def test_torch_module_steps_are_traced_once(monkeypatch):
+    """A module step's key: every nn.Module holds a set (its non-persistent buffers' names),
+    where the key used to give up, so each call traced and compiled again."""
+    torch = _framework("torch")
+    from dualstep.fused import triton as fused_triton
+
+    class Leak(torch.nn.Module):
+        def forward(self, x, v):
+            return x + v, v * 0.5
+
+    builds = []
+    original = fused_triton._build
+    monkeypatch.setattr(fused_triton, "_build", lambda *a: builds.append(1) or original(*a))
+    step, x = Leak(), torch.rand(3, 4)
+    for _ in range(3):
+        ds.multi_step_forward(x, step, state=x[0] * 0, fused=True)
+    assert len(builds) == 1
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

@@ -113,16 +113,19 @@ def _pow(a: str, b: str, dtype: Any) -> str:
     return _div("1.0", power, dtype=dtype) if exponent < 0 else power
 
 
+_NAN = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum/minimum/clamp propagate NaN
+
+
 def _clamp(a: str, lo: str = "None", hi: str = "None", **_: Any) -> str:
     if lo != "None":
-        a = f"tl.maximum({a}, {lo})"
+        a = f"tl.maximum({a}, {lo}, {_NAN})"
     if hi != "None":
-        a = f"tl.minimum({a}, {hi})"
+        a = f"tl.minimum({a}, {hi}, {_NAN})"
     return a
 
 
-_NAN = "propagate_nan=tl.PropagateNan.ALL"  # torch.maximum/minimum propagate NaN
 _IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous", "_to_copy", "expand")
+_IDENTITY += ("detach_copy", "alias_copy", "expand_copy")  # their functionalized forms
 _CONSTANT = ("zeros_like", "ones_like", "full_like", "full", "scalar_tensor", "new_full")
 _OPS: dict[str, Callable[..., str]] = {
     "add": _scaled("+"),
@@ -133,7 +136,7 @@ _OPS: dict[str, Callable[..., str]] = {
     "neg": lambda a, **_: f"(-{a})",
     "reciprocal": lambda a, dtype=None, **_: _div("1.0", a, dtype=dtype),
     "square": lambda a, **_: f"({a} * {a})",
-    "relu": lambda a, **_: f"tl.where({a} > 0, {a}, 0)",
+    "relu": lambda a, **_: f"tl.where({a} < 0, 0, {a})",  # NaN stays NaN
     "maximum": lambda a, b, **_: f"tl.maximum({a}, {b}, {_NAN})",
     "minimum": lambda a, b, **_: f"tl.minimum({a}, {b}, {_NAN})",
     "clamp": _clamp,
@@ -222,6 +225,9 @@ class _Graph:
 
     def emit(self, names: list[str], prefix: str) -> tuple[list[str], list[str]]:
         env: dict[Any, str] = dict(zip(self.inputs, names, strict=True))
+        # Nodes that are Python literals in the source (captured scalars, and what is
+        # computed from them alone): an operation on them alone makes a 0-d tensor.
+        self.literals: set = set()
         lines: list[str] = []
         for i, node in enumerate(self.gm.graph.nodes):
             if node.op == "get_attr":
@@ -236,6 +242,7 @@ class _Graph:
                         "gradients for `x_seq` and `state` only"
                     )
                 env[node] = _literal(value.item())
+                self.literals.add(node)
             elif node.op == "call_function":
                 var = f"{prefix}{i}"
                 lines.append(f"{var} = {self._expression(node, env)}")
@@ -274,6 +281,9 @@ class _Graph:
         else:
             kwargs = {k: render(v) for k, v in node.kwargs.items()}
             expr = _OPS[name](*args, **{**kwargs, "dtype": val.dtype})
+        inputs = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, torch.fx.Node)]
+        if all(a in self.literals for a in inputs):  # no tensor to call `.to` on
+            return f"tl.full([], {expr}, {dtype})"
         return f"({expr}).to({dtype})"
 
 
@@ -300,7 +310,7 @@ _FLOAT32_MATH = {
 def _float32(arg: Any, text: str) -> str:
     val = arg.meta.get("val") if isinstance(arg, torch.fx.Node) else None
     half = isinstance(val, torch.Tensor) and val.dtype in (torch.float16, torch.bfloat16)
-    return f"({text}).to(tl.float32)" if half else text
+    return _as_float32(text) if half else text
 
 
 _Key = tuple
@@ -337,6 +347,8 @@ def _key(obj: Any, tensors: list, depth: int = 0) -> Any:
         return (cls, tuple(map(nested, obj)))
     if isinstance(obj, dict):
         return (cls, tuple((k, nested(v)) for k, v in obj.items()))
+    if cls in (set, frozenset):  # as every nn.Module holds (its non-persistent buffers' names)
+        return (cls, frozenset(map(nested, obj)))
     if isinstance(obj, types.FunctionType):
         cells = []
         for cell in obj.__closure__ or ():
@@ -587,7 +599,11 @@ def _backward_kernel(
             torch.zeros_like(a) if d is None else d for a, d in zip(inputs, grads, strict=True)
         )
 
-    graph = _Graph(_trace(vjp, [*example, *cotangents]), tuple(shape))
+    # Functionalized: autograd's own backward formulas work in place (clamp's and maximum's
+    # `logical_and_`, `masked_fill_`); the step itself was traced as written (`_build`).
+    args = [*example, *cotangents]
+    functional = torch.func.functionalize(_trace(vjp, args), remove="mutations_and_views")
+    graph = _Graph(_trace(functional, args), tuple(shape))
     return _compile(_backward_source(graph, nl, len(diff_y)), "bwd", interpret, sources)
 
 
