@@ -124,8 +124,8 @@ def _clamp(a: str, lo: str = "None", hi: str = "None", **_: Any) -> str:
     return a
 
 
-_IDENTITY = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous", "_to_copy", "expand")
-_IDENTITY += ("detach_copy", "alias_copy", "expand_copy")  # their functionalized forms
+_IDENTITY: tuple[str, ...] = ("clone", "alias", "detach", "lift_fresh_copy", "contiguous")
+_IDENTITY += ("_to_copy", "expand", "detach_copy", "alias_copy", "expand_copy")
 _CONSTANT = ("zeros_like", "ones_like", "full_like", "full", "scalar_tensor", "new_full")
 _OPS: dict[str, Callable[..., str]] = {
     "add": _scaled("+"),
