@@ -528,6 +528,39 @@ def test_torch_module_steps_are_traced_once(monkeypatch):
     assert len(builds) == 1
 
 
+def test_torch_a_kernel_that_fails_to_build_is_not_fusable_and_auto_loops(monkeypatch):
+    """Data-dependent control flow cannot be traced into a kernel: fused=True raises
+    NotFusable with the tracer's error chained, fused='auto' warns once, naming it, and runs
+    the loop; the failure is remembered (the step is not traced again at every call). An
+    error the step raises by itself propagates unchanged."""
+    torch = _framework("torch")
+    from dualstep.backends import torch as torch_backend
+    from dualstep.fused import triton as fused_triton
+
+    def branchy(x, v):
+        v = v + x if x.mean() > 0.5 else v - x
+        return v, v
+
+    builds = []
+    original = fused_triton._build
+    monkeypatch.setattr(fused_triton, "_build", lambda *a: builds.append(1) or original(*a))
+    x, v0 = torch.rand(4, 3), torch.zeros(3)
+    with pytest.raises(ds.NotFusable, match="could not be built") as caught:
+        ds.multi_step_forward(x, branchy, state=v0, fused=True)
+    assert caught.value.__cause__ is not None
+    monkeypatch.setattr(torch_backend, "AUTO_FUSES_ON", ("cuda", "cpu"))  # as on a GPU
+    loop = ds.multi_step_forward(x, branchy, state=v0)
+    with pytest.warns(RuntimeWarning, match="fused='auto' runs the loop: its kernel could not"):
+        _assert_same(ds.multi_step_forward(x, branchy, state=v0, fused="auto"), loop)
+    assert len(builds) == 1
+
+    def broken(x, v):
+        raise KeyError("the step's own error")
+
+    with pytest.raises(KeyError, match="the step's own error"):
+        ds.multi_step_forward(x, broken, state=v0, fused=True)
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -87,10 +88,14 @@ def _first_decides(x_seq: torch.Tensor, n: int, view: Callable, views: Callable)
         yield from parts[1:]
 
 
+# Where fused='auto' fuses: on CPU the kernels run interpreted, slower than the loop.
+AUTO_FUSES_ON = ("cuda",)
+
+
 def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> Any:
     """For `fused` True or 'auto': the fused kernel's result, or None for the loop ('auto'
     off CUDA or with a step that cannot be fused)."""
-    if fused == "auto" and x_seq.device.type != "cuda":
+    if fused == "auto" and x_seq.device.type not in AUTO_FUSES_ON:
         return None
     if x_seq[0].numel() == 0:  # nothing to compute per step: the loop's result, no launch
         return None
@@ -98,9 +103,11 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
 
     try:
         return triton.multi_step(x_seq, modules, state)
-    except NotFusable:
+    except NotFusable as error:
         if fused is True:
             raise
+        if error.kernel_failed:  # not the step's form but a kernel that failed: say why
+            warnings.warn(f"fused='auto' runs the loop: {error.what}", RuntimeWarning, 2)
         return None
 
 

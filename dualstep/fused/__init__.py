@@ -29,6 +29,9 @@ INTERPRET_LAUNCH = {"block": 64, "unroll": 2, "num_warps": 1}
 class NotFusable(ValueError):
     """``fused=True`` was asked for a step that cannot run as one elementwise kernel."""
 
+    what = ""  # the reason alone, without the advice around it
+    kernel_failed = False  # a kernel was built (or compiled) and failed: not the step's form
+
 
 def check_fused(fused: Any) -> None:
     """`fused` is a bool or ``'auto'``."""
@@ -91,7 +94,9 @@ def check_layout(step_shape: tuple, leaves: list, kind: str) -> None:
 
 
 def not_fusable(what: str) -> NotFusable:
-    return NotFusable(
+    error = NotFusable(
         f'`fused=True` needs an elementwise step (README, "Fused kernels"); {what}. '
         "Use fused=False for the plain loop, or fused='auto' to fall back to it"
     )
+    error.what = what
+    return error

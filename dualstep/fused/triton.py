@@ -314,7 +314,7 @@ def _float32(arg: Any, text: str) -> str:
 
 
 _Key = tuple
-_cache: OrderedDict[_Key, tuple[list, _Kernels]] = OrderedDict()
+_cache: OrderedDict[_Key, tuple[list, _Kernels | str]] = OrderedDict()
 _lock = threading.Lock()
 CACHE_SIZE = 128
 # make_fx keeps global state while it traces, and Triton's interpreter patches `triton.language`
@@ -387,6 +387,8 @@ class _Kernels:
         self.ny, self.rebuild = outputs
         self.out_dtypes = out_dtypes
         self.diff_y = [i for i in range(self.ny) if out_dtypes[i].is_floating_point]
+        self.key: Any = None  # the cache's key, set by `_kernels`
+        self.launched = False  # a first launch compiles (on a GPU) and may still fail
 
 
 _counter = itertools.count()
@@ -499,23 +501,56 @@ def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Ke
     except (_Uncacheable, TypeError):
         key = None
     found = _cached(key, tensors)
-    if found is not None:
-        return found
-    with _tracing:
-        found = _cached(key, tensors)  # built meanwhile by another thread
-        if found is not None:
-            return found
-        kernels = _build(x_seq, modules, state, leaves, step_shape, interpret)
-        if key is not None:
-            with _lock:
-                _cache[key] = ([weakref.ref(t) for t in tensors], kernels)
-                while len(_cache) > CACHE_SIZE:
-                    _cache.popitem(last=False)
-    return kernels
+    cause = None  # the error of a build that failed in this call
+    if found is None:
+        with _tracing:
+            found = _cached(key, tensors)  # built meanwhile by another thread
+            if found is None:
+                # The kernels, or why they cannot be built: remembered per step structure,
+                # so that fused='auto' does not trace a step it cannot fuse at every call.
+                try:
+                    found = _build(x_seq, modules, state, leaves, step_shape, interpret)
+                except NotFusable as error:
+                    found = error.what or str(error)
+                except Exception as error:
+                    _raise_if_the_step_fails(x_seq, modules, state, leaves)
+                    found, cause = _failure("built", error), error
+                if key is not None:
+                    if isinstance(found, _Kernels):
+                        found.key = key
+                    _remember(key, tensors, found)
+    if isinstance(found, str):
+        refused = not_fusable(found)
+        refused.kernel_failed = isinstance(found, _Failure)
+        raise refused from cause
+    return found
 
 
-def _cached(key: Any, tensors: list) -> _Kernels | None:
-    """The cached kernels of `key` when the tensors it names are still the same objects."""
+class _Failure(str):
+    """Why a step's kernel failed to build or compile, as remembered in the cache."""
+
+
+def _failure(what: str, error: Exception) -> _Failure:
+    last = str(error).strip().splitlines()[-1:] or [""]
+    return _Failure(f"its kernel could not be {what} ({type(error).__name__}: {last[0][:300]})")
+
+
+def _raise_if_the_step_fails(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> None:
+    """Call the step once as the loop would: an error the step raises by itself is its own,
+    not the fuser's, and propagates unchanged."""
+    flat_step(modules, state, [])(x_seq[0], *leaves)
+
+
+def _remember(key: Any, tensors: list, found: _Kernels | str) -> None:
+    with _lock:
+        _cache[key] = ([weakref.ref(t) for t in tensors], found)
+        while len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+
+
+def _cached(key: Any, tensors: list) -> _Kernels | str | None:
+    """The cached kernels of `key` (or the reason they failed) when the tensors it names are
+    still the same objects."""
     entry = None if key is None else _cache.get(key)
     if entry is None:
         return None
@@ -635,7 +670,7 @@ class _Fused(torch.autograd.Function):
         saved = [a.new_empty((steps, n)) for a in leaves] if save else []
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else _options(launch)
-        with _interpreted() if interpret else contextlib.nullcontext():
+        with _interpreted() if interpret else torch.cuda.device(x2d.device):
             kernels.fwd[grid](
                 x2d,
                 *leaves,
@@ -676,7 +711,7 @@ class _Fused(torch.autograd.Function):
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else _options(launch)
         last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
-        with _interpreted() if interpret else contextlib.nullcontext():
+        with _interpreted() if interpret else torch.cuda.device(x2d.device):
             kernels.bwd[grid](
                 x2d,
                 *saved,
@@ -717,7 +752,23 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = math.prod(step_shape)
     x2d = x_seq.contiguous().view(steps, n)
-    outs = _Fused.apply(kernels, x2d, *(a.contiguous().view(n) for a in leaves))
+    try:
+        outs = _Fused.apply(kernels, x2d, *(a.contiguous().view(n) for a in leaves))
+    except Exception as error:
+        if kernels.launched or isinstance(error, NotFusable):
+            raise
+        # The first launch compiles the kernel on a GPU (and runs it in the interpreter).
+        _raise_if_the_step_fails(x_seq, modules, state, leaves)
+        reason = _failure("compiled", error)
+        if kernels.key is not None:
+            with _lock:
+                entry = _cache.get(kernels.key)
+                if entry is not None and entry[1] is kernels:
+                    _cache[kernels.key] = (entry[0], reason)
+        failed = not_fusable(reason)
+        failed.kernel_failed = True
+        raise failed from error
+    kernels.launched = True
     ys = [y.view(steps, *step_shape) for y in outs[: kernels.ny]]
     y_seq = kernels.rebuild(ys)
     if state is None:
