@@ -1,10 +1,11 @@
-"""The fused Triton kernels compiled for NVIDIA GPUs (sm_80 and sm_90) on this CPU machine.
+"""The fused kernels built for NVIDIA GPUs on this CPU machine, on every CI run.
 
-The interpreter that runs the fused tests here checks far less than the GPU compiler (dtypes
-of libdevice calls, for one). This builds every kernel a fused call makes, with the launch a GPU
-would use, and compiles it ahead of time with ``triton.compile`` for each target, down to a
-cubin (the triton wheel ships ptxas): a kernel that would fail to build on a GPU fails here, on
-every CI run. Nothing runs on a GPU.
+The interpreters that run the fused tests here check far less than the GPU compilers (dtypes
+of libdevice calls, primitives without a lowering rule). torch: every kernel a fused call makes,
+with the launch a GPU would use, compiled ahead of time with ``triton.compile`` for sm_80 and
+sm_90, down to a cubin (the triton wheel ships ptxas). JAX: the fused calls (forward and
+gradient) lowered for CUDA, through Pallas' Triton lowering, which runs on CPU. A kernel that
+would fail to build on a GPU fails here. Nothing runs on a GPU.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 from dualstep.fused import triton as fused_triton  # noqa: E402
+from dualstep.testing import surrogate_spike  # noqa: E402
 
 TARGETS = (80, 90)
 _count = itertools.count()
@@ -118,3 +120,73 @@ def test_the_compiled_arithmetic_rounds_as_the_loop_does(step, grad, monkeypatch
         assert "div.approx" not in ptx and "div.full" not in ptx, name
         if step is not dict_state and name == "fwd":
             assert "div.rn.f32" in ptx
+
+
+def _jax_steps():
+    jnp = pytest.importorskip("jax.numpy")
+    spike = surrogate_spike("jax")  # a jax.custom_vjp
+
+    import jax
+
+    @jax.custom_jvp
+    def heaviside(h):
+        return (h > 0).astype(h.dtype)
+
+    heaviside.defjvp(lambda p, t: (heaviside(p[0]), t[0] / (1 + jnp.abs(4 * p[0])) ** 2))
+
+    def surrogate(x, v):
+        v = v + (x - v) / 2.0
+        s = spike(v - 1.0)
+        return s, v * (1 - s)
+
+    def jvp_surrogate(x, v):
+        v = v + (x - v) / 3.0
+        s = heaviside(v - 1.0)
+        return s, v * (1 - s)
+
+    def lif(x, v):
+        v = v + (x - v) / 2.0
+        s = (v > 1.0).astype(x.dtype)
+        return s, v * (1 - s)
+
+    def transcendentals(x, v):
+        v = jnp.tanh(v + x) * 0.5 + jax.nn.sigmoid(x) * jnp.exp(-v) / 3.0
+        return v, v
+
+    def dict_state(x, s):
+        i = 0.8 * s["i"] + x
+        v = 0.9 * s["v"] + i
+        z = (v > 1.0).astype(x.dtype)
+        return z, {"v": v - z, "i": i}
+
+    return [lif, surrogate, jvp_surrogate, transcendentals, dict_state]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_every_fused_jax_call_lowers_for_cuda(dtype):
+    """Forward and gradient of each step, custom_vjp and custom_jvp surrogates included (the
+    gradient kernel differentiates the step through its own rules), in float32 and in half
+    precision (computed in float32 inside, as XLA computes it)."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax.experimental.pallas.triton")
+    jnp = jax.numpy
+    from dualstep.fused import pallas
+
+    failures = []
+    for step in _jax_steps():
+        x = jnp.linspace(0.0, 2.0, 4 * 96, dtype=dtype).reshape(4, 96)
+        zero = jnp.zeros(96, dtype)
+        s0 = {"v": zero, "i": zero} if step.__name__ == "dict_state" else zero
+
+        def forward(x, s0, step=step):
+            return pallas.multi_step(x, step, s0, interpret=False)
+
+        def gradient(x, s0, forward=forward):
+            return jax.grad(lambda x: forward(x, s0)[0].astype(jnp.float32).sum())(x)
+
+        for fn in (forward, gradient):
+            try:
+                jax.jit(fn).trace(x, s0).lower(lowering_platforms=("cuda",))
+            except Exception as error:  # every failure is listed
+                failures.append(f"{step.__name__} {fn.__name__}: {type(error).__name__}: {error}")
+    assert not failures, "\n".join(f[:300] for f in failures)

@@ -16,6 +16,7 @@ import math
 from typing import Any
 
 import jax
+import jax.extend.core
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
@@ -192,6 +193,66 @@ try:
 except ImportError:  # pragma: no cover - depends on the JAX release
     from jax._src.core import eval_jaxpr as _eval_jaxpr
 
+# Computed in float32 for half inputs inside a kernel, as XLA computes them: Pallas' Triton
+# lowering has no half division or transcendentals ("unsupported types: tensor<...xbf16>").
+_FLOAT32_MATH = frozenset(
+    [
+        "div",
+        "logistic",
+        "tanh",
+        "exp",
+        "exp2",
+        "expm1",
+        "log",
+        "log1p",
+        "sqrt",
+        "rsqrt",
+        "sin",
+        "cos",
+        "tan",
+        "erf",
+        "erfc",
+        "erf_inv",
+        "pow",
+        "atan2",
+        "cbrt",
+    ]
+)
+_HALF = (jnp.float16, jnp.bfloat16)
+
+
+def _eval_inlined(jaxpr: Any, consts: list, *args: Any) -> list:
+    """``eval_jaxpr`` for a kernel body: the jaxprs of ``custom_vjp``/``custom_jvp`` calls
+    and of nested ``jit`` calls evaluated in place (Pallas' Triton lowering has no rule for
+    ``custom_vjp_call``; the gradient kernel differentiates the step outside, through the
+    custom rules), and half-precision math done in float32."""
+    env: dict = {}
+
+    def read(v: Any) -> Any:
+        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
+
+    env.update(zip(jaxpr.constvars, consts, strict=True))
+    env.update(zip(jaxpr.invars, args, strict=True))
+    for eqn in jaxpr.eqns:
+        invals = [read(v) for v in eqn.invars]
+        inner = next((eqn.params[k] for k in ("call_jaxpr", "jaxpr") if k in eqn.params), None)
+        if eqn.primitive.name in _NESTED and inner is not None:
+            closed_consts = getattr(inner, "consts", [])
+            outs = _eval_inlined(getattr(inner, "jaxpr", inner), closed_consts, *invals)
+        else:
+            half = eqn.primitive.name in _FLOAT32_MATH and any(
+                getattr(v, "dtype", None) in _HALF for v in invals
+            )
+            if half:
+                invals = [v.astype(jnp.float32) if v.dtype in _HALF else v for v in invals]
+            outs = eqn.primitive.bind(*invals, **eqn.params)
+            outs = outs if eqn.primitive.multiple_results else [outs]
+            if half:
+                outs = [o.astype(v.aval.dtype) for o, v in zip(outs, eqn.outvars, strict=True)]
+        for var, val in zip(eqn.outvars, outs, strict=True):
+            env[var] = val
+    return [read(v) for v in jaxpr.outvars]
+
 
 def _time_loop(
     steps: int, unroll: int, load: Any, body: Any, carry: Any, reverse: bool = False
@@ -244,7 +305,7 @@ class _Kernel:
         self.run.defvjp(self._fwd, self._bwd)
 
     def _apply(self, consts: list, x: Any, state: list) -> list:
-        return _eval_jaxpr(self.jaxpr, consts, x, *state)
+        return _eval_inlined(self.jaxpr, consts, x, *state)
 
     def _forward(self, x2d: Any, leaves: list, consts: list, save: bool) -> tuple:
         ny, nl, block, steps = self.ny, len(leaves), self.block, self.steps
@@ -281,6 +342,36 @@ class _Kernel:
         )
         return list(out[:ny]), list(out[ny : ny + nl]), list(out[ny + nl :])
 
+    def _vjp_jaxpr(
+        self, consts: list, diff_y: list, diff_c: list, x_dtype: Any, s_dtypes: list
+    ) -> Any:
+        """One step's vector-Jacobian product at the block's shape, traced here, outside the
+        kernel, through the step's own ``custom_vjp``/``custom_jvp`` rules: ``(*consts, x,
+        *state, *output cotangents, *state cotangents) -> (g_x, *g_state, *g_consts)``."""
+        ny, nl, nc = self.ny, len(s_dtypes), len(consts)
+
+        def vjp(*flat: Any) -> list:
+            c, x, s = list(flat[:nc]), flat[nc], list(flat[nc + 1 : nc + 1 + nl])
+            g = list(flat[nc + 1 + nl :])
+
+            def step(x: Any, s: list, dc: list) -> list:
+                full = list(c)
+                for i, v in zip(diff_c, dc, strict=True):
+                    full[i] = v
+                outs = _eval_jaxpr(self.jaxpr, full, x, *s)
+                return [outs[i] for i in diff_y] + list(outs[ny:])
+
+            _, pull = jax.vjp(step, x, s, [c[j] for j in diff_c])
+            g_x, g_s, g_dc = pull(g)
+            return [g_x, *g_s, *g_dc]
+
+        block = (self.block,)
+        specs = [jax.ShapeDtypeStruct((), c.dtype) for c in consts]
+        specs += [jax.ShapeDtypeStruct(block, d) for d in [x_dtype, *s_dtypes]]
+        specs += [jax.ShapeDtypeStruct(block, self.out_avals[i].dtype) for i in diff_y]
+        specs += [jax.ShapeDtypeStruct(block, d) for d in s_dtypes]
+        return jax.make_jaxpr(vjp)(*specs)
+
     def _primal(self, x2d: Any, leaves: list, consts: list) -> tuple:
         ys, final, _ = self._forward(x2d, leaves, consts, save=False)
         return ys, final
@@ -297,6 +388,7 @@ class _Kernel:
         diff_c = [i for i, c in enumerate(consts) if jnp.issubdtype(c.dtype, jnp.inexact)]
         g_ys = [g_ys[i] for i in diff_y]
         nc, ng = len(consts), len(g_ys)
+        vjp = self._vjp_jaxpr(consts, diff_y, diff_c, x2d.dtype, [a.dtype for a in saved])
 
         def kernel(*refs: Any) -> None:
             x_ref, saved_refs = refs[0], refs[1 : 1 + nl]
@@ -308,13 +400,6 @@ class _Kernel:
             cols = pl.ds(pl.program_id(0) * block, block)
             c = [r[0] for r in c_refs]
 
-            def step(x: Any, s: list, dc: list) -> list:
-                full = list(c)
-                for i, v in zip(diff_c, dc, strict=True):
-                    full[i] = v
-                outs = self._apply(full, x, s)
-                return [outs[i] for i in diff_y] + list(outs[ny:])
-
             def load(t: Any) -> tuple:
                 return (
                     x_ref[t, cols],
@@ -324,8 +409,8 @@ class _Kernel:
 
             def body(t: Any, loaded: tuple, carry: tuple) -> tuple:
                 (x_t, s_t, gy_t), (g_s, g_c) = loaded, carry
-                _, vjp = jax.vjp(step, x_t, s_t, [c[j] for j in diff_c])
-                g_x, g_s, g_dc = vjp(gy_t + list(g_s))
+                flat = _eval_inlined(vjp.jaxpr, vjp.consts, *c, x_t, *s_t, *gy_t, *g_s)
+                g_x, g_s, g_dc = flat[0], flat[1 : 1 + nl], flat[1 + nl :]
                 gx_ref[t, cols] = g_x
                 return list(g_s), [a + b for a, b in zip(g_c, g_dc, strict=True)]
 
