@@ -561,6 +561,23 @@ def test_torch_a_kernel_that_fails_to_build_is_not_fusable_and_auto_loops(monkey
         ds.multi_step_forward(x, broken, state=v0, fused=True)
 
 
+def test_jax_a_step_that_reads_its_shape_is_not_fusable():
+    """The kernel gives the step blocks of elements: ``x / x.shape[-1]`` would divide by the
+    block's size (0.0625 fused, 0.2 looped at N=5). Steps that make arrays of their input's
+    shape (``zeros_like``, ``full``) are fused."""
+    jax = _framework("jax")
+    jnp = jax.numpy
+    x, v0 = jnp.ones((3, 5)), jnp.zeros(5)
+    with pytest.raises(ds.NotFusable, match="depends on its input's shape"):
+        ds.multi_step_forward(x, lambda x, v: (x / x.shape[-1] + v, v), state=v0, fused=True)
+
+    def shaped(x, v):
+        return jnp.zeros_like(x) + jnp.full(x.shape, 0.5) + x + v, v
+
+    loop = ds.multi_step_forward(x, shaped, state=v0)
+    _assert_same(ds.multi_step_forward(x, shaped, state=v0, fused=True), loop)
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

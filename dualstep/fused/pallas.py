@@ -157,6 +157,23 @@ def fusable(x_seq: Any, modules: Any, state: Any) -> Any:
     return closed
 
 
+def _check_shape_blind(
+    closed: Any, modules: Any, state: Any, x_seq: Any, leaves: list, block: int
+) -> None:
+    """The kernel runs the step on blocks of elements, not on a time step: a step that reads
+    its input's shape (``x / x.shape[-1]``) would see the block's. Traced again at another
+    block size, such a step differs in more than its shapes."""
+    other = _trace(flat_step(modules, state, []), (block + 1,), x_seq, leaves)
+
+    def text(c: Any, size: int) -> str:
+        return str(c.jaxpr).replace(f"[{size}]", "[N]").replace(f"({size},)", "(N,)")
+
+    if text(closed, block) != text(other, block + 1):
+        raise not_fusable(
+            "it depends on its input's shape, which a kernel's block of elements does not have"
+        )
+
+
 def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``; `interpret`
     runs the kernels through Pallas' interpreter (on CPU)."""
@@ -170,6 +187,7 @@ def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     outputs: list = []
     closed = _trace(flat_step(modules, state, outputs), (block,), x_seq, leaves)
     ny, rebuild = outputs[0]
+    _check_shape_blind(closed, modules, state, x_seq, leaves, block)
 
     def flat(a: Any, lead: tuple) -> Any:
         a = a.reshape((*lead, n))
