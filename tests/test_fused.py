@@ -578,6 +578,24 @@ def test_jax_a_step_that_reads_its_shape_is_not_fusable():
     _assert_same(ds.multi_step_forward(x, shaped, state=v0, fused=True), loop)
 
 
+def test_jax_gradient_of_a_captured_scalar_ignores_the_padded_lanes():
+    """N=5 is padded to a whole block; ``d(x**c)/dc = x**c * log(x)`` is NaN at a padded 0.
+    Each constant's gradient is summed per element with the padding masked out."""
+    jax = _framework("jax")
+    jnp = jax.numpy
+    x = jnp.linspace(0.1, 1.0, 15).reshape(3, 5)
+
+    def loss(c, fused):
+        def step(a, v):
+            return a**c + v, v * 0.5
+
+        return ds.multi_step_forward(x, step, state=jnp.zeros(5), fused=fused)[0].sum()
+
+    fused, loop = (jax.grad(loss)(2.0, f) for f in (True, False))
+    assert np.isfinite(fused)
+    _assert_same(fused, loop)
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

@@ -162,6 +162,15 @@ def _jax_steps():
     return [lif, surrogate, jvp_surrogate, transcendentals, dict_state]
 
 
+def _captured(c):
+    """A step with a captured (traced) scalar, whose gradient the kernel sums per element."""
+
+    def power(x, v):
+        return abs(x) ** c + v, v * 0.5
+
+    return power
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 def test_every_fused_jax_call_lowers_for_cuda(dtype):
     """Forward and gradient of each step, custom_vjp and custom_jvp surrogates included (the
@@ -189,4 +198,16 @@ def test_every_fused_jax_call_lowers_for_cuda(dtype):
                 jax.jit(fn).trace(x, s0).lower(lowering_platforms=("cuda",))
             except Exception as error:  # every failure is listed
                 failures.append(f"{step.__name__} {fn.__name__}: {type(error).__name__}: {error}")
+    x = jnp.linspace(0.0, 2.0, 4 * 96, dtype=dtype).reshape(4, 96)
+
+    def captured(c, x):
+        y, _ = pallas.multi_step(x, _captured(c), jnp.zeros(96, dtype), interpret=False)
+        return y.astype(jnp.float32).sum()
+
+    try:
+        jax.jit(jax.grad(captured, (0, 1))).trace(jnp.asarray(2.0, dtype), x).lower(
+            lowering_platforms=("cuda",)
+        )
+    except Exception as error:
+        failures.append(f"captured-constant gradient: {type(error).__name__}: {error}")
     assert not failures, "\n".join(f[:300] for f in failures)

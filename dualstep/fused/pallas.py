@@ -196,7 +196,7 @@ def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     def unflat(a: Any, lead: tuple) -> Any:
         return a[..., :n].reshape((*lead, *step_shape))
 
-    kernel = _Kernel(closed, ny, steps, block, padded, interpret, launch)
+    kernel = _Kernel(closed, ny, steps, block, (n, padded), interpret, launch)
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
     ys, final = kernel.run(flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
     y_seq = rebuild([unflat(y, (steps,)) for y in ys])
@@ -303,10 +303,11 @@ class _Kernel:
         ny: int,
         steps: int,
         block: int,
-        padded: int,
+        sizes: tuple[int, int],
         interpret: bool,
         launch: dict,
     ) -> None:
+        self.n, padded = sizes  # elements per step, and as padded to whole blocks
         self.jaxpr, self.ny, self.steps, self.block = closed.jaxpr, ny, steps, block
         self.grid = (padded // block,)
         self.padded = padded
@@ -361,11 +362,19 @@ class _Kernel:
         return list(out[:ny]), list(out[ny : ny + nl]), list(out[ny + nl :])
 
     def _vjp_jaxpr(
-        self, consts: list, diff_y: list, diff_c: list, x_dtype: Any, s_dtypes: list
+        self,
+        consts: list,
+        diff_y: list,
+        diff_c: list,
+        x_dtype: Any,
+        s_dtypes: list,
+        per_lane: bool,
     ) -> Any:
         """One step's vector-Jacobian product at the block's shape, traced here, outside the
         kernel, through the step's own ``custom_vjp``/``custom_jvp`` rules: ``(*consts, x,
-        *state, *output cotangents, *state cotangents) -> (g_x, *g_state, *g_consts)``."""
+        *state, *output cotangents, *state cotangents) -> (g_x, *g_state, *g_consts)``. With
+        `per_lane` each constant's gradient has one entry per element of the block (the
+        constant given as a block of copies), else it is one sum over the block."""
         ny, nl, nc = self.ny, len(s_dtypes), len(consts)
 
         def vjp(*flat: Any) -> list:
@@ -379,7 +388,8 @@ class _Kernel:
                 outs = _eval_jaxpr(self.jaxpr, full, x, *s)
                 return [outs[i] for i in diff_y] + list(outs[ny:])
 
-            _, pull = jax.vjp(step, x, s, [c[j] for j in diff_c])
+            shape = x.shape if per_lane else ()
+            _, pull = jax.vjp(step, x, s, [jnp.broadcast_to(c[j], shape) for j in diff_c])
             g_x, g_s, g_dc = pull(g)
             return [g_x, *g_s, *g_dc]
 
@@ -406,7 +416,11 @@ class _Kernel:
         diff_c = [i for i, c in enumerate(consts) if jnp.issubdtype(c.dtype, jnp.inexact)]
         g_ys = [g_ys[i] for i in diff_y]
         nc, ng = len(consts), len(g_ys)
-        vjp = self._vjp_jaxpr(consts, diff_y, diff_c, x2d.dtype, [a.dtype for a in saved])
+        dtypes = [a.dtype for a in saved]
+        try:  # each constant's gradient per element, the padded lanes masked out
+            vjp, per_lane = self._vjp_jaxpr(consts, diff_y, diff_c, x2d.dtype, dtypes, True), True
+        except (TypeError, ValueError):  # the step broadcasts a constant itself: per block
+            vjp, per_lane = self._vjp_jaxpr(consts, diff_y, diff_c, x2d.dtype, dtypes, False), False
 
         def kernel(*refs: Any) -> None:
             x_ref, saved_refs = refs[0], refs[1 : 1 + nl]
@@ -425,20 +439,26 @@ class _Kernel:
                     [r[t, cols] for r in gy_refs],
                 )
 
+            # Lanes past the step's N hold padding, whose gradients (g * log(0)...) may be NaN.
+            real = pl.program_id(0) * block + lax.broadcasted_iota(jnp.int32, (block,), 0) < self.n
+
             def body(t: Any, loaded: tuple, carry: tuple) -> tuple:
                 (x_t, s_t, gy_t), (g_s, g_c) = loaded, carry
                 flat = _eval_inlined(vjp.jaxpr, vjp.consts, *c, x_t, *s_t, *gy_t, *g_s)
                 g_x, g_s, g_dc = flat[0], flat[1 : 1 + nl], flat[1 + nl :]
                 gx_ref[t, cols] = g_x
+                if per_lane:
+                    g_dc = [jnp.where(real, g, jnp.zeros_like(g)) for g in g_dc]
                 return list(g_s), [a + b for a, b in zip(g_c, g_dc, strict=True)]
 
-            zeros = [jnp.zeros((), consts[j].dtype) for j in diff_c]
+            lanes = (block,) if per_lane else ()
+            zeros = [jnp.zeros(lanes, consts[j].dtype) for j in diff_c]
             carry = ([r[cols] for r in gf_refs], zeros)
             g_s, g_c = _time_loop(steps, self.unroll, load, body, carry, reverse=True)
             for r, v in zip(g0_refs, g_s, strict=True):
                 r[cols] = v
             for r, v in zip(gc_refs, g_c, strict=True):
-                r[pl.program_id(0)] = v
+                r[pl.program_id(0)] = jnp.sum(v) if per_lane else v
 
         shapes = [jax.ShapeDtypeStruct(x2d.shape, x2d.dtype)]
         shapes += [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in saved]
