@@ -579,15 +579,16 @@ def test_jax_a_step_that_reads_its_shape_is_not_fusable():
 
 
 def test_jax_gradient_of_a_captured_scalar_ignores_the_padded_lanes():
-    """N=5 is padded to a whole block; ``d(x**c)/dc = x**c * log(x)`` is NaN at a padded 0.
-    Each constant's gradient is summed per element with the padding masked out."""
+    """N=5 is padded to a whole block; ``d(c * log(x))/dc`` is ``-inf`` at a padded 0, times
+    a zero cotangent: NaN. Each constant's gradient is summed per element with the padding
+    masked out."""
     jax = _framework("jax")
     jnp = jax.numpy
     x = jnp.linspace(0.1, 1.0, 15).reshape(3, 5)
 
     def loss(c, fused):
         def step(a, v):
-            return a**c + v, v * 0.5
+            return c * jnp.log(a) + v, v * 0.5
 
         return ds.multi_step_forward(x, step, state=jnp.zeros(5), fused=fused)[0].sum()
 
