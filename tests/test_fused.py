@@ -597,6 +597,20 @@ def test_jax_gradient_of_a_captured_scalar_ignores_the_padded_lanes():
     _assert_same(fused, loop)
 
 
+def test_jax_random_numbers_are_refused_by_name():
+    """A step that draws random numbers is refused naming the random op, not the first
+    broadcast the key handling makes."""
+    jax = _framework("jax")
+    key = jax.random.PRNGKey(0)
+
+    def noisy(x, v):
+        return x + jax.random.uniform(key, x.shape), v
+
+    x = jax.numpy.ones((3, 4))
+    with pytest.raises(ds.NotFusable, match="draws random numbers"):
+        ds.multi_step_forward(x, noisy, state=x[0], fused=True)
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

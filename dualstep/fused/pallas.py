@@ -114,6 +114,8 @@ _NESTED = frozenset(
 def _check_jaxpr(jaxpr: Any, step_shape: tuple) -> None:
     for eqn in jaxpr.eqns:
         name = eqn.primitive.name
+        if name.startswith("random_") or name.startswith("threefry"):
+            raise not_fusable(f"it draws random numbers (`{name}`); pass them in `x_seq`")
         if name in _NESTED:
             for key in ("jaxpr", "call_jaxpr", "fun_jaxpr"):
                 inner = eqn.params.get(key)
