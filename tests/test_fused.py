@@ -611,6 +611,23 @@ def test_jax_random_numbers_are_refused_by_name():
         ds.multi_step_forward(x, noisy, state=x[0], fused=True)
 
 
+def test_torch_trace_cache_sees_a_captured_tensor_given_new_data():
+    """``tau.data = other`` keeps the tensor object and its version: the cache keys captured
+    tensors by their storage too, so the kernel is traced again with the new value."""
+    torch = _framework("torch")
+    tau = torch.tensor(2.0)
+
+    def step(x, v):
+        v = v + (x - v) / tau
+        return v, v
+
+    x = torch.rand(3, 4)
+    ds.multi_step_forward(x, step, state=x[0] * 0, fused=True)
+    tau.data = torch.tensor(4.0)
+    fused, loop = (ds.multi_step_forward(x, step, state=x[0] * 0, fused=f) for f in (True, False))
+    _assert_same(fused, loop)
+
+
 def test_torch_bfloat16_is_refused_on_cpu():
     torch = _framework("torch")
     x = torch.ones(3, 2, dtype=torch.bfloat16)

@@ -341,7 +341,8 @@ def _key(obj: Any, tensors: list, depth: int = 0) -> Any:
         return (cls, obj)
     if isinstance(obj, torch.Tensor):
         tensors.append(obj)
-        return ("tensor", id(obj), obj._version, obj.requires_grad)
+        # The storage too: `t.data = other` keeps the tensor and its version.
+        return ("tensor", id(obj), obj._version, obj.data_ptr(), obj.requires_grad)
     nested = functools.partial(_key, tensors=tensors, depth=depth + 1)
     if cls in (tuple, list) or (isinstance(obj, tuple) and hasattr(obj, "_fields")):
         return (cls, tuple(map(nested, obj)))
