@@ -211,3 +211,34 @@ def test_every_fused_jax_call_lowers_for_cuda(dtype):
     except Exception as error:
         failures.append(f"captured-constant gradient: {type(error).__name__}: {error}")
     assert not failures, "\n".join(f[:300] for f in failures)
+
+
+def test_a_jax_kernel_that_does_not_lower_is_not_fusable_and_auto_scans():
+    """``round`` has no Pallas Triton lowering: the fused call is refused while it is traced
+    (NotFusable, the lowering error chained), and fused='auto' on a GPU warns and runs the
+    scan, instead of failing when the program compiles."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax.experimental.pallas.triton")
+    jnp = jax.numpy
+    import dualstep as ds
+    from dualstep.backends import jax as jax_backend
+    from dualstep.fused import pallas
+
+    def rounded(x, v):
+        return jnp.round(x + v), v
+
+    x, v0 = jnp.ones((4, 96)), jnp.zeros(96)
+
+    def lower(fn):
+        return jax.jit(fn).trace(x, v0).lower(lowering_platforms=("cuda",))
+
+    with pytest.raises(ds.NotFusable, match="could not be lowered") as caught:
+        lower(lambda x, v: pallas.multi_step(x, rounded, v, interpret=False))
+    assert caught.value.__cause__ is not None
+
+    def auto(x, v):  # the backend's path for a call whose arrays are on a GPU
+        return jax_backend._sequence(x, rounded, v, fused="auto", unroll=None, platform="cuda")
+
+    with pytest.warns(RuntimeWarning, match="fused='auto' runs the scan: its kernel could not"):
+        text = lower(auto).as_text()
+    assert "triton" not in text.lower()

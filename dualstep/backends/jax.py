@@ -180,9 +180,11 @@ def _sequence(
     if (fused is True or (fused == "auto" and gpu)) and x_seq[0].size:  # no elements: scan
         try:
             return pallas.multi_step(x_seq, modules, state, interpret=platform == "cpu")
-        except NotFusable:
+        except NotFusable as error:
             if fused is True:
                 raise
+            if error.kernel_failed:  # not the step's form but a kernel that failed: say why
+                warnings.warn(f"fused='auto' runs the scan: {error.what}", RuntimeWarning, 2)
             elementwise = False
     if unroll is None:
         unroll = 1

@@ -176,6 +176,29 @@ def _check_shape_blind(
         )
 
 
+def _check_lowers(run: Any, args: tuple) -> None:
+    """Raise NotFusable (the error chained) unless the kernels of `run` lower for CUDA: the
+    forward one, and the gradient one where the inputs are floating. Checked while the call
+    is traced, so that a step the Triton lowering cannot take (``round``, say) is refused here,
+    and fused='auto' runs the scan, rather than failing when the program compiles."""
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+
+    def gradient(*args: Any) -> Any:
+        outs, pull = jax.vjp(run, *args)
+        return pull(jax.tree.map(jnp.zeros_like, outs))
+
+    for fn in (run, gradient):
+        try:
+            jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",))
+        except Exception as error:
+            last = (str(error).strip().splitlines() or [""])[0][:300]
+            refused = not_fusable(
+                f"its kernel could not be lowered ({type(error).__name__}: {last})"
+            )
+            refused.kernel_failed = True
+            raise refused from error
+
+
 def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``; `interpret`
     runs the kernels through Pallas' interpreter (on CPU)."""
@@ -200,7 +223,10 @@ def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
 
     kernel = _Kernel(closed, ny, steps, block, (n, padded), interpret, launch)
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
-    ys, final = kernel.run(flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
+    args = (flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
+    if not interpret:
+        _check_lowers(kernel.run, args)
+    ys, final = kernel.run(*args)
     y_seq = rebuild([unflat(y, (steps,)) for y in ys])
     if state is None:
         return y_seq
