@@ -114,7 +114,7 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
 def _scannable(x_seq: torch.Tensor, modules: Any, state: Any, dim: int, unroll: Any) -> bool:
     """Whether a loop lowers to torch's `scan` (one loop construct) instead of T unrolled steps.
 
-    Under ``torch.compile`` (and ``torch.export``), for stateful calls only: `scan` needs a
+    Under ``torch.compile`` (full graphs), for stateful calls only: `scan` needs a
     pure step, a state of tensors (tuples, lists, dicts) and a carry whose dtypes stay fixed.
     With ``state=None`` the step may keep hidden memory (SpikingJelly's neurons), and eager
     calls keep the plain loop, which runs faster than an eager `scan`. `unroll` >= T traces
@@ -137,9 +137,9 @@ def _scan_lowers() -> bool:
     """Whether Inductor can lower a `scan` in the graph being traced, run once per trace.
 
     torch 2.13 lowers `scan` to a loop whose index is a scalar read from a tensor, which its
-    tracer allows only where scalar outputs are: with ``fullgraph=True`` (and
-    ``torch.export``), or with ``torch._dynamo.config.capture_scalar_outputs``. Elsewhere the
-    compile would fail, so the loop is unrolled as before.
+    tracer allows only where scalar outputs are: with ``fullgraph=True``, or with
+    ``torch._dynamo.config.capture_scalar_outputs``. Elsewhere the compile would fail, so the
+    loop is unrolled as before. (``torch.export`` is the export issue's, untested here.)
     """
     context = torch._guards.TracingContext.try_get()
     shape_env = getattr(getattr(context, "fake_mode", None), "shape_env", None)

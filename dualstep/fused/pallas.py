@@ -177,10 +177,10 @@ def _check_shape_blind(
 
 
 def _check_lowers(run: Any, args: tuple) -> None:
-    """Raise NotFusable (the error chained) unless the kernels of `run` lower for CUDA: the
-    forward one, and the gradient one where the inputs are floating. Checked while the call
-    is traced, so that a step the Triton lowering cannot take (``round``, say) is refused here,
-    and fused='auto' runs the scan, rather than failing when the program compiles."""
+    """Raise NotFusable (the error chained) unless the kernels of `run`, forward and
+    gradient, lower for CUDA. Checked while the call is traced, so that a step the Triton
+    lowering cannot take (``round``, say) is refused here, and fused='auto' runs the scan,
+    rather than failing when the program compiles."""
     specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
 
     def gradient(*args: Any) -> Any:
@@ -290,7 +290,10 @@ def _eval_inlined(jaxpr: Any, consts: list, *args: Any) -> list:
                 getattr(v, "dtype", None) in _HALF for v in invals
             )
             if half:
-                invals = [v.astype(jnp.float32) if v.dtype in _HALF else v for v in invals]
+                invals = [
+                    v.astype(jnp.float32) if getattr(v, "dtype", None) in _HALF else v
+                    for v in invals
+                ]
             outs = eqn.primitive.bind(*invals, **eqn.params)
             outs = outs if eqn.primitive.multiple_results else [outs]
             if half:
