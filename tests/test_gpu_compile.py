@@ -10,9 +10,6 @@ would fail to build on a GPU fails here. Nothing runs on a GPU.
 
 from __future__ import annotations
 
-import itertools
-import linecache
-
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -22,8 +19,7 @@ from dualstep.fused import triton as fused_triton  # noqa: E402
 from dualstep.testing import surrogate_spike  # noqa: E402
 
 TARGETS = (80, 90)
-_count = itertools.count()
-POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
 
 def lif(x, v):
@@ -76,30 +72,11 @@ def _sources(step, dtype, grad, monkeypatch):
 
 
 def _compile(source, name, dtype, cc):
-    filename = f"<gpu-compile-{next(_count)}>"  # Triton reads a kernel's source by linecache
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace = {"triton": triton, "tl": triton.language}
-    exec(compile(source, filename, "exec"), namespace)
-    kernel = triton.jit(namespace[name])
-    params = source.split("(", 1)[1].split(")", 1)[0].split(", ")
-    signature, constexprs = {}, {}
-    for param in (p.split(":")[0] for p in params):
-        if param.endswith("_ptr"):
-            signature[param] = POINTER[dtype]
-        elif param in ("SAVE", "BLOCK"):
-            signature[param] = "constexpr"
-            constexprs[param] = True if param == "SAVE" else fused_triton.LAUNCH["block"]
-        else:
-            signature[param] = "i32"
-    return triton.compile(
-        triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
-        target=triton.backends.compiler.GPUTarget("cuda", cc, 32),
-        options=fused_triton._options(fused_triton.LAUNCH),
-    )
+    return fused_triton.compile_ahead(source, name, dtype, cc)
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
-@pytest.mark.parametrize("dtype", list(POINTER), ids=lambda d: str(d).removeprefix("torch."))
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("step", STEPS, ids=lambda f: f.__name__)
 def test_every_fused_kernel_compiles_to_a_cubin_for_sm80_and_sm90(step, dtype, grad, monkeypatch):
     for source, name in _sources(step, dtype, grad, monkeypatch):

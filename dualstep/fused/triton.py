@@ -652,6 +652,44 @@ def _interpreted() -> Any:
         yield
 
 
+_POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
+
+
+def compile_ahead(source: str, name: str, dtype: torch.dtype, cc: int) -> Any:
+    """Compile one generated kernel for an NVIDIA GPU of compute capability `cc` (80, 90...)
+    without a GPU, as the launch would (``LAUNCH``, `dtype` for every array): Triton's
+    ``CompiledKernel``, whose ``asm`` holds the PTX and the cubin. For the GPU compile tests
+    and the launch model (``benchmarks.gpu_model``)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    filename = f"<dualstep-ahead-{next(_counter)}>"  # Triton reads the source by linecache
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict[str, Any] = {"triton": triton, "tl": triton.language}
+    exec(compile(source, filename, "exec"), namespace)
+    params = source.split("(", 1)[1].split(")", 1)[0].split(", ")
+    signature: dict[str, str] = {}
+    constexprs: dict[str, Any] = {}
+    for param in (p.split(":")[0] for p in params):
+        if param.endswith("_ptr"):
+            signature[param] = _POINTER[dtype]
+        elif param in ("SAVE", "BLOCK"):
+            signature[param] = "constexpr"
+            constexprs[param] = True if param == "SAVE" else LAUNCH["block"]
+        else:
+            signature[param] = "i32"
+    try:
+        return triton.compile(
+            triton.compiler.ASTSource(
+                fn=triton.jit(namespace[name]), signature=signature, constexprs=constexprs
+            ),
+            target=GPUTarget("cuda", cc, 32),
+            options=_options(LAUNCH),
+        )
+    finally:
+        linecache.cache.pop(filename, None)
+
+
 def _options(launch: dict) -> dict:
     """A GPU launch's compile options. No fused multiply-add: the loop rounds each product
     and sum separately, and one ulp on the threshold flips a spike."""
