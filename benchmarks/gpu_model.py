@@ -56,25 +56,11 @@ def _lif_surrogate(x, v):
     return s, h * (1.0 - s)
 
 
-def _sources(step: Any, grad: bool) -> list[tuple[str, str]]:
-    """The (source, name) of each kernel a fused call of `step` builds with the GPU launch."""
-    built: list[tuple[str, str]] = []
-    original_compile, original_launch = fused_triton._compile, fused_triton.INTERPRET_LAUNCH
-
-    def capture(source: str, name: str, interpret: bool, filenames: list) -> Any:
-        built.append((source, name))
-        return original_compile(source, name, interpret, filenames)
-
-    fused_triton._compile, fused_triton.INTERPRET_LAUNCH = capture, LAUNCH
-    try:
-        fused_triton._cache.clear()
-        x = torch.rand(3, 8, requires_grad=grad)
-        with torch.set_grad_enabled(grad):
-            fused_triton._kernels(x, step, torch.zeros(8), [torch.zeros(8)])
-    finally:
-        fused_triton._compile, fused_triton.INTERPRET_LAUNCH = original_compile, original_launch
-        fused_triton._cache.clear()
-    return built
+def _kernels(step: Any, grad: bool) -> list:
+    """The kernels a fused call of `step` builds with the GPU launch (one float32 state)."""
+    x = torch.rand(3, 8, requires_grad=grad)
+    with torch.set_grad_enabled(grad):
+        return fused_triton.gpu_kernels(x, step, torch.zeros(8))
 
 
 def _ptxas(ptx: str) -> tuple[int, int]:
@@ -97,12 +83,11 @@ def _ptxas(ptx: str) -> tuple[int, int]:
     return registers, spills
 
 
-def _per_step(source: str, name: str, grad: bool) -> tuple[int, int, int]:
+def _per_step(params: list[str], name: str, grad: bool) -> tuple[int, int, int]:
     """Arrays one time step reads and writes in the kernel, the fewest it could (forward: x
     read, each output written, and with gradients the saved state, as SpikingJelly's kernel
     saves it; backward: the saved state and the output gradients read, x's gradient written),
     and the steps whose loads are issued together. From the kernel's parameters."""
-    params = source.split("(", 1)[1].split(")", 1)[0].split(", ")
     count = {
         kind: sum(re.fullmatch(rf"{kind}\d+_ptr", p) is not None for p in params)
         for kind in ("y", "saved", "gy")
@@ -121,10 +106,11 @@ def measure() -> list[dict]:
         ("LIF + surrogate, training", _lif_surrogate, True, TRAIN_SIZES),
     ]
     for label, step, grad, sizes in workloads:
-        for source, name in _sources(step, grad):
-            compiled = fused_triton.compile_ahead(source, name, torch.float32, CC)
+        for kernel in _kernels(step, grad):
+            name = kernel.fn.__name__
+            compiled = fused_triton.compile_ahead(kernel, torch.float32, CC)
             registers, spills = _ptxas(compiled.asm["ptx"])
-            moved, minimum, in_flight = _per_step(source, name, grad)
+            moved, minimum, in_flight = _per_step(kernel.arg_names, name, grad)
             for t, b, n in sizes:
                 elements = b * n
                 programs = math.ceil(elements / LAUNCH["block"])

@@ -49,50 +49,37 @@ def dict_state(x, s):
 STEPS = [lif, lif_tau3, transcendentals, dict_state]
 
 
-def _sources(step, dtype, grad, monkeypatch):
-    """The Triton sources of the kernels a fused call of `step` builds (forward, and backward
-    with `grad`), with a GPU's launch. Built, not run: the interpreter refuses bfloat16."""
-    monkeypatch.setattr(fused_triton, "INTERPRET_LAUNCH", fused_triton.LAUNCH)
-    monkeypatch.setattr(fused_triton, "_cache", type(fused_triton._cache)())
-    built = []
-    original = fused_triton._compile
-
-    def capture(source, name, interpret, filenames):
-        built.append((source, name))
-        return original(source, name, interpret, filenames)
-
-    monkeypatch.setattr(fused_triton, "_compile", capture)
+def _kernels(step, dtype, grad):
+    """The kernels a fused call of `step` builds (forward, and backward with `grad`), with a
+    GPU's launch. Built, not run: the interpreter refuses bfloat16."""
     x = torch.rand(3, 8, dtype=dtype, requires_grad=grad)
     zero = torch.zeros(8, dtype=dtype)
     s0 = {"v": zero, "i": zero.clone()} if step is dict_state else zero
     with torch.set_grad_enabled(grad):
-        fused_triton._kernels(x, step, s0, fused_triton.state_leaves(s0))
-    assert [name for _, name in built] == (["fwd", "bwd"] if grad else ["fwd"])
-    return built
-
-
-def _compile(source, name, dtype, cc):
-    return fused_triton.compile_ahead(source, name, dtype, cc)
+        kernels = fused_triton.gpu_kernels(x, step, s0)
+    assert [k.fn.__name__ for k in kernels] == (["fwd", "bwd"] if grad else ["fwd"])
+    return kernels
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("step", STEPS, ids=lambda f: f.__name__)
-def test_every_fused_kernel_compiles_to_a_cubin_for_sm80_and_sm90(step, dtype, grad, monkeypatch):
-    for source, name in _sources(step, dtype, grad, monkeypatch):
+def test_every_fused_kernel_compiles_to_a_cubin_for_sm80_and_sm90(step, dtype, grad):
+    for kernel in _kernels(step, dtype, grad):
         for cc in TARGETS:
-            compiled = _compile(source, name, dtype, cc)
-            assert "cubin" in compiled.asm, (name, cc)
+            compiled = fused_triton.compile_ahead(kernel, dtype, cc)
+            assert "cubin" in compiled.asm, (kernel.fn.__name__, cc)
 
 
 @pytest.mark.parametrize("grad", [False, True], ids=["inference", "training"])
 @pytest.mark.parametrize("step", [lif, lif_tau3, dict_state], ids=lambda f: f.__name__)
-def test_the_compiled_arithmetic_rounds_as_the_loop_does(step, grad, monkeypatch):
+def test_the_compiled_arithmetic_rounds_as_the_loop_does(step, grad):
     """No fused multiply-add (the loop rounds each product and sum) and a division rounded to
     nearest (Triton's `/` is approximate in float32): for tau=3 either moves the voltage by an
     ulp, enough to flip a spike on the threshold. Transcendentals are libdevice's own code."""
-    for source, name in _sources(step, torch.float32, grad, monkeypatch):
-        ptx = _compile(source, name, torch.float32, 90).asm["ptx"]
+    for kernel in _kernels(step, torch.float32, grad):
+        name = kernel.fn.__name__
+        ptx = fused_triton.compile_ahead(kernel, torch.float32, 90).asm["ptx"]
         assert "fma." not in ptx, name
         assert "div.approx" not in ptx and "div.full" not in ptx, name
         if step is not dict_state and name == "fwd":

@@ -655,22 +655,25 @@ def _interpreted() -> Any:
 _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
-def compile_ahead(source: str, name: str, dtype: torch.dtype, cc: int) -> Any:
-    """Compile one generated kernel for an NVIDIA GPU of compute capability `cc` (80, 90...)
-    without a GPU, as the launch would (``LAUNCH``, `dtype` for every array): Triton's
-    ``CompiledKernel``, whose ``asm`` holds the PTX and the cubin. For the GPU compile tests
-    and the launch model (``benchmarks.gpu_model``)."""
+def gpu_kernels(x_seq: torch.Tensor, modules: Any, state: Any) -> list:
+    """The Triton kernels a fused call would launch on a GPU (forward, and backward when
+    gradients are enabled), built here, without one and outside the cache: for the GPU
+    compile tests and the launch model (``benchmarks.gpu_model``), with `compile_ahead`."""
+    leaves = state_leaves(state) if state is not None else []
+    kernels = _build(x_seq, modules, state, leaves, tuple(x_seq.shape[1:]), interpret=False)
+    return [k for k in (kernels.fwd, kernels.bwd) if k is not None]
+
+
+def compile_ahead(kernel: Any, dtype: torch.dtype, cc: int) -> Any:
+    """Compile one of `gpu_kernels` for an NVIDIA GPU of compute capability `cc` (80, 90...)
+    without a GPU, as its launch would (``LAUNCH``, `dtype` for every array): Triton's
+    ``CompiledKernel``, whose ``asm`` holds the PTX and the cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
 
-    filename = f"<dualstep-ahead-{next(_counter)}>"  # Triton reads the source by linecache
-    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
-    namespace: dict[str, Any] = {"triton": triton, "tl": triton.language}
-    exec(compile(source, filename, "exec"), namespace)
-    params = source.split("(", 1)[1].split(")", 1)[0].split(", ")
     signature: dict[str, str] = {}
     constexprs: dict[str, Any] = {}
-    for param in (p.split(":")[0] for p in params):
+    for param in kernel.arg_names:
         if param.endswith("_ptr"):
             signature[param] = _POINTER[dtype]
         elif param in ("SAVE", "BLOCK"):
@@ -678,16 +681,11 @@ def compile_ahead(source: str, name: str, dtype: torch.dtype, cc: int) -> Any:
             constexprs[param] = True if param == "SAVE" else LAUNCH["block"]
         else:
             signature[param] = "i32"
-    try:
-        return triton.compile(
-            triton.compiler.ASTSource(
-                fn=triton.jit(namespace[name]), signature=signature, constexprs=constexprs
-            ),
-            target=GPUTarget("cuda", cc, 32),
-            options=_options(LAUNCH),
-        )
-    finally:
-        linecache.cache.pop(filename, None)
+    return triton.compile(
+        triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
+        target=GPUTarget("cuda", cc, 32),
+        options=_options(LAUNCH),
+    )
 
 
 def _options(launch: dict) -> dict:
