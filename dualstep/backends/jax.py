@@ -175,7 +175,8 @@ def _sequence(
     """One sequence, time first: the fused kernel when asked and possible, else the scan."""
     gpu = platform in _GPU
     if fused is True or (fused == "auto" and gpu) or (unroll is None and gpu):
-        from ..fused import NotFusable, pallas  # imported by the calls that use it only
+        # imported by the calls that use them only
+        from ..fused import NotFusable, pallas, warn_if_kernel_failed
     elementwise = None  # unknown until a check has run
     if (fused is True or (fused == "auto" and gpu)) and x_seq[0].size:  # no elements: scan
         try:
@@ -183,8 +184,7 @@ def _sequence(
         except NotFusable as error:
             if fused is True:
                 raise
-            if error.kernel_failed:  # not the step's form but a kernel that failed: say why
-                warnings.warn(f"fused='auto' runs the scan: {error.what}", RuntimeWarning, 2)
+            warn_if_kernel_failed(error, "scan")
             elementwise = False
     if unroll is None:
         unroll = 1

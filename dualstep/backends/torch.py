@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import math
-import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -99,15 +98,14 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
         return None
     if x_seq[0].numel() == 0:  # nothing to compute per step: the loop's result, no launch
         return None
-    from ..fused import NotFusable, triton
+    from ..fused import NotFusable, triton, warn_if_kernel_failed
 
     try:
         return triton.multi_step(x_seq, modules, state)
     except NotFusable as error:
         if fused is True:
             raise
-        if error.kernel_failed:  # not the step's form but a kernel that failed: say why
-            warnings.warn(f"fused='auto' runs the loop: {error.what}", RuntimeWarning, 2)
+        warn_if_kernel_failed(error, "loop")
         return None
 
 

@@ -13,6 +13,7 @@ gives each program a block of N and loops over time inside the program.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -93,10 +94,19 @@ def check_layout(step_shape: tuple, leaves: list, kind: str) -> None:
             )
 
 
-def not_fusable(what: str) -> NotFusable:
+def not_fusable(what: str, kernel_failed: bool = False) -> NotFusable:
+    """The error for a step that cannot be fused because of `what`; `kernel_failed`: its
+    kernel was built and failed (to trace, lower or compile), which 'auto' says."""
     error = NotFusable(
         f'`fused=True` needs an elementwise step (README, "Fused kernels"); {what}. '
         "Use fused=False for the plain loop, or fused='auto' to fall back to it"
     )
-    error.what = what
+    error.what, error.kernel_failed = what, kernel_failed
     return error
+
+
+def warn_if_kernel_failed(error: NotFusable, instead: str) -> None:
+    """fused='auto' falls back to `instead` (the loop, the scan) silently when the step is
+    not elementwise, and with a warning naming the error when its kernel failed."""
+    if error.kernel_failed:
+        warnings.warn(f"fused='auto' runs the {instead}: {error.what}", RuntimeWarning, 3)

@@ -192,11 +192,8 @@ def _check_lowers(run: Any, args: tuple) -> None:
             jax.jit(fn).trace(*specs).lower(lowering_platforms=("cuda",))
         except Exception as error:
             last = (str(error).strip().splitlines() or [""])[0][:300]
-            refused = not_fusable(
-                f"its kernel could not be lowered ({type(error).__name__}: {last})"
-            )
-            refused.kernel_failed = True
-            raise refused from error
+            what = f"its kernel could not be lowered ({type(error).__name__}: {last})"
+            raise not_fusable(what, kernel_failed=True) from error
 
 
 def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:

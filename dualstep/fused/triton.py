@@ -521,9 +521,7 @@ def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Ke
                         found.key = key
                     _remember(key, tensors, found)
     if isinstance(found, str):
-        refused = not_fusable(found)
-        refused.kernel_failed = isinstance(found, _Failure)
-        raise refused from cause
+        raise not_fusable(found, kernel_failed=isinstance(found, _Failure)) from cause
     return found
 
 
@@ -802,9 +800,7 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
                 entry = _cache.get(kernels.key)
                 if entry is not None and entry[1] is kernels:
                     _cache[kernels.key] = (entry[0], reason)
-        failed = not_fusable(reason)
-        failed.kernel_failed = True
-        raise failed from error
+        raise not_fusable(reason, kernel_failed=True) from error
     kernels.launched = True
     ys = [y.view(steps, *step_shape) for y in outs[: kernels.ny]]
     y_seq = kernels.rebuild(ys)
