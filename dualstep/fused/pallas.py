@@ -204,21 +204,21 @@ def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = math.prod(step_shape)
     block = min(launch["block"], pl.next_power_of_2(n))
-    padded = pl.cdiv(n, block) * block
     leaves = state_leaves(state) if state is not None else []
     outputs: list = []
     closed = _trace(flat_step(modules, state, outputs), (block,), x_seq, leaves)
     ny, rebuild = outputs[0]
     _check_shape_blind(closed, modules, state, x_seq, leaves, block)
 
+    kernel = _Kernel(closed, ny, steps, block, n, interpret, launch)
+
     def flat(a: Any, lead: tuple) -> Any:
-        a = a.reshape((*lead, n))
-        return a if padded == n else jnp.pad(a, [(0, 0)] * len(lead) + [(0, padded - n)])
+        a, pad = a.reshape((*lead, n)), kernel.padded - n
+        return a if pad == 0 else jnp.pad(a, [(0, 0)] * len(lead) + [(0, pad)])
 
     def unflat(a: Any, lead: tuple) -> Any:
         return a[..., :n].reshape((*lead, *step_shape))
 
-    kernel = _Kernel(closed, ny, steps, block, (n, padded), interpret, launch)
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
     args = (flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
     if not interpret:
@@ -331,14 +331,14 @@ class _Kernel:
         ny: int,
         steps: int,
         block: int,
-        sizes: tuple[int, int],
+        n: int,
         interpret: bool,
         launch: dict,
     ) -> None:
-        self.n, padded = sizes  # elements per step, and as padded to whole blocks
         self.jaxpr, self.ny, self.steps, self.block = closed.jaxpr, ny, steps, block
-        self.grid = (padded // block,)
-        self.padded = padded
+        self.n = n  # elements per step; the arrays are padded to whole blocks of them
+        self.grid = (pl.cdiv(n, block),)
+        self.padded = self.grid[0] * block
         self.unroll = max(1, min(launch["unroll"], steps))
         self.params: dict[str, Any] = {"interpret": True} if interpret else {}
         if not interpret:
