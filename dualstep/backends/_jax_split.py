@@ -65,6 +65,7 @@ _STATIC_BY_IDENTITY = (
 # one another or cannot be keyed, and what they do is fixed once defined; jit bakes what a
 # jitted function closes over into its program too.
 _KEYED_BY_IDENTITY = (jax.custom_vjp, jax.custom_jvp, type(jax.jit(abs)))
+_NOT_WALKED = (*_STATIC_BY_IDENTITY, *_KEYED_BY_IDENTITY)  # leaves of the walk, kept whole
 
 
 _ARRAY, _NUMPY, _SCALAR, _NUMPY_SCALAR, _OTHER = range(5)
@@ -199,7 +200,7 @@ def _node(obj: Any) -> _Node | None:
         ]
     if cls is types.MethodType:
         return "method", [obj.__func__, obj.__self__]
-    if isinstance(obj, (*_STATIC_BY_IDENTITY, *_KEYED_BY_IDENTITY)):
+    if isinstance(obj, _NOT_WALKED):
         return None
     kind = _object_kind(obj)
     if kind == "pytree":
