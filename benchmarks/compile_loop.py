@@ -54,9 +54,9 @@ def _linear_in_step() -> Callable:
     return step
 
 
-def _train(step: Callable, unroll: int | None = None, before: Any = None) -> Callable:
-    """forward + backward of one call: returns the output and the input's gradient. `before`:
-    a stateless module applied to the whole sequence first (``seq_to_ann_forward``)."""
+def _call(step: Callable, unroll: int | None = None, before: Any = None) -> Callable:
+    """The stateful call that is compiled. `before`: a stateless module applied to the whole
+    sequence first (``seq_to_ann_forward``)."""
 
     def call(x: torch.Tensor, v0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if before is not None:
@@ -64,14 +64,15 @@ def _train(step: Callable, unroll: int | None = None, before: Any = None) -> Cal
         y, v = ds.multi_step_forward(x, step, state=v0, unroll=unroll)
         return y, v
 
-    def run(fn: Callable, x: torch.Tensor, v0: torch.Tensor) -> tuple[Any, Any]:
-        x.grad = None
-        y, v = fn(x, v0)
-        (y.sum() + v.sum()).backward()
-        return y, x.grad
+    return call
 
-    run.call = call  # type: ignore[attr-defined]
-    return run
+
+def _train(fn: Callable, x: torch.Tensor, v0: torch.Tensor) -> tuple[Any, Any]:
+    """Forward + backward of ``fn(x, v0)``: the output and the input's gradient."""
+    x.grad = None
+    y, v = fn(x, v0)
+    (y.sum() + v.sum()).backward()
+    return y, x.grad
 
 
 def _inputs(steps: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -83,19 +84,19 @@ def _frames() -> int:
     return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
 
 
-def _first_call(run: Callable, fn: Callable, steps: int) -> tuple[float, int]:
+def _first_call(fn: Callable, steps: int) -> tuple[float, int]:
     """Seconds of the first call at `steps` (compile and one run) and the graphs it made."""
     x, v0 = _inputs(steps)
     before = _frames()
     start = time.perf_counter()
-    run(fn, x, v0)
+    _train(fn, x, v0)
     return time.perf_counter() - start, _frames() - before
 
 
-def _check_equal(run: Callable, fn: Callable, steps: int) -> None:
+def _check_equal(call: Callable, fn: Callable, steps: int) -> None:
     x, v0 = _inputs(steps)
-    want = [t.clone() for t in run(run.call, x, v0)]
-    got = run(fn, x, v0)
+    want = [t.clone() for t in _train(call, x, v0)]
+    got = _train(fn, x, v0)
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
@@ -104,49 +105,49 @@ def measure(quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"compile_s": [], "new_T": [], "speed": []}
     lengths = (100, 500) if quick else (100, 500, 1000)
     workloads = {
-        "LIF": _train(lif),
-        "Linear(512) by seq_to_ann, then LIF": _train(lif, before=_linear()),
-        "Linear(512) inside the LIF step": _train(_linear_in_step()),
+        "LIF": _call(lif),
+        "Linear(512) by seq_to_ann, then LIF": _call(lif, before=_linear()),
+        "Linear(512) inside the LIF step": _call(_linear_in_step()),
     }
-    for name, run in workloads.items():
+    for name, call in workloads.items():
         # Compile time against T, each a fresh compile with static shapes.
         for steps in lengths if name == "LIF" else (500,):
             torch._dynamo.reset()
-            fn = torch.compile(run.call, fullgraph=True, dynamic=False)
-            seconds, graphs = _first_call(run, fn, steps)
-            _check_equal(run, fn, steps)
+            fn = torch.compile(call, fullgraph=True, dynamic=False)
+            seconds, graphs = _first_call(fn, steps)
+            _check_equal(call, fn, steps)
             out["compile_s"].append(
                 {"workload": name, "loop": "scan", "T": steps, "s": seconds, "graphs": graphs}
             )
             print(f"{name}: scan, T={steps}: first call {seconds:.1f} s", flush=True)
         # A new T after the first compile (default dynamic=None), then more.
         torch._dynamo.reset()
-        fn = torch.compile(run.call, fullgraph=True)
+        fn = torch.compile(call, fullgraph=True)
         for steps in (500, 300, 700, 1000) if name == "LIF" else ():
-            seconds, graphs = _first_call(run, fn, steps)
+            seconds, graphs = _first_call(fn, steps)
             out["new_T"].append({"workload": name, "T": steps, "s": seconds, "graphs": graphs})
             print(f"{name}: new T={steps}: {seconds:.2f} s, {graphs} new graph(s)", flush=True)
         if name == "LIF":
             torch._dynamo.reset()
-            fn_dynamic = torch.compile(run.call, fullgraph=True, dynamic=True)
+            fn_dynamic = torch.compile(call, fullgraph=True, dynamic=True)
             for steps in (500, 300, 700):
-                seconds, graphs = _first_call(run, fn_dynamic, steps)
+                seconds, graphs = _first_call(fn_dynamic, steps)
                 out["new_T"].append(
                     {"workload": name, "T": steps, "s": seconds, "graphs": graphs, "dynamic": 1}
                 )
         # Speed at T=500 against the eager loop.
         x, v0 = _inputs(500)
-        fn = torch.compile(run.call, fullgraph=True, dynamic=False)
-        calls = [functools.partial(run, run.call, x, v0), functools.partial(run, fn, x, v0)]
+        fn = torch.compile(call, fullgraph=True, dynamic=False)
+        calls = [functools.partial(_train, f, x, v0) for f in (call, fn)]
         eager, compiled = time_side_by_side(calls, 2.0 if quick else 6.0, 5)
         out["speed"].append({"workload": name, "T": 500, "eager_s": eager, "compiled_s": compiled})
         print(f"{name}: eager {eager * 1e3:.1f} ms, compiled {compiled * 1e3:.1f} ms", flush=True)
     # The loop traced step by step, for contrast: its compile grows with T.
-    run = _train(lif, unroll=10**9)
+    call = _call(lif, unroll=10**9)
     for steps in (16,) if quick else (16, 32, 64):
         torch._dynamo.reset()
-        fn = torch.compile(run.call, fullgraph=True, dynamic=False)
-        seconds, graphs = _first_call(run, fn, steps)
+        fn = torch.compile(call, fullgraph=True, dynamic=False)
+        seconds, graphs = _first_call(fn, steps)
         out["compile_s"].append(
             {"workload": "LIF", "loop": "unrolled", "T": steps, "s": seconds, "graphs": graphs}
         )
