@@ -8,6 +8,7 @@ voltages and gradients within 1e-6 relative.
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 import pytest
@@ -149,12 +150,21 @@ def test_fused_equals_loop_on_the_property_grid(fw, jax_x64, case):
 
 
 def test_fused_gradients_equal_the_loop_with_a_surrogate(fw):
-    name, m = fw
+    _check_gradients(*fw, (9, 3, 70))
+
+
+def _check_gradients(name, m, shape):
+    """Outputs, final states and the gradients of x and of the initial state of a surrogate
+    LIF, fused and looped, over `shape` (``[T, ...]``)."""
     step = _surrogate_lif(name)
     rng = np.random.default_rng(0)
-    x = _asarray(name, (rng.normal(size=(9, 3, 70)) * 1.5).astype(np.float32))
-    v0 = _asarray(name, (rng.normal(size=(3, 70)) * 0.3).astype(np.float32))
-    w = _asarray(name, rng.normal(size=(9, 3, 70)).astype(np.float32))
+    x = _asarray(name, (rng.normal(size=shape) * 1.5).astype(np.float32))
+    v0 = _asarray(name, (rng.normal(size=shape[1:]) * 0.3).astype(np.float32))
+    w = _asarray(name, rng.normal(size=shape).astype(np.float32))
+    _assert_same(
+        ds.multi_step_forward(x, step, state=v0, fused=True),
+        ds.multi_step_forward(x, step, state=v0),
+    )
 
     def loss(x, v, fused):
         y, v_t = ds.multi_step_forward(x, step, state=v, fused=fused)
@@ -169,6 +179,29 @@ def test_fused_gradients_equal_the_loop_with_a_surrogate(fw):
         grads = [m.grad(functools.partial(loss, fused=f), (0, 1))(x, v0) for f in (True, False)]
     _assert_same(tuple(grads[0]), tuple(grads[1]))
     assert np.abs(_np(grads[1][0])).max() > 0  # the surrogate really carries a gradient
+
+
+@pytest.mark.parametrize(
+    ("shape", "launch"),
+    [
+        # two programs, the second's lanes past N masked; 37 = 32 + a tail of 5 steps
+        ((37, 40), {"block": 32, "unroll": 32, "num_warps": 1}),
+        ((7, 2, 150), {"block": 128, "unroll": 16, "num_warps": 4}),  # fewer steps than unroll
+        ((20, 5), {"block": 1024, "unroll": 8, "num_warps": 8}),  # one program, 1019 masked lanes
+    ],
+    ids=["unroll32", "short", "one-program"],
+)
+def test_gpu_launches_equal_the_loop_interpreted(fw, monkeypatch, shape, launch):
+    """The launches `gpu_launch` picks, run through the interpreters: unrolls up to 32 steps
+    with their tail loops, blocks from one warp's lanes to 1024, forward and backward."""
+    name, m = fw
+    from dualstep import fused
+
+    assert launch["unroll"] <= fused.GPU["max_unroll"]
+    lowering = "triton" if name == "torch" else "pallas"
+    module = importlib.import_module(f"dualstep.fused.{lowering}")
+    monkeypatch.setattr(module, "INTERPRET_LAUNCH", launch)
+    _check_gradients(name, m, shape)
 
 
 def test_time_last_module_lists_and_tuple_outputs(fw):

@@ -57,7 +57,7 @@ def _kernels(step, dtype, grad):
     s0 = {"v": zero, "i": zero.clone()} if step is dict_state else zero
     with torch.set_grad_enabled(grad):
         kernels = fused_triton.gpu_kernels(x, step, s0)
-    assert [k.fn.__name__ for k in kernels] == (["fwd", "bwd"] if grad else ["fwd"])
+    assert [k.fn.__name__ for k, _ in kernels] == (["fwd", "bwd"] if grad else ["fwd"])
     return kernels
 
 
@@ -65,9 +65,9 @@ def _kernels(step, dtype, grad):
 @pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).removeprefix("torch."))
 @pytest.mark.parametrize("step", STEPS, ids=lambda f: f.__name__)
 def test_every_fused_kernel_compiles_to_a_cubin_for_sm80_and_sm90(step, dtype, grad):
-    for kernel in _kernels(step, dtype, grad):
+    for kernel, launch in _kernels(step, dtype, grad):
         for cc in TARGETS:
-            compiled = fused_triton.compile_ahead(kernel, dtype, cc)
+            compiled = fused_triton.compile_ahead(kernel, launch, dtype, cc)
             assert "cubin" in compiled.asm, (kernel.fn.__name__, cc)
 
 
@@ -77,9 +77,9 @@ def test_the_compiled_arithmetic_rounds_as_the_loop_does(step, grad):
     """No fused multiply-add (the loop rounds each product and sum) and a division rounded to
     nearest (Triton's `/` is approximate in float32): for tau=3 either moves the voltage by an
     ulp, enough to flip a spike on the threshold. Transcendentals are libdevice's own code."""
-    for kernel in _kernels(step, torch.float32, grad):
+    for kernel, launch in _kernels(step, torch.float32, grad):
         name = kernel.fn.__name__
-        ptx = fused_triton.compile_ahead(kernel, torch.float32, 90).asm["ptx"]
+        ptx = fused_triton.compile_ahead(kernel, launch, torch.float32, 90).asm["ptx"]
         assert "fma." not in ptx, name
         assert "div.approx" not in ptx and "div.full" not in ptx, name
         if step is not dict_state and name == "fwd":
@@ -206,3 +206,41 @@ def test_a_jax_kernel_that_does_not_lower_is_not_fusable_and_auto_scans():
     with pytest.warns(RuntimeWarning, match="fused='auto' runs the scan: its kernel could not"):
         text = lower(auto).as_text()
     assert "triton" not in text.lower()
+
+
+def test_the_launch_fills_the_card_and_holds_its_loads_in_registers():
+    """`gpu_launch` over a range of problems: blocks and unrolls are powers of two; the
+    block halves until there are two programs per SM (or one warp's lanes is reached); at
+    least 8 steps' loads are in flight (fewer only for shorter sequences or longer steps);
+    a thread holds at most 64 loaded values; the unroll stays within T."""
+    from dualstep.fused import GPU, gpu_launch
+
+    for n in (1, 40, 16384, 65536, 1 << 20, 1 << 24):
+        for steps in (1, 5, 16, 1024):
+            for itemsize, streams in ((4, 1), (2, 1), (4, 3), (8, 5)):
+                launch = gpu_launch(n, steps, itemsize, streams, 300, 132)
+                block, unroll, warps = launch["block"], launch["unroll"], launch["num_warps"]
+                assert block & (block - 1) == 0 and unroll & (unroll - 1) == 0, launch
+                assert GPU["min_block"] <= block <= GPU["max_block"] and 1 <= warps <= 8
+                assert block == GPU["min_block"] or -(-n // block) >= 2 * 132, launch
+                assert unroll <= steps and unroll >= min(8, 1 << (steps.bit_length() - 1))
+                assert unroll * streams * (block // (32 * warps)) <= 64, launch
+    # A long step unrolls less: its compile time grows faster than its code.
+    assert gpu_launch(16384, 1024, 4, 1, 300, 132)["unroll"] == 32
+    assert gpu_launch(16384, 1024, 4, 1, 1300, 132)["unroll"] == 8
+
+
+def test_the_benchmark_launches_fill_the_card_without_spills():
+    """The GPU benchmark's kernels at its sizes, with the launches chosen there, compiled for
+    sm_90 (``python -m benchmarks.gpu_model``): at least two programs per SM, no spills, at
+    least 8 steps' loads in flight, and a forward that moves the fewest bytes it can."""
+    from benchmarks import gpu_model
+
+    rows = gpu_model.measure()
+    assert len(rows) == 8
+    for r in rows:
+        assert r["programs_per_sm"] >= 2, r
+        assert r["spill_bytes"] == 0, r
+        assert r["steps_in_flight"] >= 8, r
+        if r["kernel"] == "fwd":
+            assert r["bytes_per_step"] == r["minimum_bytes_per_step"], r

@@ -1,7 +1,8 @@
 """Whole-sequence kernels for elementwise steps: the time loop inside one kernel.
 
 ``pallas.py`` lowers a step for JAX, ``triton.py`` for torch; this file holds what both share:
-which steps can be fused, how a call's arrays are laid out for a kernel, and the launch table.
+which steps can be fused, how a call's arrays are laid out for a kernel, and how a launch is
+chosen.
 
 A step can be fused when every output and every state leaf has the shape of one time step of
 ``x_seq`` and every operation it performs is elementwise (arithmetic, comparisons, casts,
@@ -13,6 +14,7 @@ gives each program a block of N and loops over time inside the program.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -20,11 +22,72 @@ from typing import Any
 from .._modules import call_once
 from .._tree import leaves_with_path, map_with_path
 
-# Launch parameters: elements per program, time steps whose loads are issued together, warps.
-# A data table so that a measured retune changes numbers, not code.
-LAUNCH = {"block": 1024, "unroll": 8, "num_warps": 4}
+# How a GPU launch is chosen from the problem (:func:`gpu_launch`). Data, so that a measured
+# retune changes numbers, not code.
+GPU = {
+    "sms": 132,  # streaming multiprocessors when the device does not say (H100 SXM, H200)
+    "programs_per_sm": 2,  # the block halves until there are this many programs per SM...
+    "min_block": 32,  # ...but not below one warp's lanes, nor above...
+    "max_block": 1024,
+    "bytes_in_flight_per_sm": 32768,  # unroll doubles until the card has this much loading...
+    "min_unroll": 8,  # ...from at least this many steps' loads in flight, up to...
+    "max_unroll": 32,
+    # ...and while the loop's body stays within this much generated source: compile time
+    # grows faster than the code (a 644-character step: 1.3 s at 8 steps, 8 s at 32).
+    "source_per_iteration": 12000,
+    "loaded_per_thread": 64,  # values a thread holds loaded: unroll x streams x elements
+    "bytes_per_access": 8,  # a thread's share of one step (16 bytes: 184 registers, 8: 39)
+    "max_warps": 8,
+}
 # Interpreted (CPU) runs: small blocks keep the interpreter's per-program cost low.
 INTERPRET_LAUNCH = {"block": 64, "unroll": 2, "num_warps": 1}
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << (max(n, 1).bit_length() - 1)
+
+
+def gpu_launch(
+    n: int,
+    steps: int,
+    itemsize: int,
+    streams: int,
+    source: int,
+    sms: int,
+    max_block: int | None = None,
+) -> dict:
+    """Block (elements per program), unroll (time steps whose loads are issued together) and
+    warps for a kernel over `steps` steps of `n` elements of `itemsize` bytes, reading
+    `streams` arrays per step, whose step is `source` characters of generated code, on a card
+    of `sms` SMs; the block at most `max_block`.
+
+    Enough programs to fill the card (small N: small blocks), enough steps' loads in flight
+    to cover the memory latency (small N: more steps, within what a thread can hold in
+    registers and what compiles in reasonable time), and each thread's share of a step one
+    vector access.
+    """
+    g = GPU
+    block = int(g["max_block"] if max_block is None else min(max_block, g["max_block"]))
+    while block > g["min_block"] and math.ceil(n / block) < g["programs_per_sm"] * sms:
+        block //= 2
+    unroll = g["min_unroll"]
+    while (
+        unroll < g["max_unroll"]
+        and unroll * streams * n * itemsize < g["bytes_in_flight_per_sm"] * sms
+    ):
+        unroll *= 2
+    unroll = min(
+        unroll,
+        _floor_pow2(g["loaded_per_thread"] // streams),
+        _floor_pow2(g["source_per_iteration"] // max(source, 1)),
+        _floor_pow2(steps),
+    )
+    per_thread = max(
+        1, min(g["bytes_per_access"] // itemsize, g["loaded_per_thread"] // (unroll * streams))
+    )
+    block = min(block, g["max_warps"] * 32 * per_thread)  # more programs, not more per thread
+    warps = max(1, block // (32 * per_thread))
+    return {"block": block, "unroll": unroll, "num_warps": warps}
 
 
 class NotFusable(ValueError):

@@ -21,12 +21,14 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as pltriton
 
 from . import (
+    GPU,
     INTERPRET_LAUNCH,
-    LAUNCH,
     check_layout,
     flat_step,
+    gpu_launch,
     not_fusable,
     state_leaves,
     with_leaves,
@@ -176,6 +178,11 @@ def _check_shape_blind(
         )
 
 
+def _sms() -> int:
+    """The SMs of the default device where it says (a GPU), else of the usual card."""
+    return int(getattr(jax.devices()[0], "core_count", None) or GPU["sms"])
+
+
 def _check_lowers(run: Any, args: tuple) -> None:
     """Raise NotFusable (the error chained) unless the kernels of `run`, forward and
     gradient, lower for CUDA. Checked while the call is traced, so that a step the Triton
@@ -199,25 +206,39 @@ def _check_lowers(run: Any, args: tuple) -> None:
 def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``; `interpret`
     runs the kernels through Pallas' interpreter (on CPU)."""
-    fusable(x_seq, modules, state)
-    launch = INTERPRET_LAUNCH if interpret else LAUNCH
+    whole = fusable(x_seq, modules, state).jaxpr
+    outs = whole.outvars  # the outputs, then the state
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = math.prod(step_shape)
-    block = min(launch["block"], pl.next_power_of_2(n))
     leaves = state_leaves(state) if state is not None else []
+    ny = len(outs) - len(leaves)
+    ng = sum(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in outs[:ny])
+    itemsize = jnp.dtype(x_seq.dtype).itemsize
+
+    def launch(streams: int, source: int, max_block: int | None = None) -> dict:
+        if interpret:
+            return INTERPRET_LAUNCH
+        return gpu_launch(n, steps, itemsize, streams, source, _sms(), max_block)
+
+    # One block for both kernels, the step traced once at its shape: the backward's (it
+    # loads x, the saved state and the outputs' cotangents), which is the smaller.
+    # Code size: the step's jaxpr printed (its gradient's, about twice as long).
+    source = len(str(whole))
+    backward = launch(1 + len(leaves) + ng, 2 * source)
+    forward = launch(1, source, backward["block"])
+    block = min(forward["block"], pl.next_power_of_2(n))
     outputs: list = []
     closed = _trace(flat_step(modules, state, outputs), (block,), x_seq, leaves)
-    ny, rebuild = outputs[0]
+    rebuild = outputs[0][1]
     _check_shape_blind(closed, modules, state, x_seq, leaves, block)
 
-    kernel = _Kernel(closed, ny, steps, block, n, interpret, launch)
+    kernel = _Kernel(closed, ny, steps, block, n, interpret, forward, backward)
 
     def flat(a: Any, lead: tuple) -> Any:
-        a, pad = a.reshape((*lead, n)), kernel.padded - n
-        return a if pad == 0 else jnp.pad(a, [(0, 0)] * len(lead) + [(0, pad)])
+        return a.reshape((*lead, n))
 
     def unflat(a: Any, lead: tuple) -> Any:
-        return a[..., :n].reshape((*lead, *step_shape))
+        return a.reshape((*lead, *step_shape))
 
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
     args = (flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
@@ -300,6 +321,15 @@ def _eval_inlined(jaxpr: Any, consts: list, *args: Any) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
+def _load(ref: Any, real: Any) -> Any:
+    """A block of a step, its lanes past N masked (read as 0)."""
+    return pltriton.load(ref, mask=real, other=0)
+
+
+def _store(ref: Any, value: Any, real: Any) -> None:
+    pltriton.store(ref, value, mask=real)
+
+
 def _time_loop(
     steps: int, unroll: int, load: Any, body: Any, carry: Any, reverse: bool = False
 ) -> Any:
@@ -307,8 +337,8 @@ def _time_loop(
     `unroll` steps per loop iteration with all their loads issued before the first step's
     arithmetic, so that loads of later steps are in flight while the recurrence runs."""
 
-    def at(i: Any) -> Any:
-        return steps - 1 - i if reverse else i
+    def at(i: Any) -> Any:  # int32 as the lanes' indices, also with jax_enable_x64
+        return lax.convert_element_type(steps - 1 - i if reverse else i, jnp.int32)
 
     def group(g: Any, carry: Any) -> Any:
         times = [at(g * unroll + k) for k in range(unroll)]
@@ -333,60 +363,72 @@ class _Kernel:
         block: int,
         n: int,
         interpret: bool,
-        launch: dict,
+        forward: dict,
+        backward: dict,
     ) -> None:
         self.jaxpr, self.ny, self.steps, self.block = closed.jaxpr, ny, steps, block
-        self.n = n  # elements per step; the arrays are padded to whole blocks of them
+        self.n = n  # elements per step; the last block's lanes past N are masked
         self.grid = (pl.cdiv(n, block),)
-        self.padded = self.grid[0] * block
-        self.unroll = max(1, min(launch["unroll"], steps))
-        self.params: dict[str, Any] = {"interpret": True} if interpret else {}
-        if not interpret:
-            from jax.experimental.pallas import triton as pltriton
-
-            self.params["compiler_params"] = pltriton.CompilerParams(
-                num_warps=launch["num_warps"], num_stages=1
-            )
+        self.launches = {"fwd": forward, "bwd": backward}
+        self.interpret = interpret
         self.out_avals = [v.aval for v in closed.jaxpr.outvars]
         self.run = jax.custom_vjp(self._primal)
         self.run.defvjp(self._fwd, self._bwd)
+
+    def _unroll(self, name: str) -> int:
+        return max(1, min(self.launches[name]["unroll"], self.steps))
+
+    def _call(self, name: str, kernel: Any, shapes: list, *args: Any) -> Any:
+        """``pl.pallas_call`` of the kernel `name` ("fwd" or "bwd") with its launch."""
+        params: dict[str, Any] = {"interpret": True}
+        if not self.interpret:
+            from jax.experimental.pallas import triton as pltriton
+
+            warps = self.launches[name]["num_warps"]
+            params = {"compiler_params": pltriton.CompilerParams(num_warps=warps, num_stages=1)}
+        return pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **params)(*args)
+
+    def _lanes(self) -> tuple[Any, Any]:
+        """Inside a kernel: this program's block of a step, and which of its lanes are < N."""
+        start = pl.program_id(0) * self.block
+        cols = pl.ds(start, self.block)
+        return cols, start + lax.broadcasted_iota(jnp.int32, (self.block,), 0) < self.n
 
     def _apply(self, consts: list, x: Any, state: list) -> list:
         return _eval_inlined(self.jaxpr, consts, x, *state)
 
     def _forward(self, x2d: Any, leaves: list, consts: list, save: bool) -> tuple:
-        ny, nl, block, steps = self.ny, len(leaves), self.block, self.steps
+        ny, nl, steps = self.ny, len(leaves), self.steps
 
         def kernel(*refs: Any) -> None:
             x_ref, s_refs, c_refs = refs[0], refs[1 : 1 + nl], refs[1 + nl : 1 + nl + len(consts)]
             out = refs[1 + nl + len(consts) :]
             y_refs, final_refs, saved_refs = out[:ny], out[ny : ny + nl], out[ny + nl :]
-            cols = pl.ds(pl.program_id(0) * block, block)
+            cols, real = self._lanes()
             c = [r[0] for r in c_refs]
 
             def load(t: Any) -> Any:
-                return x_ref[t, cols]
+                return _load(x_ref.at[t, cols], real)
 
             def body(t: Any, x: Any, s: list) -> list:
                 for r, v in zip(saved_refs, s, strict=False):
-                    r[t, cols] = v
+                    _store(r.at[t, cols], v, real)
                 outs = self._apply(c, x, s)
                 for r, y in zip(y_refs, outs[:ny], strict=True):
-                    r[t, cols] = y
+                    _store(r.at[t, cols], y, real)
                 return list(outs[ny:])
 
-            s = _time_loop(steps, self.unroll, load, body, [r[cols] for r in s_refs])
+            s = [_load(r.at[cols], real) for r in s_refs]
+            s = _time_loop(steps, self._unroll("fwd"), load, body, s)
             for r, v in zip(final_refs, s, strict=True):
-                r[cols] = v
+                _store(r.at[cols], v, real)
 
-        seq = (steps, self.padded)
+        seq = (steps, self.n)
         shapes = [jax.ShapeDtypeStruct(seq, a.dtype) for a in self.out_avals[:ny]]
         shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
         if save:
             shapes += [jax.ShapeDtypeStruct(seq, a.dtype) for a in leaves]
-        out = pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **self.params)(
-            x2d, *leaves, *consts
-        )
+        out = self._call("fwd", kernel, shapes, x2d, *leaves, *consts)
         return list(out[:ny]), list(out[ny : ny + nl]), list(out[ny + nl :])
 
     def _vjp_jaxpr(
@@ -457,43 +499,39 @@ class _Kernel:
             c_refs = refs[1 + 2 * nl + ng : 1 + 2 * nl + ng + nc]
             gx_ref, *out = refs[1 + 2 * nl + ng + nc :]
             g0_refs, gc_refs = out[:nl], out[nl:]
-            cols = pl.ds(pl.program_id(0) * block, block)
+            # Lanes past the step's N read zeros, whose gradients (g * log(0)...) may be NaN.
+            cols, real = self._lanes()
             c = [r[0] for r in c_refs]
 
             def load(t: Any) -> tuple:
                 return (
-                    x_ref[t, cols],
-                    [r[t, cols] for r in saved_refs],
-                    [r[t, cols] for r in gy_refs],
+                    _load(x_ref.at[t, cols], real),
+                    [_load(r.at[t, cols], real) for r in saved_refs],
+                    [_load(r.at[t, cols], real) for r in gy_refs],
                 )
-
-            # Lanes past the step's N hold padding, whose gradients (g * log(0)...) may be NaN.
-            real = pl.program_id(0) * block + lax.broadcasted_iota(jnp.int32, (block,), 0) < self.n
 
             def body(t: Any, loaded: tuple, carry: tuple) -> tuple:
                 (x_t, s_t, gy_t), (g_s, g_c) = loaded, carry
                 flat = _eval_inlined(vjp.jaxpr, vjp.consts, *c, x_t, *s_t, *gy_t, *g_s)
                 g_x, g_s, g_dc = flat[0], flat[1 : 1 + nl], flat[1 + nl :]
-                gx_ref[t, cols] = g_x
+                _store(gx_ref.at[t, cols], g_x, real)
                 if per_lane:
                     g_dc = [jnp.where(real, g, jnp.zeros_like(g)) for g in g_dc]
                 return list(g_s), [a + b for a, b in zip(g_c, g_dc, strict=True)]
 
             lanes = (block,) if per_lane else ()
             zeros = [jnp.zeros(lanes, consts[j].dtype) for j in diff_c]
-            carry = ([r[cols] for r in gf_refs], zeros)
-            g_s, g_c = _time_loop(steps, self.unroll, load, body, carry, reverse=True)
+            carry = ([_load(r.at[cols], real) for r in gf_refs], zeros)
+            g_s, g_c = _time_loop(steps, self._unroll("bwd"), load, body, carry, reverse=True)
             for r, v in zip(g0_refs, g_s, strict=True):
-                r[cols] = v
+                _store(r.at[cols], v, real)
             for r, v in zip(gc_refs, g_c, strict=True):
                 r[pl.program_id(0)] = jnp.sum(v) if per_lane else v
 
         shapes = [jax.ShapeDtypeStruct(x2d.shape, x2d.dtype)]
         shapes += [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in saved]
         shapes += [jax.ShapeDtypeStruct(self.grid, consts[j].dtype) for j in diff_c]
-        out = pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **self.params)(
-            x2d, *saved, *g_ys, *g_final, *consts
-        )
+        out = self._call("bwd", kernel, shapes, x2d, *saved, *g_ys, *g_final, *consts)
         g_x, g_leaves, g_dc = out[0], list(out[1 : 1 + nl]), out[1 + nl :]
         g_consts: list = [np.zeros(c.shape, jax.dtypes.float0) for c in consts]
         for j, g in zip(diff_c, g_dc, strict=True):

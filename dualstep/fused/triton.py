@@ -34,11 +34,12 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from .._tree import map_with_path
 from . import (
+    GPU,
     INTERPRET_LAUNCH,
-    LAUNCH,
     NotFusable,
     check_layout,
     flat_step,
+    gpu_launch,
     not_fusable,
     state_leaves,
     with_leaves,
@@ -379,17 +380,68 @@ def _key(obj: Any, tensors: list, depth: int = 0) -> Any:
 class _Kernels:
     """The Triton kernels of one traced step, and what the launcher needs to know of it.
 
-    Holds no reference to the step or to the arrays it was traced with (the cache keeps these
-    objects): the backward kernel is traced with the forward one when gradients are enabled.
+    Holds each kernel's step as source lines (``${k}`` for the step's place in a group of
+    unrolled steps), not the step or the arrays it was traced with (the cache keeps these
+    objects); a kernel is generated and compiled per unroll the launches ask for. The
+    backward step is traced with the forward one when gradients are enabled.
     """
 
-    def __init__(self, fwd: Any, bwd: Any, outputs: tuple[int, Callable], out_dtypes: list) -> None:
-        self.fwd, self.bwd = fwd, bwd
+    def __init__(
+        self,
+        steps: dict[str, tuple[list, list]],
+        nl: int,
+        outputs: tuple[int, Callable],
+        out_dtypes: list,
+        interpret: bool,
+    ) -> None:
+        self.steps, self.nl, self.interpret = steps, nl, interpret
         self.ny, self.rebuild = outputs
         self.out_dtypes = out_dtypes
         self.diff_y = [i for i in range(self.ny) if out_dtypes[i].is_floating_point]
         self.key: Any = None  # the cache's key, set by `_kernels`
-        self.launched = False  # a first launch compiles (on a GPU) and may still fail
+        self.launched: set = set()  # a first launch compiles (on a GPU) and may still fail
+        self.sources: list[str] = []  # dropped from linecache with the kernels
+        self._built: dict[tuple[str, int], Any] = {}
+        weakref.finalize(self, _drop_sources, self.sources)
+
+    def kernel(self, name: str, unroll: int) -> Any:
+        """The kernel `name` ("fwd" or "bwd") with `unroll` steps per loop iteration."""
+        found = self._built.get((name, unroll))
+        if found is None:
+            if name == "fwd":
+                source = _forward_source(self.steps[name], self.nl, self.ny, unroll)
+            else:
+                source = _backward_source(self.steps[name], self.nl, len(self.diff_y), unroll)
+            found = _compile(source, name, self.interpret, self.sources)
+            self._built[name, unroll] = found
+        return found
+
+    def streams(self, name: str) -> int:
+        """The arrays the kernel `name` loads per time step."""
+        return 1 if name == "fwd" else 1 + self.nl + len(self.diff_y)
+
+    def launch(self, name: str, x2d: torch.Tensor) -> tuple[Any, dict]:
+        """The kernel `name` for a launch over `x2d` (``[T, N]``), and that launch."""
+        steps, n = x2d.shape
+        if self.interpret:
+            launch = INTERPRET_LAUNCH
+        else:
+            sms = _sms(x2d.device)
+            source = sum(map(len, self.steps[name][0]))
+            launch = gpu_launch(n, steps, x2d.element_size(), self.streams(name), source, sms)
+        return self.kernel(name, launch["unroll"]), launch
+
+
+def _sms(device: torch.device) -> int:
+    """The SMs of a CUDA device (of the usual card, for kernels built without one)."""
+    if device.type != "cuda":
+        return int(GPU["sms"])
+    return _cuda_sms(device.index)
+
+
+@functools.cache
+def _cuda_sms(index: int) -> int:
+    return int(torch.cuda.get_device_properties(index).multi_processor_count)
 
 
 _counter = itertools.count()
@@ -415,35 +467,44 @@ def _compile(source: str, name: str, interpret: bool, filenames: list) -> Any:
     return triton.jit(fn)
 
 
-def _forward_source(graph: _Graph, nl: int, unroll: int) -> str:
-    ny = len(graph.gm.graph.find_nodes(op="output")[0].args[0]) - nl
+def _at(lines: list[str], k: int) -> list[str]:
+    """A step's source lines as step `k` of an unrolled group."""
+    return [line.replace("${k}", str(k)) for line in lines]
+
+
+def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> str:
+    """Forwards over time: each loop iteration issues the loads of `unroll` steps before
+    computing the first of them. Each array is walked by one pointer per lane, advanced a
+    step at a time: no per-step address stays live across the group of steps."""
+    body, results = step
     s_in = [f"s{i}_ptr" for i in range(nl)]
     y_out = [f"y{i}_ptr" for i in range(ny)]
     s_out = [f"f{i}_ptr" for i in range(nl)]
     saved = [f"saved{i}_ptr" for i in range(nl)]
     params = ["x_ptr", *s_in, *y_out, *s_out, *saved, "T", "N", "SAVE: tl.constexpr"]
+    walked = ["x", *(f"y{j}" for j in range(ny)), *(f"saved{i}" for i in range(nl))]
     lines = [
         f"def fwd({', '.join([*params, 'BLOCK: tl.constexpr'])}):",
         "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offs < N",
         *(f"    s{i} = tl.load(s{i}_ptr + offs, mask=mask)" for i in range(nl)),
+        *(f"    {a}_p = {a}_ptr + offs" for a in walked),
     ]
 
     def steps(count: int, indent: str) -> list[str]:
-        out = [f"{indent}x_{k} = tl.load(x_ptr + {k} * N + offs, mask=mask)" for k in range(count)]
+        out: list[str] = []
+        for k in range(count):
+            out += [f"{indent}x_{k} = tl.load(x_p, mask=mask)", f"{indent}x_p += N"]
         for k in range(count):
             out += [f"{indent}if SAVE:"] if nl else []
-            out += [
-                f"{indent}    tl.store(saved{i}_ptr + offs, s{i}, mask=mask)" for i in range(nl)
-            ]
-            out += [f"{indent}    saved{i}_ptr += N" for i in range(nl)]
-            body, results = graph.emit([f"x_{k}", *(f"s{i}" for i in range(nl))], f"v{k}_")
-            out += [indent + line for line in body]
+            for i in range(nl):
+                out += [f"{indent}    tl.store(saved{i}_p, s{i}, mask=mask)"]
+                out += [f"{indent}    saved{i}_p += N"]
+            out += [indent + line for line in _at(body, k)]
             for j in range(ny):
-                out += [f"{indent}tl.store(y{j}_ptr + {k} * N + offs, {results[j]}, mask=mask)"]
-            out += [f"{indent}s{i} = {results[ny + i]}" for i in range(nl)]
-        out += [f"{indent}x_ptr += {count} * N"]
-        out += [f"{indent}y{j}_ptr += {count} * N" for j in range(ny)]
+                out += [f"{indent}tl.store(y{j}_p, {_at(results, k)[j]}, mask=mask)"]
+                out += [f"{indent}y{j}_p += N"]
+            out += [f"{indent}s{i} = {_at(results, k)[ny + i]}" for i in range(nl)]
         return out
 
     lines += [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
@@ -453,30 +514,40 @@ def _forward_source(graph: _Graph, nl: int, unroll: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _backward_source(graph: _Graph, nl: int, ng: int) -> str:
-    names = ["x", *(f"s{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
-    names += [f"g{i}" for i in range(nl)]
-    body, results = graph.emit(names, "v")
+def _backward_source(step: tuple[list, list], nl: int, ng: int, unroll: int) -> str:
+    """Backwards over time from the last step: each loop iteration issues the loads of
+    `unroll` steps (t, t-1, ...) before computing the first of them, the arrays walked as
+    in the forward kernel."""
+    body, results = step
     params = ["x_ptr", *(f"saved{i}_ptr" for i in range(nl)), *(f"gy{j}_ptr" for j in range(ng))]
     params += [f"gf{i}_ptr" for i in range(nl)] + ["gx_ptr"]
     params += [f"g0_{i}_ptr" for i in range(nl)] + ["T", "N", "LAST", "BLOCK: tl.constexpr"]
-    streams = ["x", *(f"saved{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng)), "gx"]
+    loaded = ["x", *(f"s{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
+    pointers = ["x", *(f"saved{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
     lines = [
         f"def bwd({', '.join(params)}):",
         "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offs < N",
-        *(f"    {s}_ptr += LAST" for s in streams),
+        *(f"    {a}_p = {a}_ptr + LAST + offs" for a in [*pointers, "gx"]),
         *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
-        "    for _ in range(0, T):",
-        "        x = tl.load(x_ptr + offs, mask=mask)",
-        *(f"        s{i} = tl.load(saved{i}_ptr + offs, mask=mask)" for i in range(nl)),
-        *(f"        gy{j} = tl.load(gy{j}_ptr + offs, mask=mask)" for j in range(ng)),
-        *("        " + line for line in body),
-        f"        tl.store(gx_ptr + offs, {results[0]}, mask=mask)",
-        *(f"        g{i} = {results[1 + i]}" for i in range(nl)),
-        *(f"        {s}_ptr -= N" for s in streams),
-        *(f"    tl.store(g0_{i}_ptr + offs, g{i}, mask=mask)" for i in range(nl)),
     ]
+
+    def steps(count: int, indent: str) -> list[str]:
+        out: list[str] = []
+        for k in range(count):
+            for v, a in zip(loaded, pointers, strict=True):
+                out += [f"{indent}{v}_{k} = tl.load({a}_p, mask=mask)", f"{indent}{a}_p -= N"]
+        for k in range(count):
+            out += [indent + line for line in _at(body, k)]
+            out += [f"{indent}tl.store(gx_p, {_at(results, k)[0]}, mask=mask)"]
+            out += [f"{indent}gx_p -= N"]
+            out += [f"{indent}g{i} = {_at(results, k)[1 + i]}" for i in range(nl)]
+        return out
+
+    lines += [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
+    if unroll > 1:
+        lines += [f"    for _ in range(0, T % {unroll}):", *steps(1, "        ")]
+    lines += [f"    tl.store(g0_{i}_ptr + offs, g{i}, mask=mask)" for i in range(nl)]
     return "\n".join(lines) + "\n"
 
 
@@ -575,22 +646,20 @@ def _build(
     ny = outputs[0][0]
     out_vals = [n.meta.get("val") for n in _output_nodes(graph)]
     check_layout(step_shape, out_vals[:ny], "output")
-    launch = INTERPRET_LAUNCH if interpret else LAUNCH
-    sources: list[str] = []
-    source = _forward_source(graph, len(leaves), launch["unroll"])
-    fwd = _compile(source, "fwd", interpret, sources)
+    nl = len(leaves)
+    steps = {"fwd": graph.emit(["x_${k}", *(f"s{i}" for i in range(nl))], "v${k}_")}
     out_dtypes = [v.dtype for v in out_vals[:ny]]
     diff_y = [i for i in range(ny) if out_dtypes[i].is_floating_point]
-    bwd = None
     if torch.is_grad_enabled():
-        bwd = _backward_kernel(step, example, ny, out_dtypes, diff_y, interpret, sources)
-    kernels = _Kernels(fwd, bwd, outputs[0], out_dtypes)
-    # The sources live as long as the kernels: evicted from the cache and unused, both go.
-    weakref.finalize(kernels, _drop_sources, tuple(sources))
+        steps["bwd"] = _backward_step(step, example, ny, out_dtypes, diff_y)
+    kernels = _Kernels(steps, nl, outputs[0], out_dtypes, interpret)
+    x2d = x_seq.detach().reshape(x_seq.shape[0], math.prod(step_shape))
+    for name in steps:  # this call's kernels, defined here: an error in either is the build's
+        kernels.launch(name, x2d)
     return kernels
 
 
-def _drop_sources(filenames: tuple) -> None:
+def _drop_sources(filenames: list) -> None:
     for filename in filenames:
         linecache.cache.pop(filename, None)
 
@@ -600,17 +669,12 @@ def _output_nodes(graph: _Graph) -> list:
     return list(outs) if isinstance(outs, (tuple, list)) else [outs]
 
 
-def _backward_kernel(
-    step: Callable,
-    example: list,
-    ny: int,
-    out_dtypes: list,
-    diff_y: list,
-    interpret: bool,
-    sources: list,
-) -> Any:
-    """The reverse-time kernel: the vector-Jacobian product of one step, traced through
-    ``torch.autograd.grad`` (so a ``torch.autograd.Function``'s backward is what it computes)."""
+def _backward_step(
+    step: Callable, example: list, ny: int, out_dtypes: list, diff_y: list
+) -> tuple[list, list]:
+    """The reverse-time kernel's step: the vector-Jacobian product of one step, traced through
+    ``torch.autograd.grad`` (so a ``torch.autograd.Function``'s backward is what it computes),
+    as source lines."""
     nl = len(example) - 1
     # Distinct tensors: make_fx tells inputs apart by identity.
     example = [a.clone() for a in example]
@@ -638,7 +702,9 @@ def _backward_kernel(
     args = [*example, *cotangents]
     functional = torch.func.functionalize(_trace(vjp, args), remove="mutations_and_views")
     graph = _Graph(_trace(functional, args), tuple(shape))
-    return _compile(_backward_source(graph, nl, len(diff_y)), "bwd", interpret, sources)
+    names = ["x_${k}", *(f"s{i}_${{k}}" for i in range(nl))]
+    names += [f"gy{j}_${{k}}" for j in range(len(diff_y))] + [f"g{i}" for i in range(nl)]
+    return graph.emit(names, "v${k}_")
 
 
 @contextlib.contextmanager
@@ -653,18 +719,20 @@ def _interpreted() -> Any:
 _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf16"}
 
 
-def gpu_kernels(x_seq: torch.Tensor, modules: Any, state: Any) -> list:
-    """The Triton kernels a fused call would launch on a GPU (forward, and backward when
-    gradients are enabled), built here, without one and outside the cache: for the GPU
-    compile tests and the launch model (``benchmarks.gpu_model``), with `compile_ahead`."""
+def gpu_kernels(x_seq: torch.Tensor, modules: Any, state: Any) -> list[tuple[Any, dict]]:
+    """The Triton kernels a fused call would launch on a GPU of ``GPU["sms"]`` SMs (forward,
+    and backward when gradients are enabled), each with its launch, built here, without one
+    and outside the cache: for the GPU compile tests and the launch model
+    (``benchmarks.gpu_model``), with `compile_ahead`."""
     leaves = state_leaves(state) if state is not None else []
     kernels = _build(x_seq, modules, state, leaves, tuple(x_seq.shape[1:]), interpret=False)
-    return [k for k in (kernels.fwd, kernels.bwd) if k is not None]
+    x2d = x_seq.detach().reshape(x_seq.shape[0], -1)
+    return [kernels.launch(name, x2d) for name in kernels.steps]
 
 
-def compile_ahead(kernel: Any, dtype: torch.dtype, cc: int) -> Any:
+def compile_ahead(kernel: Any, launch: dict, dtype: torch.dtype, cc: int) -> Any:
     """Compile one of `gpu_kernels` for an NVIDIA GPU of compute capability `cc` (80, 90...)
-    without a GPU, as its launch would (``LAUNCH``, `dtype` for every array): Triton's
+    without a GPU, as its `launch` would (`dtype` for every array): Triton's
     ``CompiledKernel``, whose ``asm`` holds the PTX and the cubin."""
     import triton
     from triton.backends.compiler import GPUTarget
@@ -676,14 +744,42 @@ def compile_ahead(kernel: Any, dtype: torch.dtype, cc: int) -> Any:
             signature[param] = _POINTER[dtype]
         elif param in ("SAVE", "BLOCK"):
             signature[param] = "constexpr"
-            constexprs[param] = True if param == "SAVE" else LAUNCH["block"]
+            constexprs[param] = True if param == "SAVE" else launch["block"]
         else:
             signature[param] = "i32"
     return triton.compile(
         triton.compiler.ASTSource(fn=kernel, signature=signature, constexprs=constexprs),
         target=GPUTarget("cuda", cc, 32),
-        options=_options(LAUNCH),
+        options=_options(launch),
     )
+
+
+def registers_and_spills(compiled: Any) -> tuple[int, int]:
+    """Registers per thread and spill bytes (stores + loads) of a `compile_ahead` kernel, as
+    ``ptxas -v`` (the one Triton compiles with, shipped in its wheel) reports them."""
+    import re
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    ptx = compiled.asm["ptx"]
+    arch = re.search(r"\.target (sm_(\d+)\w*)", ptx)
+    assert arch is not None, "a PTX names its target"
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "k.ptx"
+        path.write_text(ptx)
+        command = [get_ptxas(int(arch.group(2))).path, "-v", f"--gpu-name={arch.group(1)}"]
+        out = subprocess.run(
+            [*command, str(path), "-o", str(Path(tmp) / "k.o")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stderr
+    registers = re.search(r"Used (\d+) registers", out)
+    assert registers is not None, out
+    return int(registers.group(1)), sum(int(n) for n in re.findall(r"(\d+) bytes spill", out))
 
 
 def _options(launch: dict) -> dict:
@@ -694,19 +790,20 @@ def _options(launch: dict) -> dict:
 
 class _Fused(torch.autograd.Function):
     @staticmethod
-    def forward(ctx: Any, kernels: _Kernels, x2d: torch.Tensor, *leaves: torch.Tensor) -> Any:
+    def forward(
+        ctx: Any, kernels: _Kernels, fwd: Any, launch: dict, x2d: torch.Tensor, *leaves: Any
+    ) -> Any:
         steps, n = x2d.shape
         nl, ny = len(leaves), kernels.ny
-        save = any(ctx.needs_input_grad[1:])
+        save = any(ctx.needs_input_grad[3:])
         interpret = x2d.device.type != "cuda"
-        launch = INTERPRET_LAUNCH if interpret else LAUNCH
         ys = [x2d.new_empty((steps, n), dtype=d) for d in kernels.out_dtypes]
         finals = [torch.empty_like(a) for a in leaves]
         saved = [a.new_empty((steps, n)) for a in leaves] if save else []
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else _options(launch)
         with _interpreted() if interpret else torch.cuda.device(x2d.device):
-            kernels.fwd[grid](
+            fwd[grid](
                 x2d,
                 *leaves,
                 *ys,
@@ -730,7 +827,7 @@ class _Fused(torch.autograd.Function):
         x2d, *saved = ctx.saved_tensors
         steps, n = x2d.shape
         interpret = x2d.device.type != "cuda"
-        launch = INTERPRET_LAUNCH if interpret else LAUNCH
+        bwd, launch = kernels.launch("bwd", x2d)
         g_ys = [
             x2d.new_zeros((steps, n), dtype=kernels.out_dtypes[i])
             if grads[i] is None
@@ -747,7 +844,7 @@ class _Fused(torch.autograd.Function):
         options = {} if interpret else _options(launch)
         last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
         with _interpreted() if interpret else torch.cuda.device(x2d.device):
-            kernels.bwd[grid](
+            bwd[grid](
                 x2d,
                 *saved,
                 *g_ys,
@@ -760,7 +857,7 @@ class _Fused(torch.autograd.Function):
                 BLOCK=launch["block"],
                 **options,
             )
-        return (None, g_x, *g_0)
+        return (None, None, None, g_x, *g_0)
 
 
 def _check_arrays(x_seq: torch.Tensor, leaves: list) -> None:
@@ -787,12 +884,20 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = math.prod(step_shape)
     x2d = x_seq.contiguous().view(steps, n)
+    fwd, launch = kernels.launch("fwd", x2d)
+    flat = [a.contiguous().view(n) for a in leaves]
+    # Triton compiles per launch and per SAVE (gradients wanted or not).
+    tried = (
+        fwd,
+        *launch.values(),
+        torch.is_grad_enabled() and any(a.requires_grad for a in [x2d, *flat]),
+    )
     try:
-        outs = _Fused.apply(kernels, x2d, *(a.contiguous().view(n) for a in leaves))
+        outs = _Fused.apply(kernels, fwd, launch, x2d, *flat)
     except Exception as error:
-        if kernels.launched or isinstance(error, NotFusable):
+        if tried in kernels.launched or isinstance(error, NotFusable):
             raise
-        # The first launch compiles the kernel on a GPU (and runs it in the interpreter).
+        # A first launch compiles the kernel on a GPU (and runs it in the interpreter).
         _raise_if_the_step_fails(x_seq, modules, state, leaves)
         reason = _failure("compiled", error)
         if kernels.key is not None:
@@ -801,7 +906,7 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
                 if entry is not None and entry[1] is kernels:
                     _cache[kernels.key] = (entry[0], reason)
         raise not_fusable(reason, kernel_failed=True) from error
-    kernels.launched = True
+    kernels.launched.add(tried)
     ys = [y.view(steps, *step_shape) for y in outs[: kernels.ny]]
     y_seq = kernels.rebuild(ys)
     if state is None:
