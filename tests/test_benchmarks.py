@@ -198,3 +198,28 @@ def test_compile_loop_report_holds_each_figure_to_its_target():
         "| eager / compiled, other, T=500 | 0.33x | (no bound) |"
         in compile_loop.report(result())[0]
     )
+
+
+def test_host_cost_excludes_the_kernel_and_restores_it():
+    """`python -m benchmarks.host_cost` times the torch call with its kernel launch replaced
+    by a no-op, and only while it times: afterwards the kernels run again and equal the
+    loop."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("triton")
+    import dualstep as ds
+    from benchmarks import host_cost
+    from dualstep.fused import triton as fused_triton
+
+    x, v = torch.full((4, 3), 1.5), torch.zeros(3)
+    kernels = fused_triton._kernels(x, host_cost._lif, v, [v])
+    with host_cost._without_kernels():
+        assert isinstance(kernels.launch("fwd", x)[0], host_cost._NoLaunch)
+        ds.multi_step_forward(x, host_cost._lif, state=v, fused=True)
+    assert not isinstance(kernels.launch("fwd", x)[0], host_cost._NoLaunch)
+    loop = ds.multi_step_forward(x, host_cost._lif, state=v)
+    fused = ds.multi_step_forward(x, host_cost._lif, state=v, fused=True)
+    for a, b in zip(fused, loop, strict=True):
+        assert torch.equal(a, b)
+    times = host_cost.torch_us(budget=0.05)
+    assert set(times) == {"inference", "training", "torch.add"}
+    assert all(t > 0 for t in times.values())

@@ -788,33 +788,42 @@ def _options(launch: dict) -> dict:
     return {"num_warps": launch["num_warps"], "enable_fp_fusion": False}
 
 
+def _forward(
+    kernels: _Kernels, fwd: Any, launch: dict, x2d: torch.Tensor, leaves: list, save: bool
+) -> tuple[list, list, list]:
+    """Launch the forward kernel: the outputs, the final state and (with `save`) the state
+    before each step."""
+    steps, n = x2d.shape
+    ys = [x2d.new_empty((steps, n), dtype=d) for d in kernels.out_dtypes]
+    finals = [torch.empty_like(a) for a in leaves]
+    saved = [a.new_empty((steps, n)) for a in leaves] if save else []
+    grid = (math.ceil(n / launch["block"]),)
+    interpret = kernels.interpret
+    options = {} if interpret else _options(launch)
+    with _interpreted() if interpret else torch.cuda.device(x2d.device):
+        fwd[grid](
+            x2d,
+            *leaves,
+            *ys,
+            *finals,
+            *(saved or [x2d] * len(leaves)),
+            steps,
+            n,
+            SAVE=save,
+            BLOCK=launch["block"],
+            **options,
+        )
+    return ys, finals, saved
+
+
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(
         ctx: Any, kernels: _Kernels, fwd: Any, launch: dict, x2d: torch.Tensor, *leaves: Any
     ) -> Any:
-        steps, n = x2d.shape
-        nl, ny = len(leaves), kernels.ny
+        ny = kernels.ny
         save = any(ctx.needs_input_grad[3:])
-        interpret = x2d.device.type != "cuda"
-        ys = [x2d.new_empty((steps, n), dtype=d) for d in kernels.out_dtypes]
-        finals = [torch.empty_like(a) for a in leaves]
-        saved = [a.new_empty((steps, n)) for a in leaves] if save else []
-        grid = (math.ceil(n / launch["block"]),)
-        options = {} if interpret else _options(launch)
-        with _interpreted() if interpret else torch.cuda.device(x2d.device):
-            fwd[grid](
-                x2d,
-                *leaves,
-                *ys,
-                *finals,
-                *(saved or [x2d] * nl),
-                steps,
-                n,
-                SAVE=save,
-                BLOCK=launch["block"],
-                **options,
-            )
+        ys, finals, saved = _forward(kernels, fwd, launch, x2d, list(leaves), save)
         if save:
             ctx.save_for_backward(x2d, *saved)
             ctx.kernels = kernels
@@ -886,14 +895,16 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     x2d = x_seq.contiguous().view(steps, n)
     fwd, launch = kernels.launch("fwd", x2d)
     flat = [a.contiguous().view(n) for a in leaves]
-    # Triton compiles per launch and per SAVE (gradients wanted or not).
-    tried = (
-        fwd,
-        *launch.values(),
-        torch.is_grad_enabled() and any(a.requires_grad for a in [x2d, *flat]),
-    )
+    # Triton compiles per launch and per SAVE (gradients wanted or not); without gradients
+    # the kernel is launched directly, not through autograd (25 us a call).
+    grad = torch.is_grad_enabled() and any(a.requires_grad for a in [x2d, *flat])
+    tried = (fwd, *launch.values(), grad)
     try:
-        outs = _Fused.apply(kernels, fwd, launch, x2d, *flat)
+        if grad:
+            outs = _Fused.apply(kernels, fwd, launch, x2d, *flat)
+        else:
+            ys, finals, _ = _forward(kernels, fwd, launch, x2d, flat, save=False)
+            outs = (*ys, *finals)
     except Exception as error:
         if tried in kernels.launched or isinstance(error, NotFusable):
             raise
