@@ -96,7 +96,7 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
     off CUDA or with a step that cannot be fused)."""
     if fused == "auto" and x_seq.device.type not in AUTO_FUSES_ON:
         return None
-    if x_seq[0].numel() == 0:  # nothing to compute per step: the loop's result, no launch
+    if math.prod(x_seq.shape[1:]) == 0:  # nothing to compute per step: the loop's result
         return None
     from ..fused import NotFusable, triton, warn_if_kernel_failed
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .._modules import call_once
-from .._tree import leaves_with_path, map_with_path
+from .._tree import leaves_with_path, map_with_path, node
 
 # How a GPU launch is chosen from the problem (:func:`gpu_launch`). Data, so that a measured
 # retune changes numbers, not code.
@@ -105,9 +105,16 @@ def check_fused(fused: Any) -> None:
     raise error(f"`fused` must be True, False or 'auto'; got {fused!r}")
 
 
+def one_array(state: Any) -> bool:
+    """Whether `state` is one array (the common case, which needs no tree walk)."""
+    return state is not None and not isinstance(state, (tuple, list, dict)) and node(state) is None
+
+
 def state_leaves(state: Any) -> list:
     """The arrays of `state` (``None`` entries hold none), dict entries by sorted key: a step
     may return its dict state in another insertion order."""
+    if one_array(state):
+        return [state]
     return [
         leaf for _, leaf in leaves_with_path(state, "state", sort_keys=True) if leaf is not None
     ]
@@ -115,6 +122,9 @@ def state_leaves(state: Any) -> list:
 
 def with_leaves(state: Any, leaves: Any) -> Any:
     """`state` with its arrays replaced by `leaves`, in :func:`state_leaves`' order."""
+    if one_array(state):
+        (leaf,) = leaves
+        return leaf
     paths = [p for p, leaf in leaves_with_path(state, "state", sort_keys=True) if leaf is not None]
     new = dict(zip(paths, leaves, strict=True))
     return map_with_path(lambda leaf, p: None if leaf is None else new[p], state, "state")

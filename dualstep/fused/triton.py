@@ -41,6 +41,7 @@ from . import (
     flat_step,
     gpu_launch,
     not_fusable,
+    one_array,
     state_leaves,
     with_leaves,
 )
@@ -420,15 +421,15 @@ class _Kernels:
         """The arrays the kernel `name` loads per time step."""
         return 1 if name == "fwd" else 1 + self.nl + len(self.diff_y)
 
-    def launch(self, name: str, x2d: torch.Tensor) -> tuple[Any, dict]:
-        """The kernel `name` for a launch over `x2d` (``[T, N]``), and that launch."""
-        steps, n = x2d.shape
+    def launch(self, name: str, x: torch.Tensor) -> tuple[Any, dict]:
+        """The kernel `name` for a launch over `x` (``[T, ...]``), and that launch."""
+        steps = x.shape[0]
         if self.interpret:
             launch = INTERPRET_LAUNCH
         else:
-            sms = _sms(x2d.device)
+            n, sms = x.numel() // steps, _sms(x.device)
             source = sum(map(len, self.steps[name][0]))
-            launch = gpu_launch(n, steps, x2d.element_size(), self.streams(name), source, sms)
+            launch = gpu_launch(n, steps, x.element_size(), self.streams(name), source, sms)
         return self.kernel(name, launch["unroll"]), launch
 
 
@@ -562,7 +563,7 @@ def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Ke
     try:
         key: Any = (
             _key(modules, tensors),
-            _key(map_with_path(lambda a, _: a is None, state, ""), []),
+            "array" if one_array(state) else _key(map_with_path(_is_none, state, ""), []),
             step_shape,
             x_seq.dtype,
             tuple(a.dtype for a in leaves),
@@ -594,6 +595,10 @@ def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Ke
     if isinstance(found, str):
         raise not_fusable(found, kernel_failed=isinstance(found, _Failure)) from cause
     return found
+
+
+def _is_none(a: Any, path: str) -> bool:
+    return a is None
 
 
 class _Failure(str):
@@ -653,9 +658,8 @@ def _build(
     if torch.is_grad_enabled():
         steps["bwd"] = _backward_step(step, example, ny, out_dtypes, diff_y)
     kernels = _Kernels(steps, nl, outputs[0], out_dtypes, interpret)
-    x2d = x_seq.detach().reshape(x_seq.shape[0], math.prod(step_shape))
     for name in steps:  # this call's kernels, defined here: an error in either is the build's
-        kernels.launch(name, x2d)
+        kernels.launch(name, x_seq)
     return kernels
 
 
@@ -726,8 +730,7 @@ def gpu_kernels(x_seq: torch.Tensor, modules: Any, state: Any) -> list[tuple[Any
     (``benchmarks.gpu_model``), with `compile_ahead`."""
     leaves = state_leaves(state) if state is not None else []
     kernels = _build(x_seq, modules, state, leaves, tuple(x_seq.shape[1:]), interpret=False)
-    x2d = x_seq.detach().reshape(x_seq.shape[0], -1)
-    return [kernels.launch(name, x2d) for name in kernels.steps]
+    return [kernels.launch(name, x_seq) for name in kernels.steps]
 
 
 def compile_ahead(kernel: Any, launch: dict, dtype: torch.dtype, cc: int) -> Any:
@@ -789,24 +792,26 @@ def _options(launch: dict) -> dict:
 
 
 def _forward(
-    kernels: _Kernels, fwd: Any, launch: dict, x2d: torch.Tensor, leaves: list, save: bool
+    kernels: _Kernels, fwd: Any, launch: dict, x: torch.Tensor, leaves: list, save: bool
 ) -> tuple[list, list, list]:
-    """Launch the forward kernel: the outputs, the final state and (with `save`) the state
-    before each step."""
-    steps, n = x2d.shape
-    ys = [x2d.new_empty((steps, n), dtype=d) for d in kernels.out_dtypes]
+    """Launch the forward kernel over `x` (``[T, ...]``) from the state arrays `leaves`, all
+    contiguous (a kernel reads them as ``[T, N]`` and ``[N]``): the outputs, the final state
+    and (with `save`) the state before each step, as ``[T, N]``."""
+    steps = x.shape[0]
+    n = x.numel() // steps
+    ys = [x.new_empty(x.shape, dtype=d) for d in kernels.out_dtypes]
     finals = [torch.empty_like(a) for a in leaves]
     saved = [a.new_empty((steps, n)) for a in leaves] if save else []
     grid = (math.ceil(n / launch["block"]),)
     interpret = kernels.interpret
     options = {} if interpret else _options(launch)
-    with _interpreted() if interpret else torch.cuda.device(x2d.device):
+    with _interpreted() if interpret else torch.cuda.device(x.device):
         fwd[grid](
-            x2d,
+            x,
             *leaves,
             *ys,
             *finals,
-            *(saved or [x2d] * len(leaves)),
+            *(saved or [x] * len(leaves)),
             steps,
             n,
             SAVE=save,
@@ -819,13 +824,13 @@ def _forward(
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(
-        ctx: Any, kernels: _Kernels, fwd: Any, launch: dict, x2d: torch.Tensor, *leaves: Any
+        ctx: Any, kernels: _Kernels, fwd: Any, launch: dict, x: torch.Tensor, *leaves: Any
     ) -> Any:
         ny = kernels.ny
         save = any(ctx.needs_input_grad[3:])
-        ys, finals, saved = _forward(kernels, fwd, launch, x2d, list(leaves), save)
+        ys, finals, saved = _forward(kernels, fwd, launch, x, list(leaves), save)
         if save:
-            ctx.save_for_backward(x2d, *saved)
+            ctx.save_for_backward(x, *saved)
             ctx.kernels = kernels
         ctx.mark_non_differentiable(*(ys[i] for i in range(ny) if i not in kernels.diff_y))
         return (*ys, *finals)
@@ -833,12 +838,13 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
         kernels = ctx.kernels
-        x2d, *saved = ctx.saved_tensors
-        steps, n = x2d.shape
-        interpret = x2d.device.type != "cuda"
-        bwd, launch = kernels.launch("bwd", x2d)
+        x, *saved = ctx.saved_tensors
+        steps = x.shape[0]
+        n = x.numel() // steps
+        interpret = kernels.interpret
+        bwd, launch = kernels.launch("bwd", x)
         g_ys = [
-            x2d.new_zeros((steps, n), dtype=kernels.out_dtypes[i])
+            x.new_zeros(x.shape, dtype=kernels.out_dtypes[i])
             if grads[i] is None
             else grads[i].contiguous()
             for i in kernels.diff_y
@@ -847,14 +853,14 @@ class _Fused(torch.autograd.Function):
             torch.zeros_like(s[0]) if g is None else g.contiguous()
             for g, s in zip(grads[kernels.ny :], saved, strict=True)
         ]
-        g_x = torch.empty_like(x2d)
-        g_0 = [torch.empty_like(s[0]) for s in saved]
+        g_x = torch.empty_like(x)
+        g_0 = [x.new_empty(x.shape[1:], dtype=s.dtype) for s in saved]  # as the state arrays
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else _options(launch)
         last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
-        with _interpreted() if interpret else torch.cuda.device(x2d.device):
+        with _interpreted() if interpret else torch.cuda.device(x.device):
             bwd[grid](
-                x2d,
+                x,
                 *saved,
                 *g_ys,
                 *g_final,
@@ -873,16 +879,19 @@ def _check_arrays(x_seq: torch.Tensor, leaves: list) -> None:
     """Raise NotFusable unless `x_seq` and the state arrays can feed a kernel (the step itself
     is checked when it is traced)."""
     check_layout(tuple(x_seq.shape[1:]), leaves, "state array")
+    device = x_seq.device
     for i, a in enumerate([x_seq, *leaves]):
         if not isinstance(a, torch.Tensor) or not a.is_floating_point():
             what = "`x_seq`" if i == 0 else f"state array {i - 1}"
             raise not_fusable(f"{what} is not a floating tensor")
-        if a.device != x_seq.device:
-            raise not_fusable(f"state array {i - 1} is on {a.device}, `x_seq` on {x_seq.device}")
-    if x_seq.device.type != "cuda" and any(a.dtype == torch.bfloat16 for a in [x_seq, *leaves]):
+        if i and a.device != device:
+            raise not_fusable(f"state array {i - 1} is on {a.device}, `x_seq` on {device}")
+    if device.type == "cuda":
+        return
+    if device.type != "cpu":
+        raise not_fusable(f"`x_seq` is on {device}; kernels run on CUDA (or interpreted)")
+    if any(a.dtype == torch.bfloat16 for a in [x_seq, *leaves]):
         raise not_fusable("Triton's interpreter (CPU) computes bfloat16 wrongly; use a GPU")
-    if x_seq.device.type not in ("cpu", "cuda"):
-        raise not_fusable(f"`x_seq` is on {x_seq.device}; kernels run on CUDA (or interpreted)")
 
 
 def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
@@ -890,20 +899,18 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     leaves = state_leaves(state) if state is not None else []
     _check_arrays(x_seq, leaves)
     kernels = _kernels(x_seq, modules, state, leaves)
-    steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
-    n = math.prod(step_shape)
-    x2d = x_seq.contiguous().view(steps, n)
-    fwd, launch = kernels.launch("fwd", x2d)
-    flat = [a.contiguous().view(n) for a in leaves]
+    x = x_seq.contiguous()
+    fwd, launch = kernels.launch("fwd", x)
+    flat = [a.contiguous() for a in leaves]
     # Triton compiles per launch and per SAVE (gradients wanted or not); without gradients
     # the kernel is launched directly, not through autograd (25 us a call).
-    grad = torch.is_grad_enabled() and any(a.requires_grad for a in [x2d, *flat])
+    grad = torch.is_grad_enabled() and (x.requires_grad or any(a.requires_grad for a in flat))
     tried = (fwd, *launch.values(), grad)
     try:
         if grad:
-            outs = _Fused.apply(kernels, fwd, launch, x2d, *flat)
+            outs = _Fused.apply(kernels, fwd, launch, x, *flat)
         else:
-            ys, finals, _ = _forward(kernels, fwd, launch, x2d, flat, save=False)
+            ys, finals, _ = _forward(kernels, fwd, launch, x, flat, save=False)
             outs = (*ys, *finals)
     except Exception as error:
         if tried in kernels.launched or isinstance(error, NotFusable):
@@ -918,11 +925,10 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
                     _cache[kernels.key] = (entry[0], reason)
         raise not_fusable(reason, kernel_failed=True) from error
     kernels.launched.add(tried)
-    ys = [y.view(steps, *step_shape) for y in outs[: kernels.ny]]
-    y_seq = kernels.rebuild(ys)
+    y_seq = kernels.rebuild(list(outs[: kernels.ny]))
     if state is None:
         return y_seq
-    return y_seq, with_leaves(state, [a.view(step_shape) for a in outs[kernels.ny :]])
+    return y_seq, with_leaves(state, outs[kernels.ny :])
 
 
 __all__ = ["NotFusable", "multi_step"]
