@@ -759,3 +759,39 @@ def test_empty_steps_and_nested_outputs(fw):
     x = _asarray(name, np.ones((3, 2), np.float32))
     with pytest.raises(ds.NotFusable, match="nested structure"):
         ds.multi_step_forward(x, lambda a, v: (((a, a), a), v), state=x[0], fused=True)
+
+
+def test_torch_time_last_sequences_are_read_and_written_in_place(monkeypatch):
+    """`t_last_multi_step_forward` hands the kernels the time-last input as it lies (read at
+    its strides, not transposed into a copy) and gets outputs already laid out time-last;
+    outputs, final state and gradients equal the loop's. A layout neither time-first nor
+    time-last is copied first."""
+    torch = _framework("torch")
+    from dualstep.fused import triton as fused_triton
+
+    seen = []
+    launch = fused_triton._forward
+
+    def spy(kernels, fwd, at, x, *rest, **options):
+        seen.append(x.data_ptr())
+        return launch(kernels, fwd, at, x, *rest, **options)
+
+    monkeypatch.setattr(fused_triton, "_forward", spy)
+    step = _surrogate_lif("torch", tau=3.0)
+    rng = np.random.default_rng(1)
+    x = torch.from_numpy((rng.normal(size=(3, 5, 11)) * 1.5).astype(np.float32))
+    v0 = torch.from_numpy((rng.normal(size=(3, 5)) * 0.3).astype(np.float32))
+    w = torch.from_numpy(rng.normal(size=(3, 5, 11)).astype(np.float32))
+    results = []
+    for fused in (True, False):
+        xr, vr = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        y, v_t = ds.t_last_multi_step_forward(xr, step, state=vr, fused=fused)
+        if fused:
+            assert seen == [xr.data_ptr()] and y.is_contiguous() and y.shape == x.shape
+        grads = torch.autograd.grad((y * w).sum() + (v_t * v_t).sum(), (xr, vr))
+        results.append((y, v_t, *grads))
+    _assert_same(tuple(results[0]), tuple(results[1]))
+    transposed = x.transpose(0, 1)  # [5, 3, T]: neither layout
+    seen.clear()
+    ds.t_last_multi_step_forward(transposed, step, state=v0.T, fused=True)
+    assert seen and seen[0] != transposed.data_ptr()

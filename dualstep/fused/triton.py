@@ -476,26 +476,30 @@ def _at(lines: list[str], k: int) -> list[str]:
 def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> str:
     """Forwards over time: each loop iteration issues the loads of `unroll` steps before
     computing the first of them. Each array is walked by one pointer per lane, advanced a
-    step at a time: no per-step address stays live across the group of steps."""
+    step at a time: no per-step address stays live across the group of steps. `x` and the
+    outputs are read and written in place at strides ST (step to step) and SN (element to
+    element): ``[T, N]`` in time-first layout (SN = 1), its transpose time-last (ST = 1); the
+    saved state is ``[T, N]``."""
     body, results = step
     s_in = [f"s{i}_ptr" for i in range(nl)]
     y_out = [f"y{i}_ptr" for i in range(ny)]
     s_out = [f"f{i}_ptr" for i in range(nl)]
     saved = [f"saved{i}_ptr" for i in range(nl)]
-    params = ["x_ptr", *s_in, *y_out, *s_out, *saved, "T", "N", "SAVE: tl.constexpr"]
-    walked = ["x", *(f"y{j}" for j in range(ny)), *(f"saved{i}" for i in range(nl))]
+    params = ["x_ptr", *s_in, *y_out, *s_out, *saved, "T", "N", "ST", "SN"]
     lines = [
-        f"def fwd({', '.join([*params, 'BLOCK: tl.constexpr'])}):",
+        f"def fwd({', '.join([*params, 'SAVE: tl.constexpr', 'BLOCK: tl.constexpr'])}):",
         "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offs < N",
+        "    seq = offs.to(tl.int64) * SN",
         *(f"    s{i} = tl.load(s{i}_ptr + offs, mask=mask)" for i in range(nl)),
-        *(f"    {a}_p = {a}_ptr + offs" for a in walked),
+        *(f"    {a}_p = {a}_ptr + seq" for a in ["x", *(f"y{j}" for j in range(ny))]),
+        *(f"    saved{i}_p = saved{i}_ptr + offs" for i in range(nl)),
     ]
 
     def steps(count: int, indent: str) -> list[str]:
         out: list[str] = []
         for k in range(count):
-            out += [f"{indent}x_{k} = tl.load(x_p, mask=mask)", f"{indent}x_p += N"]
+            out += [f"{indent}x_{k} = tl.load(x_p, mask=mask)", f"{indent}x_p += ST"]
         for k in range(count):
             out += [f"{indent}if SAVE:"] if nl else []
             for i in range(nl):
@@ -504,7 +508,7 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
             out += [indent + line for line in _at(body, k)]
             for j in range(ny):
                 out += [f"{indent}tl.store(y{j}_p, {_at(results, k)[j]}, mask=mask)"]
-                out += [f"{indent}y{j}_p += N"]
+                out += [f"{indent}y{j}_p += ST"]
             out += [f"{indent}s{i} = {_at(results, k)[ny + i]}" for i in range(nl)]
         return out
 
@@ -518,30 +522,38 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
 def _backward_source(step: tuple[list, list], nl: int, ng: int, unroll: int) -> str:
     """Backwards over time from the last step: each loop iteration issues the loads of
     `unroll` steps (t, t-1, ...) before computing the first of them, the arrays walked as
-    in the forward kernel."""
+    in the forward kernel (`x` and the gradients of `x` and of the outputs at its strides,
+    from SEQ_LAST, the offset of its last step; the saved state from LAST)."""
     body, results = step
     params = ["x_ptr", *(f"saved{i}_ptr" for i in range(nl)), *(f"gy{j}_ptr" for j in range(ng))]
     params += [f"gf{i}_ptr" for i in range(nl)] + ["gx_ptr"]
-    params += [f"g0_{i}_ptr" for i in range(nl)] + ["T", "N", "LAST", "BLOCK: tl.constexpr"]
+    params += [f"g0_{i}_ptr" for i in range(nl)]
+    params += ["T", "N", "ST", "SN", "SEQ_LAST", "LAST", "BLOCK: tl.constexpr"]
     loaded = ["x", *(f"s{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
     pointers = ["x", *(f"saved{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
+    sequences = ["x", *(f"gy{j}" for j in range(ng)), "gx"]
     lines = [
         f"def bwd({', '.join(params)}):",
         "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
         "    mask = offs < N",
-        *(f"    {a}_p = {a}_ptr + LAST + offs" for a in [*pointers, "gx"]),
+        "    seq = offs.to(tl.int64) * SN",
+        *(f"    {a}_p = {a}_ptr + SEQ_LAST + seq" for a in sequences),
+        *(f"    saved{i}_p = saved{i}_ptr + LAST + offs" for i in range(nl)),
         *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
     ]
+
+    def back(a: str) -> str:
+        return f"{a}_p -= {'ST' if a in sequences else 'N'}"
 
     def steps(count: int, indent: str) -> list[str]:
         out: list[str] = []
         for k in range(count):
             for v, a in zip(loaded, pointers, strict=True):
-                out += [f"{indent}{v}_{k} = tl.load({a}_p, mask=mask)", f"{indent}{a}_p -= N"]
+                out += [f"{indent}{v}_{k} = tl.load({a}_p, mask=mask)", f"{indent}{back(a)}"]
         for k in range(count):
             out += [indent + line for line in _at(body, k)]
             out += [f"{indent}tl.store(gx_p, {_at(results, k)[0]}, mask=mask)"]
-            out += [f"{indent}gx_p -= N"]
+            out += [f"{indent}gx_p -= ST"]
             out += [f"{indent}g{i} = {_at(results, k)[1 + i]}" for i in range(nl)]
         return out
 
@@ -791,15 +803,38 @@ def _options(launch: dict) -> dict:
     return {"num_warps": launch["num_warps"], "enable_fp_fusion": False}
 
 
+def _in_place(x: torch.Tensor) -> tuple[int, int] | None:
+    """The strides (step to step, element to element) at which a kernel reads `x`
+    (``[T, ...]``) in place as ``[T, N]``: laid out time-first or, as the time-last functions
+    pass it, time-last (a contiguous ``[..., T]`` with time moved first). None otherwise."""
+    steps, n = x.shape[0], x.numel() // x.shape[0]
+    spacing, expected = None, None
+    for size, stride in reversed(list(zip(x.shape[1:], x.stride()[1:], strict=True))):
+        if size == 1:
+            continue
+        if expected is not None and stride != expected:
+            return None
+        spacing = stride if spacing is None else spacing
+        expected = stride * size
+    strides = (x.stride(0) if steps > 1 else n, 1 if spacing is None else spacing)
+    return strides if strides in ((n, 1), (1, steps)) else None
+
+
+def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An uninitialised array of `x`'s shape and strides."""
+    return torch.empty_strided(x.shape, x.stride(), dtype=dtype, device=x.device)
+
+
 def _forward(
     kernels: _Kernels, fwd: Any, launch: dict, x: torch.Tensor, leaves: list, save: bool
 ) -> tuple[list, list, list]:
-    """Launch the forward kernel over `x` (``[T, ...]``) from the state arrays `leaves`, all
-    contiguous (a kernel reads them as ``[T, N]`` and ``[N]``): the outputs, the final state
-    and (with `save`) the state before each step, as ``[T, N]``."""
+    """Launch the forward kernel over `x` (``[T, ...]``, :func:`_in_place`) from the
+    contiguous state arrays `leaves`: the outputs (laid out as `x`), the final state and
+    (with `save`) the state before each step, as ``[T, N]``."""
     steps = x.shape[0]
     n = x.numel() // steps
-    ys = [x.new_empty(x.shape, dtype=d) for d in kernels.out_dtypes]
+    st, sn = _in_place(x) or (n, 1)
+    ys = [_like(x, d) for d in kernels.out_dtypes]
     finals = [torch.empty_like(a) for a in leaves]
     saved = [a.new_empty((steps, n)) for a in leaves] if save else []
     grid = (math.ceil(n / launch["block"]),)
@@ -814,6 +849,8 @@ def _forward(
             *(saved or [x] * len(leaves)),
             steps,
             n,
+            st,
+            sn,
             SAVE=save,
             BLOCK=launch["block"],
             **options,
@@ -843,21 +880,25 @@ class _Fused(torch.autograd.Function):
         n = x.numel() // steps
         interpret = kernels.interpret
         bwd, launch = kernels.launch("bwd", x)
+        st, sn = _in_place(x) or (n, 1)
         g_ys = [
-            x.new_zeros(x.shape, dtype=kernels.out_dtypes[i])
+            _like(x, kernels.out_dtypes[i]).zero_()
             if grads[i] is None
-            else grads[i].contiguous()
+            else grads[i]
+            if grads[i].stride() == x.stride()
+            else _like(x, grads[i].dtype).copy_(grads[i])
             for i in kernels.diff_y
         ]
         g_final = [
             torch.zeros_like(s[0]) if g is None else g.contiguous()
             for g, s in zip(grads[kernels.ny :], saved, strict=True)
         ]
-        g_x = torch.empty_like(x)
+        g_x = _like(x, x.dtype)
         g_0 = [x.new_empty(x.shape[1:], dtype=s.dtype) for s in saved]  # as the state arrays
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else _options(launch)
-        last = (steps - 1) * n  # the offset of the last step, computed here in Python ints
+        # The offsets of the last step, computed here in Python ints.
+        seq_last, last = (steps - 1) * st, (steps - 1) * n
         with _interpreted() if interpret else torch.cuda.device(x.device):
             bwd[grid](
                 x,
@@ -868,6 +909,9 @@ class _Fused(torch.autograd.Function):
                 *g_0,
                 steps,
                 n,
+                st,
+                sn,
+                seq_last,
                 last,
                 BLOCK=launch["block"],
                 **options,
@@ -899,7 +943,7 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     leaves = state_leaves(state) if state is not None else []
     _check_arrays(x_seq, leaves)
     kernels = _kernels(x_seq, modules, state, leaves)
-    x = x_seq.contiguous()
+    x = x_seq if _in_place(x_seq) else x_seq.contiguous()  # time-last: read in place
     fwd, launch = kernels.launch("fwd", x)
     flat = [a.contiguous() for a in leaves]
     # Triton compiles per launch and per SAVE (gradients wanted or not); without gradients
