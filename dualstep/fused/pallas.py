@@ -285,11 +285,35 @@ _FLOAT32_MATH = frozenset(
 _HALF = (jnp.float16, jnp.bfloat16)
 
 
-def _eval_inlined(jaxpr: Any, consts: list, *args: Any) -> list:
+def _rounded(name: str, args: list) -> Any:
+    """The float32 `name` ("div", "sqrt", "logistic") of `args` rounded to nearest, as XLA
+    computes it on a GPU: Triton lowers float32 ``/`` and ``sqrt`` to approximations
+    (``div.approx.f32``, ``sqrt.approx.f32``), a last-bit difference that flips a spike on
+    the threshold."""
+    if name == "logistic":  # 1 / (1 + exp(-x)), as XLA expands it
+        (x,) = args
+        return _rounded("div", [jnp.ones_like(x), 1.0 + jnp.exp(-x)])
+    args = jnp.broadcast_arrays(*(jnp.asarray(a, jnp.float32) for a in args))
+    result = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
+    operands = ", ".join(f"${i}" for i in range(len(args) + 1))
+    return pltriton.elementwise_inline_asm(
+        f"{name}.rn.f32 {operands};",
+        args=args,
+        constraints=",".join(["=r"] + ["r"] * len(args)),
+        pack=1,
+        result_shape_dtypes=[result],
+    )[0]
+
+
+_ROUNDED = frozenset(["div", "sqrt", "logistic"])
+
+
+def _eval_inlined(jaxpr: Any, consts: list, *args: Any, gpu: bool = False) -> list:
     """``eval_jaxpr`` for a kernel body: the jaxprs of ``custom_vjp``/``custom_jvp`` calls
     and of nested ``jit`` calls evaluated in place (Pallas' Triton lowering has no rule for
     ``custom_vjp_call``; the gradient kernel differentiates the step outside, through the
-    custom rules), and half-precision math done in float32."""
+    custom rules), and half-precision math done in float32. With `gpu`, float32 division,
+    square root and sigmoid rounded to nearest (:func:`_rounded`)."""
     env: dict = {}
 
     def read(v: Any) -> Any:
@@ -302,7 +326,7 @@ def _eval_inlined(jaxpr: Any, consts: list, *args: Any) -> list:
         inner = next((eqn.params[k] for k in ("call_jaxpr", "jaxpr") if k in eqn.params), None)
         if eqn.primitive.name in _NESTED and inner is not None:
             closed_consts = getattr(inner, "consts", [])
-            outs = _eval_inlined(getattr(inner, "jaxpr", inner), closed_consts, *invals)
+            outs = _eval_inlined(getattr(inner, "jaxpr", inner), closed_consts, *invals, gpu=gpu)
         else:
             half = eqn.primitive.name in _FLOAT32_MATH and any(
                 getattr(v, "dtype", None) in _HALF for v in invals
@@ -312,8 +336,13 @@ def _eval_inlined(jaxpr: Any, consts: list, *args: Any) -> list:
                     v.astype(jnp.float32) if getattr(v, "dtype", None) in _HALF else v
                     for v in invals
                 ]
-            outs = eqn.primitive.bind(*invals, **eqn.params)
-            outs = outs if eqn.primitive.multiple_results else [outs]
+            name = eqn.primitive.name
+            computed = jnp.float32 if half else eqn.outvars[0].aval.dtype
+            if gpu and name in _ROUNDED and computed == jnp.float32:
+                outs = [_rounded(name, invals)]
+            else:
+                outs = eqn.primitive.bind(*invals, **eqn.params)
+                outs = outs if eqn.primitive.multiple_results else [outs]
             if half:
                 outs = [o.astype(v.aval.dtype) for o, v in zip(outs, eqn.outvars, strict=True)]
         for var, val in zip(eqn.outvars, outs, strict=True):
@@ -395,7 +424,7 @@ class _Kernel:
         return cols, start + lax.broadcasted_iota(jnp.int32, (self.block,), 0) < self.n
 
     def _apply(self, consts: list, x: Any, state: list) -> list:
-        return _eval_inlined(self.jaxpr, consts, x, *state)
+        return _eval_inlined(self.jaxpr, consts, x, *state, gpu=not self.interpret)
 
     def _forward(self, x2d: Any, leaves: list, consts: list, save: bool) -> tuple:
         ny, nl, steps = self.ny, len(leaves), self.steps
@@ -512,7 +541,9 @@ class _Kernel:
 
             def body(t: Any, loaded: tuple, carry: tuple) -> tuple:
                 (x_t, s_t, gy_t), (g_s, g_c) = loaded, carry
-                flat = _eval_inlined(vjp.jaxpr, vjp.consts, *c, x_t, *s_t, *gy_t, *g_s)
+                flat = _eval_inlined(
+                    vjp.jaxpr, vjp.consts, *c, x_t, *s_t, *gy_t, *g_s, gpu=not self.interpret
+                )
                 g_x, g_s, g_dc = flat[0], flat[1 : 1 + nl], flat[1 + nl :]
                 _store(gx_ref.at[t, cols], g_x, real)
                 if per_lane:

@@ -161,14 +161,16 @@ _OPS: dict[str, Callable[..., str]] = {
     "heaviside": lambda a, v, **_: f"tl.where({a} > 0, 1.0, tl.where({a} == 0, {v}, 0.0))",
     "sign": lambda a, **_: f"(tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0))",
     "pow": lambda a, b, dtype=None, **_: _pow(a, b, dtype),
+    "sgn": lambda a, **_: f"(tl.where({a} > 0, 1, 0) - tl.where({a} < 0, 1, 0))",  # abs' grad
     "sigmoid_backward": lambda g, y, **_: f"({g} * (1.0 - {y}) * {y})",
     "tanh_backward": lambda g, y, **_: f"({g} * (1.0 - {y} * {y}))",
     "threshold_backward": lambda g, x, t, **_: f"tl.where({x} <= {t}, 0.0, {g})",
 }
 # sigmoid as in torch; Triton's `tl.sigmoid` is a jit function the interpreter cannot call.
 _OPS["sigmoid"] = lambda a, **_: f"(1.0 / (1.0 + tl.exp(-{a})))"
-for _name in ("abs", "exp", "log", "sqrt", "rsqrt", "sin", "cos", "floor", "ceil"):
+for _name in ("abs", "exp", "log", "rsqrt", "sin", "cos", "floor", "ceil"):
     _OPS[_name] = _call(f"tl.{_name}")
+_OPS["sqrt"] = _call("tl.sqrt_rn")  # rounded as torch's; `tl.sqrt` is sqrt.approx in float32
 _OPS["erf"] = _call("tl.erf")
 _OPS["exp2"] = _call("tl.exp2")
 _OPS["log2"] = _call("tl.log2")
