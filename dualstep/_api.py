@@ -49,6 +49,8 @@ def _check_state(state: Any, modules: Any, argument: str, x_seq: Any) -> Any:
     if state is None:
         return state
     same = type(x_seq)
+    if type(state) is same and not isinstance(modules, (list, tuple)):
+        return state  # one array of x_seq's kind, for one module: nothing to walk
     fields = False  # a leaf inside a dataclass or pytree node (paths `state.v`)
     for path, leaf in leaves_with_path(state, "state"):
         fields = fields or "." in path

@@ -28,6 +28,7 @@ from .._modules import (
     stack_outputs,
 )
 from .._tree import map_with_path
+from ..fused import NotFusable, warn_if_kernel_failed
 
 
 def _stack_first(tensors: list) -> torch.Tensor:
@@ -91,6 +92,14 @@ def _first_decides(x_seq: torch.Tensor, n: int, view: Callable, views: Callable)
 AUTO_FUSES_ON = ("cuda",)
 
 
+@functools.cache
+def _triton() -> Any:
+    """The Triton lowering, imported at the first fused call (it imports triton)."""
+    from ..fused import triton
+
+    return triton
+
+
 def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> Any:
     """For `fused` True or 'auto': the fused kernel's result, or None for the loop ('auto'
     off CUDA or with a step that cannot be fused)."""
@@ -98,10 +107,8 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
         return None
     if math.prod(x_seq.shape[1:]) == 0:  # nothing to compute per step: the loop's result
         return None
-    from ..fused import NotFusable, triton, warn_if_kernel_failed
-
     try:
-        return triton.multi_step(x_seq, modules, state)
+        return _triton().multi_step(x_seq, modules, state)
     except NotFusable as error:
         if fused is True:
             raise

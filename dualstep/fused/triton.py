@@ -810,6 +810,8 @@ def _in_place(x: torch.Tensor) -> tuple[int, int] | None:
     (``[T, ...]``) in place as ``[T, N]``: laid out time-first or, as the time-last functions
     pass it, time-last (a contiguous ``[..., T]`` with time moved first). None otherwise."""
     steps, n = x.shape[0], x.numel() // x.shape[0]
+    if x.is_contiguous():
+        return n, 1
     spacing, expected = None, None
     for size, stride in reversed(list(zip(x.shape[1:], x.stride()[1:], strict=True))):
         if size == 1:
@@ -823,19 +825,19 @@ def _in_place(x: torch.Tensor) -> tuple[int, int] | None:
 
 
 def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """An uninitialised array of `x`'s shape and strides."""
-    return torch.empty_strided(x.shape, x.stride(), dtype=dtype, device=x.device)
+    """An uninitialised array of `x`'s shape and strides (`x` is dense: :func:`_in_place`)."""
+    return torch.empty_like(x, dtype=dtype)
 
 
 def _forward(
     kernels: _Kernels, fwd: Any, launch: dict, x: torch.Tensor, leaves: list, save: bool
 ) -> tuple[list, list, list]:
-    """Launch the forward kernel over `x` (``[T, ...]``, :func:`_in_place`) from the
-    contiguous state arrays `leaves`: the outputs (laid out as `x`), the final state and
-    (with `save`) the state before each step, as ``[T, N]``."""
+    """Launch the forward kernel over `x` (``[T, ...]``, laid out as :func:`_in_place`
+    reads it) from the contiguous state arrays `leaves`: the outputs (laid out as `x`), the
+    final state and (with `save`) the state before each step, as ``[T, N]``."""
     steps = x.shape[0]
     n = x.numel() // steps
-    st, sn = _in_place(x) or (n, 1)
+    st, sn = launch["strides"]
     ys = [_like(x, d) for d in kernels.out_dtypes]
     finals = [torch.empty_like(a) for a in leaves]
     saved = [a.new_empty((steps, n)) for a in leaves] if save else []
@@ -870,6 +872,7 @@ class _Fused(torch.autograd.Function):
         ys, finals, saved = _forward(kernels, fwd, launch, x, list(leaves), save)
         if save:
             ctx.save_for_backward(x, *saved)
+            ctx.strides = launch["strides"]
             ctx.kernels = kernels
         ctx.mark_non_differentiable(*(ys[i] for i in range(ny) if i not in kernels.diff_y))
         return (*ys, *finals)
@@ -882,7 +885,7 @@ class _Fused(torch.autograd.Function):
         n = x.numel() // steps
         interpret = kernels.interpret
         bwd, launch = kernels.launch("bwd", x)
-        st, sn = _in_place(x) or (n, 1)
+        st, sn = ctx.strides
         g_ys = [
             _like(x, kernels.out_dtypes[i]).zero_()
             if grads[i] is None
@@ -945,8 +948,10 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     leaves = state_leaves(state) if state is not None else []
     _check_arrays(x_seq, leaves)
     kernels = _kernels(x_seq, modules, state, leaves)
-    x = x_seq if _in_place(x_seq) else x_seq.contiguous()  # time-last: read in place
+    strides = _in_place(x_seq)  # time-first, or time-last read in place; else a copy
+    x = x_seq if strides else x_seq.contiguous()
     fwd, launch = kernels.launch("fwd", x)
+    launch = {**launch, "strides": strides or (x.numel() // x.shape[0], 1)}
     flat = [a.contiguous() for a in leaves]
     # Triton compiles per launch and per SAVE (gradients wanted or not); without gradients
     # the kernel is launched directly, not through autograd (25 us a call).
