@@ -2,10 +2,12 @@
 `python -m benchmarks.gpu_model`.
 
 Each kernel of the GPU benchmark's workloads (IF and LIF forward for inference, LIF with a
-sigmoid surrogate for training: forward and backward) is built at each benchmark size with
-the launch a fused call picks there (``dualstep.fused.gpu_launch``, for a 132-SM card) and
-compiled for sm_90 on this CPU machine; ``ptxas -v`` (shipped in the triton wheel) gives its
-registers and spills. Per size it then reports the launch, the programs per SM, how many of
+sigmoid surrogate for training: forward and backward), on torch and on JAX, is built at each
+benchmark size with the launch a fused call picks there (``dualstep.fused.gpu_launch``, for a
+132-SM card) and compiled for sm_90 on this CPU machine: torch's Triton kernels, and the
+Triton modules Pallas lowers JAX's calls to, compiled by the installed triton (on a GPU XLA
+compiles those itself). ``ptxas -v`` (shipped in the triton wheel) gives their registers and
+spills. Per size it then reports the launch, the programs per SM, how many of
 them an SM can hold at once (by registers, warps and its 32-program limit), the bytes each
 step moves against the minimum (one read of ``x[t]`` and one write of each output; training
 also writes the state saved for backward, as SpikingJelly's kernel does), and the loads in
@@ -17,8 +19,9 @@ measurements. Writes ``benchmarks/results/gpu_model.md``.
 from __future__ import annotations
 
 import math
-import re
 import sys
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,49 +38,75 @@ CC = 90
 SM = {"registers": 65536, "warps": 64, "programs": 32}
 
 
-def _if(x, v):
-    h = v + x
-    s = (h >= 1.0).to(x.dtype)
-    return s, h * (1.0 - s)
+def _steps(backend: str) -> dict:
+    """The workloads' steps written for `backend`: IF, LIF, LIF with a sigmoid surrogate."""
+    spike = surrogate_spike(backend)
+
+    def cast(s, x):
+        return s.to(x.dtype) if backend == "torch" else s.astype(x.dtype)
+
+    def if_(x, v):
+        h = v + x
+        s = cast(h >= 1.0, x)
+        return s, h * (1.0 - s)
+
+    def lif(x, v):
+        h = v + (x - v) / 2.0
+        s = cast(h >= 1.0, x)
+        return s, h * (1.0 - s)
+
+    def lif_surrogate(x, v):
+        h = v + (x - v) / 2.0
+        s = spike(h - 1.0)
+        return s, h * (1.0 - s)
+
+    return {"IF": if_, "LIF": lif, "LIF + surrogate": lif_surrogate}
 
 
-def _lif(x, v):
-    h = v + (x - v) / 2.0
-    s = (h >= 1.0).to(x.dtype)
-    return s, h * (1.0 - s)
-
-
-_SPIKE = surrogate_spike("torch")
-
-
-def _lif_surrogate(x, v):
-    h = v + (x - v) / 2.0
-    s = _SPIKE(h - 1.0)
-    return s, h * (1.0 - s)
-
-
-def _kernels(step: Any, grad: bool, t: int, n: int) -> list:
-    """The kernels, with their launches, that a fused call of `step` makes over `t` steps of
-    `n` float32 elements on a GPU (one state array)."""
+def _torch_kernels(step: Any, grad: bool, t: int, n: int) -> list:
+    """``(name, compiled, launch)`` for each kernel a fused torch call of `step` makes over
+    `t` steps of `n` float32 elements on a GPU (one state array)."""
     x = torch.empty(t, n, requires_grad=grad)
     with torch.set_grad_enabled(grad):
-        return fused_triton.gpu_kernels(x, step, torch.zeros(n))
+        kernels = fused_triton.gpu_kernels(x, step, torch.zeros(n))
+    return [
+        (k.fn.__name__, fused_triton.compile_ahead(k, launch, torch.float32, CC), launch)
+        for k, launch in kernels
+    ]
 
 
-def _per_step(params: list[str], name: str, grad: bool) -> tuple[int, int, int]:
-    """Arrays one time step reads and writes in the kernel, the fewest it could (forward: x
-    read, each output written, and with gradients the saved state, as SpikingJelly's kernel
-    saves it; backward: the saved state and the output gradients read, x's gradient written),
-    and the arrays it loads per step. From the kernel's parameters."""
-    count = {
-        kind: sum(re.fullmatch(rf"{kind}\d+_ptr", p) is not None for p in params)
-        for kind in ("y", "saved", "gy")
-    }
+def _jax_kernels(step: Any, grad: bool, t: int, n: int) -> list:
+    """The same for a fused JAX call: Pallas' Triton modules, compiled by the installed
+    triton with the launch's warps and Pallas' one stage."""
+    import jax.numpy as jnp
+    import triton
+    from triton.backends.compiler import GPUTarget
+
+    from dualstep.fused import pallas
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, module, launch in pallas.gpu_kernels(
+            jnp.zeros((t, n)), step, jnp.zeros(n), grad=grad
+        ):
+            path = Path(tmp) / f"{name}.ttir"
+            path.write_text(module)
+            options = {"num_warps": launch["num_warps"], "num_stages": 1, "enable_fp_fusion": False}
+            compiled = triton.compile(str(path), target=GPUTarget("cuda", CC, 32), options=options)
+            out.append((name, compiled, launch))
+    return out
+
+
+def _per_step(name: str, grad: bool) -> tuple[int, int, int]:
+    """Arrays one time step reads and writes in the kernel of a step with one output and one
+    state array, and the fewest it could (forward: x read, the output written, and with
+    gradients the saved state, as SpikingJelly's kernel saves it; backward: the saved state
+    and the output's gradient read, x's gradient written; the kernels also read x), and the
+    arrays it loads per step."""
     if name == "fwd":
-        moved = 1 + count["y"] + (count["saved"] if grad else 0)
+        moved = 2 + grad
         return moved, moved, 1
-    loads = 1 + count["saved"] + count["gy"]
-    return loads + 1, loads, loads
+    return 4, 3, 3
 
 
 def _resident(registers: int, warps: int) -> int:
@@ -86,47 +115,52 @@ def _resident(registers: int, warps: int) -> int:
     return min(SM["programs"], SM["warps"] // warps, by_registers)
 
 
-def measure() -> list[dict]:
+WORKLOADS = [
+    ("IF", False, FORWARD_SIZES),
+    ("LIF", False, FORWARD_SIZES),
+    ("LIF + surrogate", True, TRAIN_SIZES),
+]
+
+
+def measure(jax_workloads: tuple = tuple(w[0] for w in WORKLOADS)) -> list[dict]:
+    """Every workload's rows on torch, then those of `jax_workloads` on JAX."""
     rows = []
-    workloads = [
-        ("IF, inference", _if, False, FORWARD_SIZES),
-        ("LIF, inference", _lif, False, FORWARD_SIZES),
-        ("LIF + surrogate, training", _lif_surrogate, True, TRAIN_SIZES),
-    ]
-    sms = int(GPU["sms"])
-    for label, step, grad, sizes in workloads:
-        for t, b, n in sizes:
-            elements = b * n
-            for kernel, launch in _kernels(step, grad, t, elements):
-                name = kernel.fn.__name__
-                compiled = fused_triton.compile_ahead(kernel, launch, torch.float32, CC)
-                registers, spills = fused_triton.registers_and_spills(compiled)
-                moved, minimum, loads = _per_step(kernel.arg_names, name, grad)
-                programs = math.ceil(elements / launch["block"])
-                loading = min(programs / sms, _resident(registers, launch["num_warps"]))
-                rows.append(
-                    {
-                        "workload": label,
-                        "kernel": name,
-                        "size": f"{t}x{b}x{n}",
-                        **launch,
-                        "programs": programs,
-                        "programs_per_sm": programs / sms,
-                        "resident_per_sm": _resident(registers, launch["num_warps"]),
-                        "registers": registers,
-                        "spill_bytes": spills,
-                        "bytes_per_step": moved * elements * 4,
-                        "minimum_bytes_per_step": minimum * elements * 4,
-                        "steps_in_flight": launch["unroll"],
-                        "kb_in_flight_per_sm": loading
-                        * launch["block"]
-                        * launch["unroll"]
-                        * loads
-                        * 4
-                        / 1024,
-                    }
-                )
+    for backend, build in (("torch", _torch_kernels), ("JAX", _jax_kernels)):
+        steps = _steps(backend.lower())
+        for workload, grad, sizes in WORKLOADS:
+            if backend == "JAX" and workload not in jax_workloads:
+                continue
+            for t, b, n in sizes:
+                for name, compiled, launch in build(steps[workload], grad, t, b * n):
+                    row = _row(name, compiled, launch, b * n, grad)
+                    mode = "training" if grad else "inference"
+                    rows.append({"backend": backend, "workload": f"{workload}, {mode}", **row})
+                    rows[-1]["size"] = f"{t}x{b}x{n}"
     return rows
+
+
+def _row(name: str, compiled: Any, launch: dict, elements: int, grad: bool) -> dict:
+    """One kernel's figures on a card of ``GPU["sms"]`` SMs."""
+    sms = int(GPU["sms"])
+    registers, spills = fused_triton.registers_and_spills(compiled)
+    moved, minimum, loads = _per_step(name, grad)
+    programs = math.ceil(elements / launch["block"])
+    resident = _resident(registers, launch["num_warps"])
+    loading = min(programs / sms, resident)
+    in_flight = loading * launch["block"] * launch["unroll"] * loads * 4
+    return {
+        "kernel": name,
+        **launch,
+        "programs": programs,
+        "programs_per_sm": programs / sms,
+        "resident_per_sm": resident,
+        "registers": registers,
+        "spill_bytes": spills,
+        "bytes_per_step": moved * elements * 4,
+        "minimum_bytes_per_step": minimum * elements * 4,
+        "steps_in_flight": launch["unroll"],
+        "kb_in_flight_per_sm": in_flight / 1024,
+    }
 
 
 def main() -> int:
@@ -139,14 +173,14 @@ def main() -> int:
         "flight: steps' loads per program, and KB per SM with as many programs loading as it "
         "holds (or has).",
         "",
-        "| workload | kernel | T x B x N | block | warps | programs | per SM | SM holds "
+        "| backend | workload | kernel | T x B x N | block | warps | programs | per SM | SM holds "
         "| registers | spills (B) | bytes per step / minimum | steps in flight | KB in flight "
         "per SM |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['workload']} | {r['kernel']} | {r['size']} | {r['block']} "
+            f"| {r['backend']} | {r['workload']} | {r['kernel']} | {r['size']} | {r['block']} "
             f"| {r['num_warps']} | {r['programs']} | {r['programs_per_sm']:.2f} "
             f"| {r['resident_per_sm']} | {r['registers']} | {r['spill_bytes']} "
             f"| {r['bytes_per_step'] / r['minimum_bytes_per_step']:.2f} "

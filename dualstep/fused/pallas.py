@@ -206,6 +206,21 @@ def _check_lowers(run: Any, args: tuple) -> None:
 def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``; `interpret`
     runs the kernels through Pallas' interpreter (on CPU)."""
+    kernel, args, rebuild = _prepare(x_seq, modules, state, interpret)
+    if not interpret:
+        _check_lowers(kernel.run, args)
+    ys, final = kernel.run(*args)
+    step_shape = tuple(x_seq.shape[1:])
+    y_seq = rebuild([y.reshape((x_seq.shape[0], *step_shape)) for y in ys])
+    if state is None:
+        return y_seq
+    return y_seq, with_leaves(state, [a.reshape(step_shape) for a in final])
+
+
+def _prepare(x_seq: Any, modules: Any, state: Any, interpret: bool) -> tuple:
+    """The kernels of a fused call, as a :class:`_Kernel`, the arguments of its ``run``
+    (``x`` as ``[T, N]``, the state arrays as ``[N]``, the captured constants) and the
+    function that rebuilds the step's output structure."""
     whole = fusable(x_seq, modules, state).jaxpr
     outs = whole.outvars  # the outputs, then the state
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
@@ -233,22 +248,43 @@ def multi_step(x_seq: Any, modules: Any, state: Any, *, interpret: bool) -> Any:
     _check_shape_blind(closed, modules, state, x_seq, leaves, block)
 
     kernel = _Kernel(closed, ny, steps, block, n, interpret, forward, backward)
-
-    def flat(a: Any, lead: tuple) -> Any:
-        return a.reshape((*lead, n))
-
-    def unflat(a: Any, lead: tuple) -> Any:
-        return a.reshape((*lead, *step_shape))
-
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
-    args = (flat(x_seq, (steps,)), [flat(a, ()) for a in leaves], consts)
-    if not interpret:
-        _check_lowers(kernel.run, args)
-    ys, final = kernel.run(*args)
-    y_seq = rebuild([unflat(y, (steps,)) for y in ys])
-    if state is None:
-        return y_seq
-    return y_seq, with_leaves(state, [unflat(a, ()) for a in final])
+    args = (x_seq.reshape(steps, n), [a.reshape(n) for a in leaves], consts)
+    return kernel, args, rebuild
+
+
+def gpu_kernels(
+    x_seq: Any, modules: Any, state: Any, grad: bool = True
+) -> list[tuple[str, str, dict]]:
+    """The Triton modules (MLIR text) of the kernels a fused call would run on a GPU of the
+    default device's (or ``GPU["sms"]``) SMs, each with its launch: ``(name, module,
+    launch)``; with `grad` the forward saving the state and the backward, else the forward
+    alone. Lowered for CUDA here, without one, by Pallas' Triton lowering; for the GPU
+    compile tests and ``benchmarks.gpu_model``, which compile them with the installed
+    triton."""
+    from jax._src.pallas.triton import lowering
+
+    kernel, args, _ = _prepare(x_seq, modules, state, interpret=False)
+    texts: list[str] = []
+    lower = lowering.lower_jaxpr_to_triton_module
+
+    def capture(*a: Any, **k: Any) -> Any:
+        result = lower(*a, **k)
+        texts.append(str(result.module.operation.get_asm()))
+        return result
+
+    def gradient(*args: Any) -> Any:
+        outs, pull = jax.vjp(kernel.run, *args)
+        return pull(jax.tree.map(jnp.zeros_like, outs))
+
+    specs = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), args)
+    lowering.lower_jaxpr_to_triton_module = capture
+    try:
+        jax.jit(gradient if grad else kernel.run).trace(*specs).lower(lowering_platforms=("cuda",))
+    finally:
+        lowering.lower_jaxpr_to_triton_module = lower
+    names = ("fwd", "bwd") if grad else ("fwd",)
+    return [(name, text, kernel.launches[name]) for name, text in zip(names, texts, strict=True)]
 
 
 # Public as jax.core.eval_jaxpr up to JAX 0.10; newer releases may keep it private only.
