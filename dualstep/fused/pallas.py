@@ -447,8 +447,6 @@ class _Kernel:
         """``pl.pallas_call`` of the kernel `name` ("fwd" or "bwd") with its launch."""
         params: dict[str, Any] = {"interpret": True}
         if not self.interpret:
-            from jax.experimental.pallas import triton as pltriton
-
             warps = self.launches[name]["num_warps"]
             params = {"compiler_params": pltriton.CompilerParams(num_warps=warps, num_stages=1)}
         return pl.pallas_call(kernel, out_shape=shapes, grid=self.grid, **params)(*args)
