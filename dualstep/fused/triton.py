@@ -398,6 +398,8 @@ class _Kernels:
         interpret: bool,
     ) -> None:
         self.steps, self.nl, self.interpret = steps, nl, interpret
+        # Characters of generated source per step, which bound the unroll (`gpu_launch`).
+        self.source = {name: sum(map(len, body)) for name, (body, _) in steps.items()}
         self.ny, self.rebuild = outputs
         self.out_dtypes = out_dtypes
         self.diff_y = [i for i in range(self.ny) if out_dtypes[i].is_floating_point]
@@ -429,8 +431,7 @@ class _Kernels:
         if self.interpret:
             launch = INTERPRET_LAUNCH
         else:
-            n, sms = x.numel() // steps, _sms(x.device)
-            source = sum(map(len, self.steps[name][0]))
+            n, sms, source = x.numel() // steps, _sms(x.device), self.source[name]
             launch = gpu_launch(n, steps, x.element_size(), self.streams(name), source, sms)
         return self.kernel(name, launch["unroll"]), launch
 
@@ -475,6 +476,22 @@ def _at(lines: list[str], k: int) -> list[str]:
     return [line.replace("${k}", str(k)) for line in lines]
 
 
+# Every kernel's first lines: its program's lanes, which are < N, their offsets in `x`.
+_LANES = [
+    "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
+    "    mask = offs < N",
+    "    seq = offs.to(tl.int64) * SN",
+]
+
+
+def _loops(steps: Callable[[int, str], list[str]], unroll: int) -> list[str]:
+    """The time loop: `unroll` steps per iteration, then the remaining T % unroll one by one."""
+    lines = [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
+    if unroll > 1:
+        lines += [f"    for _ in range(0, T % {unroll}):", *steps(1, "        ")]
+    return lines
+
+
 def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> str:
     """Forwards over time: each loop iteration issues the loads of `unroll` steps before
     computing the first of them. Each array is walked by one pointer per lane, advanced a
@@ -490,9 +507,7 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
     params = ["x_ptr", *s_in, *y_out, *s_out, *saved, "T", "N", "ST", "SN"]
     lines = [
         f"def fwd({', '.join([*params, 'SAVE: tl.constexpr', 'BLOCK: tl.constexpr'])}):",
-        "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
-        "    mask = offs < N",
-        "    seq = offs.to(tl.int64) * SN",
+        *_LANES,
         *(f"    s{i} = tl.load(s{i}_ptr + offs, mask=mask)" for i in range(nl)),
         *(f"    {a}_p = {a}_ptr + seq" for a in ["x", *(f"y{j}" for j in range(ny))]),
         *(f"    saved{i}_p = saved{i}_ptr + offs" for i in range(nl)),
@@ -508,15 +523,14 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
                 out += [f"{indent}    tl.store(saved{i}_p, s{i}, mask=mask)"]
                 out += [f"{indent}    saved{i}_p += N"]
             out += [indent + line for line in _at(body, k)]
+            named = _at(results, k)
             for j in range(ny):
-                out += [f"{indent}tl.store(y{j}_p, {_at(results, k)[j]}, mask=mask)"]
+                out += [f"{indent}tl.store(y{j}_p, {named[j]}, mask=mask)"]
                 out += [f"{indent}y{j}_p += ST"]
-            out += [f"{indent}s{i} = {_at(results, k)[ny + i]}" for i in range(nl)]
+            out += [f"{indent}s{i} = {named[ny + i]}" for i in range(nl)]
         return out
 
-    lines += [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
-    if unroll > 1:
-        lines += [f"    for _ in range(0, T % {unroll}):", *steps(1, "        ")]
+    lines += _loops(steps, unroll)
     lines += [f"    tl.store(f{i}_ptr + offs, s{i}, mask=mask)" for i in range(nl)]
     return "\n".join(lines) + "\n"
 
@@ -536,9 +550,7 @@ def _backward_source(step: tuple[list, list], nl: int, ng: int, unroll: int) -> 
     sequences = ["x", *(f"gy{j}" for j in range(ng)), "gx"]
     lines = [
         f"def bwd({', '.join(params)}):",
-        "    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)",
-        "    mask = offs < N",
-        "    seq = offs.to(tl.int64) * SN",
+        *_LANES,
         *(f"    {a}_p = {a}_ptr + SEQ_LAST + seq" for a in sequences),
         *(f"    saved{i}_p = saved{i}_ptr + LAST + offs" for i in range(nl)),
         *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
@@ -554,14 +566,12 @@ def _backward_source(step: tuple[list, list], nl: int, ng: int, unroll: int) -> 
                 out += [f"{indent}{v}_{k} = tl.load({a}_p, mask=mask)", f"{indent}{back(a)}"]
         for k in range(count):
             out += [indent + line for line in _at(body, k)]
-            out += [f"{indent}tl.store(gx_p, {_at(results, k)[0]}, mask=mask)"]
-            out += [f"{indent}gx_p -= ST"]
-            out += [f"{indent}g{i} = {_at(results, k)[1 + i]}" for i in range(nl)]
+            named = _at(results, k)
+            out += [f"{indent}tl.store(gx_p, {named[0]}, mask=mask)", f"{indent}gx_p -= ST"]
+            out += [f"{indent}g{i} = {named[1 + i]}" for i in range(nl)]
         return out
 
-    lines += [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
-    if unroll > 1:
-        lines += [f"    for _ in range(0, T % {unroll}):", *steps(1, "        ")]
+    lines += _loops(steps, unroll)
     lines += [f"    tl.store(g0_{i}_ptr + offs, g{i}, mask=mask)" for i in range(nl)]
     return "\n".join(lines) + "\n"
 
