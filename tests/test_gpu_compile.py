@@ -256,27 +256,6 @@ def test_the_benchmark_launches_fill_the_card_without_spills():
             assert r["bytes_per_step"] == r["minimum_bytes_per_step"], r
 
 
-def _jax_triton_modules(fn, *args):
-    """The Triton modules (MLIR text) Pallas' lowering makes while `fn` is lowered for CUDA."""
-    jax = pytest.importorskip("jax")
-    from jax._src.pallas.triton import lowering
-
-    modules = []
-    lower = lowering.lower_jaxpr_to_triton_module
-
-    def capture(*a, **k):
-        result = lower(*a, **k)
-        modules.append(result.module.operation.get_asm())
-        return result
-
-    lowering.lower_jaxpr_to_triton_module = capture
-    try:
-        jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",))
-    finally:
-        lowering.lower_jaxpr_to_triton_module = lower
-    return modules
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_jax_kernels_compile_to_a_cubin_and_round_as_xla_does(tmp_path, dtype):
     """The Triton modules of fused JAX calls (forward and gradient of a custom_vjp LIF with
@@ -299,14 +278,9 @@ def test_jax_kernels_compile_to_a_cubin_and_round_as_xla_does(tmp_path, dtype):
         s = spike(h - 1.0)
         return s, jnp.sqrt(jnp.abs(h)) * (1 - s)
 
-    def loss(x, v):
-        y, v_t = pallas.multi_step(x, step, v, interpret=False)
-        return (y.sum() + v_t.sum()).astype(jnp.float32)
-
-    specs = [jax.ShapeDtypeStruct(s, dtype) for s in ((4, 96), (96,))]
-    modules = _jax_triton_modules(jax.grad(loss, (0, 1)), *specs)
-    assert len(modules) >= 2  # the forward kernel saving the state, and the backward one
-    for i, module in enumerate(modules):
+    kernels = pallas.gpu_kernels(jnp.zeros((4, 96), dtype), step, jnp.zeros(96, dtype))
+    assert [name for name, _, _ in kernels] == ["fwd", "bwd"]  # the forward saving the state
+    for i, (_, module, _) in enumerate(kernels):
         path = tmp_path / f"kernel{i}.ttir"
         path.write_text(module)
         for cc in TARGETS:
