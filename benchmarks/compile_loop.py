@@ -36,7 +36,7 @@ import torch
 
 import dualstep as ds
 
-from .run import RESULTS, time_side_by_side
+from .run import RESULTS, publish, time_side_by_side
 from .training import B, N, lif
 
 
@@ -218,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.compiler.config.force_disable_caches = True
     out = measure(args.quick)
     text, ok = report(out)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "compile_loop.md").write_text(text + "\n")
+    publish("compile_loop", text)
     (RESULTS / "compile_loop.json").write_text(
         json.dumps({**out, "quick": args.quick}, indent=1) + "\n"
     )

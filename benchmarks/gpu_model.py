@@ -31,7 +31,7 @@ from dualstep.fused import triton as fused_triton
 from dualstep.testing import surrogate_spike
 
 from .gpu import FORWARD_SIZES, TRAIN_SIZES
-from .run import RESULTS
+from .run import publish
 
 CC = 90
 # An SM of sm_90 (H100, H200): 64K registers, 64 warps, 32 programs at most.
@@ -186,10 +186,7 @@ def main() -> int:
             f"| {r['bytes_per_step'] / r['minimum_bytes_per_step']:.2f} "
             f"| {r['steps_in_flight']} | {r['kb_in_flight_per_sm']:.0f} |"
         )
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "gpu_model.md").write_text(text + "\n")
+    publish("gpu_model", "\n".join(lines))
     return 0
 
 

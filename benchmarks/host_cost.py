@@ -20,7 +20,7 @@ from typing import Any
 
 import dualstep as ds
 
-from .run import RESULTS, time_side_by_side
+from .run import publish, time_side_by_side
 
 BOUND_US = 20.0
 SIZE = (8, 64)
@@ -112,10 +112,7 @@ def main() -> int:
         f"| {label} | {us:.1f} | {us / t['torch.add']:.1f} | <= {BOUND_US:g} | {us <= BOUND_US} |"
         for label, us in rows
     ]
-    text = "\n".join(lines)
-    print(text)
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "host_cost.md").write_text(text + "\n")
+    publish("host_cost", "\n".join(lines))
     return 0
 
 

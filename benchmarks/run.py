@@ -22,6 +22,13 @@ from . import memory, systems
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def publish(name: str, text: str) -> None:
+    """Print a benchmark's markdown report and write it to ``results/<name>.md``."""
+    print(text)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{name}.md").write_text(text + "\n")
+
+
 def _block(value: Any) -> Any:
     """Wait for asynchronous work (JAX dispatch, CUDA kernels) behind `value`."""
     if "jax" in sys.modules:
