@@ -10,7 +10,7 @@ compiles those itself). ``ptxas -v`` (shipped in the triton wheel) gives their r
 spills. Per size it then reports the launch, the programs per SM, how many of
 them an SM can hold at once (by registers, warps and its 32-program limit), the bytes each
 step moves against the minimum (one read of ``x[t]`` and one write of each output; training
-also writes the state saved for backward, as SpikingJelly's kernel does), and the loads in
+also saves one array for the backward kernel, as SpikingJelly's kernel does), and the loads in
 flight while a step computes: steps per program, and bytes per SM with every program an SM
 holds loading. Nothing runs on a GPU: these are the compiled kernels' figures, not
 measurements. Writes ``benchmarks/results/gpu_model.md``.
@@ -97,16 +97,12 @@ def _jax_kernels(step: Any, grad: bool, t: int, n: int) -> list:
     return out
 
 
-def _per_step(name: str, grad: bool) -> tuple[int, int, int]:
-    """Arrays one time step reads and writes in the kernel of a step with one output and one
-    state array, and the fewest it could (forward: x read, the output written, and with
-    gradients the saved state, as SpikingJelly's kernel saves it; backward: the saved state
-    and the output's gradient read, x's gradient written; the kernels also read x), and the
-    arrays it loads per step."""
-    if name == "fwd":
-        moved = 2 + grad
-        return moved, moved, 1
-    return 4, 3, 3
+def _minimum(name: str, grad: bool) -> int:
+    """The fewest arrays one time step of the kernel `name` could read and write, for a step
+    with one output and one state array: forward, x read and the output written, and with
+    gradients the charged voltage saved, as SpikingJelly's kernel saves it; backward, that
+    saved voltage and the output's gradient read, x's gradient written."""
+    return 2 + grad if name == "fwd" else 3
 
 
 def _resident(registers: int, warps: int) -> int:
@@ -143,14 +139,15 @@ def _row(name: str, compiled: Any, launch: dict, elements: int, grad: bool) -> d
     """One kernel's figures on a card of ``GPU["sms"]`` SMs."""
     sms = int(GPU["sms"])
     registers, spills = fused_triton.registers_and_spills(compiled)
-    moved, minimum, loads = _per_step(name, grad)
+    loads, stores = launch["arrays"]
+    moved, minimum = loads + stores, _minimum(name, grad)
     programs = math.ceil(elements / launch["block"])
     resident = _resident(registers, launch["num_warps"])
     loading = min(programs / sms, resident)
     in_flight = loading * launch["block"] * launch["unroll"] * loads * 4
     return {
         "kernel": name,
-        **launch,
+        **{k: v for k, v in launch.items() if k != "arrays"},
         "programs": programs,
         "programs_per_sm": programs / sms,
         "resident_per_sm": resident,
@@ -168,8 +165,9 @@ def main() -> int:
     lines = [
         f"Modelled, not measured: kernels compiled for sm_{CC} on CPU with the launch "
         f"`dualstep.fused.gpu_launch` picks for {GPU['sms']} SMs, float32. Minimum bytes per "
-        "step: inference x read and y written; training forward also the saved state written; "
-        "backward the saved state and the output gradient read, x's gradient written. In "
+        "step: inference x read and y written; training forward also one saved array written "
+        "(SpikingJelly's kernel saves the charged voltage); backward that array and the output "
+        "gradient read, x's gradient written. In "
         "flight: steps' loads per program, and KB per SM with as many programs loading as it "
         "holds (or has).",
         "",

@@ -7,8 +7,12 @@ voltages and gradients within 1e-6 relative.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
+import io
+import math
+import re
 
 import numpy as np
 import pytest
@@ -151,6 +155,58 @@ def test_fused_equals_loop_on_the_property_grid(fw, jax_x64, case):
 
 def test_fused_gradients_equal_the_loop_with_a_surrogate(fw):
     _check_gradients(*fw, (9, 3, 70))
+
+
+def _product(x, v):
+    """A step whose gradient needs both x and v."""
+    h = v * x + 0.5
+    return h, h
+
+
+@pytest.mark.parametrize(
+    ("make_step", "x_read", "arrays"),
+    [(_surrogate_lif, False, 1), (lambda name: _product, True, 2)],
+    ids=["lif-saves-h", "product-reads-x"],
+)
+def test_training_saves_only_what_the_gradient_reads(fw, make_step, x_read, arrays):
+    """The forward kernel saves the fewest bytes the backward needs: a surrogate LIF only its
+    charged voltage h (one [T, N] array, as SpikingJelly's kernel), neither x nor v; a step
+    whose gradient reads x and v, x and v (on torch x itself, not a copy). Gradients equal
+    the loop's."""
+    name, m = fw
+    step = make_step(name)
+    rng = np.random.default_rng(1)
+    shape = (6, 3, 5)
+    x = _asarray(name, rng.normal(size=shape).astype(np.float32))
+    v0 = _asarray(name, rng.normal(size=shape[1:]).astype(np.float32))
+
+    def call(x, v, fused=True):
+        return ds.multi_step_forward(x, step, state=v, fused=fused)
+
+    def loss(x, v, fused):
+        y, v_t = call(x, v, fused)
+        return y.sum() + (v_t * v_t).sum()
+
+    if name == "torch":
+        saved = []
+        xr, vr = x.clone().requires_grad_(), v0.clone().requires_grad_()
+        call(xr, vr)  # traced here, not counted
+        with m.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            call(xr, vr)
+        sizes = [t.numel() for t in saved]
+        assert any(t.data_ptr() == xr.data_ptr() for t in saved) == x_read
+        grads = [m.autograd.grad(loss(xr, vr, f), (xr, vr)) for f in (True, False)]
+    else:
+        import jax.ad_checkpoint
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):  # lines "f32[6,15] output of ..."
+            jax.ad_checkpoint.print_saved_residuals(call, x, v0)
+        kinds = [line.split(" ", 1)[0] for line in printed.getvalue().splitlines()]
+        sizes = [int(np.prod([int(d) for d in re.findall(r"\d+", k.split("[")[1])])) for k in kinds]
+        grads = [m.grad(functools.partial(loss, fused=f), (0, 1))(x, v0) for f in (True, False)]
+    assert [n for n in sizes if n > 1] == [math.prod(shape)] * arrays
+    _assert_same(tuple(grads[0]), tuple(grads[1]))
 
 
 def _check_gradients(name, m, shape):

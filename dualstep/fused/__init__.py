@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import defaultdict, deque
 from collections.abc import Callable
 from typing import Any
 
@@ -88,6 +89,91 @@ def gpu_launch(
     block = min(block, g["max_warps"] * 32 * per_thread)  # more programs, not more per thread
     warps = max(1, block // (32 * per_thread))
     return {"block": block, "unroll": unroll, "num_warps": warps}
+
+
+def saved_for_backward(
+    graph: list[tuple[Any, list]],
+    inputs: list,
+    cotangents: list,
+    gradients: list,
+    dtype: Callable[[Any], Any],
+    itemsize: Callable[[Any], int],
+) -> list:
+    """The values of one step the forward kernel saves for the backward kernel: of all sets
+    of forward values from which the step's gradient can be computed, the one moving the
+    fewest bytes (a minimum cut, found as a maximum flow).
+
+    `graph` is the step's joint forward-and-backward computation, every value (inputs
+    included) with the values it is computed from, in order; `inputs` are its inputs
+    (``x``, then the state), `cotangents` those of the backward, `gradients` its gradient
+    outputs. A value computed
+    from neither is a constant, recomputed where needed. Saving ``x`` costs one read per
+    step (it is in memory already); saving the state or another value of ``x``'s dtype, a
+    write in the forward kernel and a read in the backward; other values are not saved. A
+    LIF neuron with a surrogate saves its charged voltage ``h``, as SpikingJelly's kernel
+    does, instead of ``x`` and ``v``. Returns the values in the order of `graph`.
+    """
+    reads = {v: r for v, r in graph}
+    backward = set(cotangents)
+    forward = set(inputs)
+    for v, r in graph:
+        if any(u in backward for u in r):
+            backward.add(v)
+        elif any(u in forward for u in r):
+            forward.add(v)
+    needed = {u for v in backward for u in reads.get(v, ()) if u in forward}
+    needed |= {v for v in gradients if v in forward}
+    x_dtype = dtype(inputs[0])
+
+    def cost(v: Any) -> int | None:
+        if v is inputs[0]:
+            return itemsize(x_dtype)
+        if v in inputs or dtype(v) == x_dtype:
+            return 2 * itemsize(dtype(v))
+        return None
+
+    # Each value split into an edge in -> out of its cost; every other edge is unbounded.
+    costs = {v: cost(v) for v in forward}
+    unbounded = sum(c for c in costs.values() if c is not None) + 1
+    capacity: dict = defaultdict(int)
+    edges: dict = defaultdict(set)
+
+    def edge(a: Any, b: Any, c: int) -> None:
+        capacity[a, b] += c
+        edges[a].add(b)
+        edges[b].add(a)
+
+    source, sink = object(), object()
+    for v in inputs:
+        edge(source, (v, 0), unbounded)
+    for v in forward:
+        c = costs[v]
+        edge((v, 0), (v, 1), unbounded if c is None else c)
+        for u in reads.get(v, ()):
+            if u in forward:
+                edge((u, 1), (v, 0), unbounded)
+    for v in needed:
+        edge((v, 1), sink, unbounded)
+    while True:  # Edmonds-Karp: shortest augmenting paths until none is left
+        parent: dict = {source: None}
+        queue = deque([source])
+        while queue and sink not in parent:
+            a = queue.popleft()
+            for b in edges[a]:
+                if b not in parent and capacity[a, b] > 0:
+                    parent[b] = a
+                    queue.append(b)
+        if sink not in parent:
+            break
+        path, b = [], sink
+        while parent[b] is not None:
+            path.append((parent[b], b))
+            b = parent[b]
+        push = min(capacity[e] for e in path)
+        for a, b in path:
+            capacity[a, b] -= push
+            capacity[b, a] += push
+    return [v for v, _ in graph if (v, 0) in parent and (v, 1) not in parent]
 
 
 class NotFusable(ValueError):

@@ -4,14 +4,16 @@ The step is traced once per block shape into a jaxpr; values it captures (scalar
 tracers of an enclosing ``jit`` or ``grad``) become kernel inputs. Each program owns a block of
 the N elements of a step and loops over time with ``lax.fori_loop``, several steps per
 iteration, reading ``x[t]`` and the carried state, writing ``y[t]``. Gradients come from a
-second kernel that loops backwards over time, calling ``jax.vjp`` of the step (its own
-``custom_vjp``/``custom_jvp`` surrogates included) on the state saved before each step. On CPU
+second kernel that loops backwards over time through ``jax.vjp`` of the step (its own
+``custom_vjp``/``custom_jvp`` surrogates included), traced once with the step into one jaxpr
+that the two kernels divide where the fewest bytes cross (:class:`_Split`). On CPU
 the kernels run in Pallas' interpret mode (for testing); on a GPU through Pallas' Triton
 backend.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -30,6 +32,7 @@ from . import (
     flat_step,
     gpu_launch,
     not_fusable,
+    saved_for_backward,
     state_leaves,
     with_leaves,
 )
@@ -221,13 +224,13 @@ def _prepare(x_seq: Any, modules: Any, state: Any, interpret: bool) -> tuple:
     """The kernels of a fused call, as a :class:`_Kernel`, the arguments of its ``run``
     (``x`` as ``[T, N]``, the state arrays as ``[N]``, the captured constants) and the
     function that rebuilds the step's output structure."""
-    whole = fusable(x_seq, modules, state).jaxpr
+    checked = fusable(x_seq, modules, state)
+    whole = checked.jaxpr
     outs = whole.outvars  # the outputs, then the state
     steps, step_shape = x_seq.shape[0], tuple(x_seq.shape[1:])
     n = math.prod(step_shape)
     leaves = state_leaves(state) if state is not None else []
     ny = len(outs) - len(leaves)
-    ng = sum(jnp.issubdtype(v.aval.dtype, jnp.inexact) for v in outs[:ny])
     itemsize = jnp.dtype(x_seq.dtype).itemsize
 
     def launch(streams: int, source: int, max_block: int | None = None) -> dict:
@@ -236,10 +239,15 @@ def _prepare(x_seq: Any, modules: Any, state: Any, interpret: bool) -> tuple:
         return gpu_launch(n, steps, itemsize, streams, source, _sms(), max_block)
 
     # One block for both kernels, the step traced once at its shape: the backward's (it
-    # loads x, the saved state and the outputs' cotangents), which is the smaller.
+    # loads the saved values and the outputs' cotangents), which is the smaller.
     # Code size: the step's jaxpr printed (its gradient's, about twice as long).
     source = len(str(whole))
-    backward = launch(1 + len(leaves) + ng, 2 * source)
+    dtypes = (x_seq.dtype, [a.dtype for a in leaves])
+    loads = 0  # the backward's, which need its split; not for an interpreted launch
+    if not interpret:
+        const_dtypes = [jnp.asarray(c).dtype for c in checked.consts]
+        loads = _Split(checked.jaxpr, ny, (n,), const_dtypes, *dtypes).loads
+    backward = launch(loads, 2 * source)
     forward = launch(1, source, backward["block"])
     block = min(forward["block"], pl.next_power_of_2(n))
     outputs: list = []
@@ -247,7 +255,7 @@ def _prepare(x_seq: Any, modules: Any, state: Any, interpret: bool) -> tuple:
     rebuild = outputs[0][1]
     _check_shape_blind(closed, modules, state, x_seq, leaves, block)
 
-    kernel = _Kernel(closed, ny, steps, block, n, interpret, forward, backward)
+    kernel = _Kernel(closed, ny, steps, block, n, interpret, forward, backward, dtypes)
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
     args = (x_seq.reshape(steps, n), [a.reshape(n) for a in leaves], consts)
     return kernel, args, rebuild
@@ -257,8 +265,9 @@ def gpu_kernels(
     x_seq: Any, modules: Any, state: Any, grad: bool = True
 ) -> list[tuple[str, str, dict]]:
     """The Triton modules (MLIR text) of the kernels a fused call would run on a GPU of the
-    default device's (or ``GPU["sms"]``) SMs, each with its launch: ``(name, module,
-    launch)``; with `grad` the forward saving the state and the backward, else the forward
+    default device's (or ``GPU["sms"]``) SMs, each with its launch and the arrays it reads
+    and writes per step (``launch["arrays"]``): ``(name, module, launch)``;
+    with `grad` the forward saving what the backward reads and the backward, else the forward
     alone. Lowered for CUDA here, without one, by Pallas' Triton lowering; for the GPU
     compile tests and ``benchmarks.gpu_model``, which compile them with the installed
     triton."""
@@ -284,7 +293,14 @@ def gpu_kernels(
     finally:
         lowering.lower_jaxpr_to_triton_module = lower
     names = ("fwd", "bwd") if grad else ("fwd",)
-    return [(name, text, kernel.launches[name]) for name, text in zip(names, texts, strict=True)]
+    ny = kernel.ny
+    arrays = {"fwd": (1, ny), "bwd": (0, 1)}
+    if grad:
+        arrays = {"fwd": (1, ny + len(kernel.split.saved)), "bwd": (kernel.split.loads, 1)}
+    return [
+        (name, text, {**kernel.launches[name], "arrays": arrays[name]})
+        for name, text in zip(names, texts, strict=True)
+    ]
 
 
 # Public as jax.core.eval_jaxpr up to JAX 0.10; newer releases may keep it private only.
@@ -350,14 +366,26 @@ def _eval_inlined(jaxpr: Any, consts: list, *args: Any, gpu: bool = False) -> li
     ``custom_vjp_call``; the gradient kernel differentiates the step outside, through the
     custom rules), and half-precision math done in float32. With `gpu`, float32 division,
     square root and sigmoid rounded to nearest (:func:`_rounded`)."""
-    env: dict = {}
+    known = dict(zip(jaxpr.constvars, consts, strict=True))
+    known.update(zip(jaxpr.invars, args, strict=True))
+    return _eval_part(jaxpr, known, jaxpr.outvars, gpu)
+
+
+def _eval_part(jaxpr: Any, known: dict, outvars: list, gpu: bool) -> list:
+    """`outvars` of `jaxpr` from the variables in `known` (a dict of them to values),
+    computing only the equations they need, as :func:`_eval_inlined` does."""
+    env = dict(known)
 
     def read(v: Any) -> Any:
         return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
 
-    env.update(zip(jaxpr.constvars, consts, strict=True))
-    env.update(zip(jaxpr.invars, args, strict=True))
-    for eqn in jaxpr.eqns:
+    wanted = {v for v in outvars if isinstance(v, jax.extend.core.Var)} - env.keys()
+    eqns = []
+    for eqn in reversed(jaxpr.eqns):
+        if wanted.intersection(eqn.outvars):
+            eqns.append(eqn)
+            wanted |= {v for v in eqn.invars if isinstance(v, jax.extend.core.Var)} - env.keys()
+    for eqn in reversed(eqns):
         invals = [read(v) for v in eqn.invars]
         inner = next((eqn.params[k] for k in ("call_jaxpr", "jaxpr") if k in eqn.params), None)
         if eqn.primitive.name in _NESTED and inner is not None:
@@ -383,7 +411,7 @@ def _eval_inlined(jaxpr: Any, consts: list, *args: Any, gpu: bool = False) -> li
                 outs = [o.astype(v.aval.dtype) for o, v in zip(outs, eqn.outvars, strict=True)]
         for var, val in zip(eqn.outvars, outs, strict=True):
             env[var] = val
-    return [read(v) for v in jaxpr.outvars]
+    return [read(v) for v in outvars]
 
 
 def _load(ref: Any, real: Any) -> Any:
@@ -417,6 +445,113 @@ def _time_loop(
     return lax.fori_loop(rest, steps, lambda i, c: body(at(i), load(at(i)), c), carry)
 
 
+class _Split:
+    """One step and its vector-Jacobian product as one jaxpr at `shape` (a block of
+    elements), traced outside the kernels through the step's own ``custom_vjp`` and
+    ``custom_jvp`` rules, and where the two kernels divide it (:func:`saved_for_backward`):
+    ``(*consts, x, *state, *output cotangents, *state cotangents) -> (g_x, *g_state,
+    *g_consts, *outputs, *new_state)``. The forward kernel computes the outputs, the new
+    state and the `saved` values from the constants, ``x`` and the state; the backward
+    kernel the gradients from the constants, the saved values (and ``x`` when `reads_x`)
+    and the cotangents. Each constant's gradient has one entry per element of the block
+    (`per_lane`: the constant given as a block of copies), unless the step broadcasts a
+    constant itself: then it is one sum over the block."""
+
+    def __init__(
+        self, jaxpr: Any, ny: int, shape: tuple, consts: list, x_dtype: Any, s_dtypes: list
+    ) -> None:
+        """`consts`: the dtypes of the step's captured constants."""
+        out_avals = [v.aval for v in jaxpr.outvars]
+        self.diff_y = [i for i in range(ny) if jnp.issubdtype(out_avals[i].dtype, jnp.inexact)]
+        self.diff_c = [i for i, c in enumerate(consts) if jnp.issubdtype(c, jnp.inexact)]
+        args = (jaxpr, ny, shape, consts, x_dtype, s_dtypes)
+        try:
+            self.closed, self.per_lane = self._trace(*args, per_lane=True), True
+        except (TypeError, ValueError):  # the step broadcasts a constant itself
+            self.closed, self.per_lane = self._trace(*args, per_lane=False), False
+        joint = self.closed.jaxpr
+        nc, nl = len(consts), len(s_dtypes)
+        self.consts, self.inputs = joint.invars[:nc], joint.invars[nc : nc + 1 + nl]
+        self.cotangents = joint.invars[nc + 1 + nl :]
+        grads = 1 + nl + len(self.diff_c)
+        self.gradients, self.primal = joint.outvars[:grads], joint.outvars[grads:]
+        var = jax.extend.core.Var
+        graph: list[tuple[Any, list]] = [(v, []) for v in joint.invars]
+        for eqn in joint.eqns:
+            reads = [v for v in eqn.invars if isinstance(v, var)]
+            graph += [(v, reads) for v in eqn.outvars]
+        saved = saved_for_backward(
+            graph,
+            self.inputs,
+            self.cotangents,
+            [v for v in self.gradients if isinstance(v, var)],
+            lambda v: v.aval.dtype if v.aval.shape == tuple(shape) else None,
+            lambda d: jnp.dtype(d).itemsize,
+        )
+        self.reads_x = self.inputs[0] in saved
+        self.saved = [v for v in saved if v is not self.inputs[0]]
+        # The arrays the backward kernel loads per step.
+        self.loads = self.reads_x + len(self.saved) + len(self.diff_y)
+
+    def _trace(
+        self,
+        jaxpr: Any,
+        ny: int,
+        shape: tuple,
+        consts: list,
+        x_dtype: Any,
+        s_dtypes: list,
+        per_lane: bool,
+    ) -> Any:
+        nl, nc, diff_y, diff_c = len(s_dtypes), len(consts), self.diff_y, self.diff_c
+
+        def joint(*flat: Any) -> list:
+            c, x, s = list(flat[:nc]), flat[nc], list(flat[nc + 1 : nc + 1 + nl])
+            g = list(flat[nc + 1 + nl :])
+
+            def step(x: Any, s: list, dc: list) -> tuple:
+                full = list(c)
+                for i, v in zip(diff_c, dc, strict=True):
+                    full[i] = v
+                outs = _eval_jaxpr(jaxpr, full, x, *s)
+                return [outs[i] for i in diff_y] + list(outs[ny:]), list(outs)
+
+            lanes = x.shape if per_lane else ()
+            dc = [jnp.broadcast_to(c[j], lanes) for j in diff_c]
+            primal: list
+            _, pull, primal = jax.vjp(step, x, s, dc, has_aux=True)
+            g_x, g_s, g_dc = pull(g)
+            return [g_x, *g_s, *g_dc, *primal]
+
+        out_avals = [v.aval for v in jaxpr.outvars]
+        specs = [jax.ShapeDtypeStruct((), c) for c in consts]
+        specs += [jax.ShapeDtypeStruct(shape, d) for d in [x_dtype, *s_dtypes]]
+        specs += [jax.ShapeDtypeStruct(shape, out_avals[i].dtype) for i in diff_y]
+        specs += [jax.ShapeDtypeStruct(shape, d) for d in s_dtypes]
+        return jax.make_jaxpr(joint)(*specs)
+
+    def _known(self, consts: list) -> dict:
+        known = dict(zip(self.closed.jaxpr.constvars, self.closed.consts, strict=True))
+        known.update(zip(self.consts, consts, strict=True))
+        return known
+
+    def forward(self, consts: list, x: Any, state: list, gpu: bool) -> list:
+        """One step's outputs, new state and saved values."""
+        known = self._known(consts)
+        known.update(zip(self.inputs, [x, *state], strict=True))
+        return _eval_part(self.closed.jaxpr, known, [*self.primal, *self.saved], gpu)
+
+    def backward(self, consts: list, x: Any, saved: list, cotangents: list, gpu: bool) -> list:
+        """One step's gradients (of x, the state and the constants) from its saved values
+        (and `x`, read when `reads_x`) and the cotangents of its outputs and new state."""
+        known = self._known(consts)
+        known.update(zip(self.saved, saved, strict=True))
+        known.update(zip(self.cotangents, cotangents, strict=True))
+        if self.reads_x:
+            known[self.inputs[0]] = x
+        return _eval_part(self.closed.jaxpr, known, self.gradients, gpu)
+
+
 class _Kernel:
     """The forward and backward kernels of one traced step, as a ``jax.custom_vjp``."""
 
@@ -430,8 +565,11 @@ class _Kernel:
         interpret: bool,
         forward: dict,
         backward: dict,
+        dtypes: tuple[Any, list],
     ) -> None:
         self.jaxpr, self.ny, self.steps, self.block = closed.jaxpr, ny, steps, block
+        self.dtypes = dtypes  # of x and of the state arrays
+        self.const_dtypes = [jnp.asarray(c).dtype for c in closed.consts]
         self.n = n  # elements per step; the last block's lanes past N are masked
         self.grid = (pl.cdiv(n, block),)
         self.launches = {"fwd": forward, "bwd": backward}
@@ -457,11 +595,15 @@ class _Kernel:
         cols = pl.ds(start, self.block)
         return cols, start + lax.broadcasted_iota(jnp.int32, (self.block,), 0) < self.n
 
-    def _apply(self, consts: list, x: Any, state: list) -> list:
-        return _eval_inlined(self.jaxpr, consts, x, *state, gpu=not self.interpret)
+    @functools.cached_property
+    def split(self) -> _Split:
+        """The step's joint jaxpr at the block's shape, traced with the first gradient."""
+        return _Split(self.jaxpr, self.ny, (self.block,), self.const_dtypes, *self.dtypes)
 
     def _forward(self, x2d: Any, leaves: list, consts: list, save: bool) -> tuple:
         ny, nl, steps = self.ny, len(leaves), self.steps
+        gpu = not self.interpret
+        saved = self.split.saved if save else []
 
         def kernel(*refs: Any) -> None:
             x_ref, s_refs, c_refs = refs[0], refs[1 : 1 + nl], refs[1 + nl : 1 + nl + len(consts)]
@@ -474,12 +616,15 @@ class _Kernel:
                 return _load(x_ref.at[t, cols], real)
 
             def body(t: Any, x: Any, s: list) -> list:
-                for r, v in zip(saved_refs, s, strict=False):
+                outs = (
+                    self.split.forward(c, x, s, gpu)
+                    if save
+                    else _eval_inlined(self.jaxpr, c, x, *s, gpu=gpu)
+                )
+                stored = [*outs[:ny], *outs[ny + nl :]]
+                for r, v in zip([*y_refs, *saved_refs], stored, strict=True):
                     _store(r.at[t, cols], v, real)
-                outs = self._apply(c, x, s)
-                for r, y in zip(y_refs, outs[:ny], strict=True):
-                    _store(r.at[t, cols], y, real)
-                return list(outs[ny:])
+                return list(outs[ny : ny + nl])
 
             s = [_load(r.at[cols], real) for r in s_refs]
             s = _time_loop(steps, self._unroll("fwd"), load, body, s)
@@ -489,49 +634,9 @@ class _Kernel:
         seq = (steps, self.n)
         shapes = [jax.ShapeDtypeStruct(seq, a.dtype) for a in self.out_avals[:ny]]
         shapes += [jax.ShapeDtypeStruct(a.shape, a.dtype) for a in leaves]
-        if save:
-            shapes += [jax.ShapeDtypeStruct(seq, a.dtype) for a in leaves]
+        shapes += [jax.ShapeDtypeStruct(seq, v.aval.dtype) for v in saved]
         out = self._call("fwd", kernel, shapes, x2d, *leaves, *consts)
         return list(out[:ny]), list(out[ny : ny + nl]), list(out[ny + nl :])
-
-    def _vjp_jaxpr(
-        self,
-        consts: list,
-        diff_y: list,
-        diff_c: list,
-        x_dtype: Any,
-        s_dtypes: list,
-        per_lane: bool,
-    ) -> Any:
-        """One step's vector-Jacobian product at the block's shape, traced here, outside the
-        kernel, through the step's own ``custom_vjp``/``custom_jvp`` rules: ``(*consts, x,
-        *state, *output cotangents, *state cotangents) -> (g_x, *g_state, *g_consts)``. With
-        `per_lane` each constant's gradient has one entry per element of the block (the
-        constant given as a block of copies), else it is one sum over the block."""
-        ny, nl, nc = self.ny, len(s_dtypes), len(consts)
-
-        def vjp(*flat: Any) -> list:
-            c, x, s = list(flat[:nc]), flat[nc], list(flat[nc + 1 : nc + 1 + nl])
-            g = list(flat[nc + 1 + nl :])
-
-            def step(x: Any, s: list, dc: list) -> list:
-                full = list(c)
-                for i, v in zip(diff_c, dc, strict=True):
-                    full[i] = v
-                outs = _eval_jaxpr(self.jaxpr, full, x, *s)
-                return [outs[i] for i in diff_y] + list(outs[ny:])
-
-            shape = x.shape if per_lane else ()
-            _, pull = jax.vjp(step, x, s, [jnp.broadcast_to(c[j], shape) for j in diff_c])
-            g_x, g_s, g_dc = pull(g)
-            return [g_x, *g_s, *g_dc]
-
-        block = (self.block,)
-        specs = [jax.ShapeDtypeStruct((), c.dtype) for c in consts]
-        specs += [jax.ShapeDtypeStruct(block, d) for d in [x_dtype, *s_dtypes]]
-        specs += [jax.ShapeDtypeStruct(block, self.out_avals[i].dtype) for i in diff_y]
-        specs += [jax.ShapeDtypeStruct(block, d) for d in s_dtypes]
-        return jax.make_jaxpr(vjp)(*specs)
 
     def _primal(self, x2d: Any, leaves: list, consts: list) -> tuple:
         ys, final, _ = self._forward(x2d, leaves, consts, save=False)
@@ -539,28 +644,24 @@ class _Kernel:
 
     def _fwd(self, x2d: Any, leaves: list, consts: list) -> tuple:
         ys, final, saved = self._forward(x2d, leaves, consts, save=True)
-        return (ys, final), (x2d, saved, consts)
+        return (ys, final), (x2d if self.split.reads_x else None, saved, consts)
 
     def _bwd(self, residuals: tuple, cotangents: tuple) -> tuple:
         x2d, saved, consts = residuals
         g_ys, g_final = cotangents
-        ny, nl, block, steps = self.ny, len(saved), self.block, self.steps
-        diff_y = [i for i in range(ny) if jnp.issubdtype(self.out_avals[i].dtype, jnp.inexact)]
-        diff_c = [i for i, c in enumerate(consts) if jnp.issubdtype(c.dtype, jnp.inexact)]
-        g_ys = [g_ys[i] for i in diff_y]
+        split, block, steps = self.split, self.block, self.steps
+        nl, ns, reads_x = len(g_final), len(saved), split.reads_x
+        diff_c, per_lane = split.diff_c, split.per_lane
+        g_ys = [g_ys[i] for i in split.diff_y]
         nc, ng = len(consts), len(g_ys)
-        dtypes = [a.dtype for a in saved]
-        try:  # each constant's gradient per element, the padded lanes masked out
-            vjp, per_lane = self._vjp_jaxpr(consts, diff_y, diff_c, x2d.dtype, dtypes, True), True
-        except (TypeError, ValueError):  # the step broadcasts a constant itself: per block
-            vjp, per_lane = self._vjp_jaxpr(consts, diff_y, diff_c, x2d.dtype, dtypes, False), False
+        gpu = not self.interpret
 
         def kernel(*refs: Any) -> None:
-            x_ref, saved_refs = refs[0], refs[1 : 1 + nl]
-            gy_refs = refs[1 + nl : 1 + nl + ng]
-            gf_refs = refs[1 + nl + ng : 1 + 2 * nl + ng]
-            c_refs = refs[1 + 2 * nl + ng : 1 + 2 * nl + ng + nc]
-            gx_ref, *out = refs[1 + 2 * nl + ng + nc :]
+            x_refs, refs = refs[:reads_x], refs[reads_x:]
+            saved_refs, gy_refs = refs[:ns], refs[ns : ns + ng]
+            gf_refs = refs[ns + ng : ns + ng + nl]
+            c_refs = refs[ns + ng + nl : ns + ng + nl + nc]
+            gx_ref, *out = refs[ns + ng + nl + nc :]
             g0_refs, gc_refs = out[:nl], out[nl:]
             # Lanes past the step's N read zeros, whose gradients (g * log(0)...) may be NaN.
             cols, real = self._lanes()
@@ -568,16 +669,15 @@ class _Kernel:
 
             def load(t: Any) -> tuple:
                 return (
-                    _load(x_ref.at[t, cols], real),
+                    [_load(r.at[t, cols], real) for r in x_refs],
                     [_load(r.at[t, cols], real) for r in saved_refs],
                     [_load(r.at[t, cols], real) for r in gy_refs],
                 )
 
             def body(t: Any, loaded: tuple, carry: tuple) -> tuple:
-                (x_t, s_t, gy_t), (g_s, g_c) = loaded, carry
-                flat = _eval_inlined(
-                    vjp.jaxpr, vjp.consts, *c, x_t, *s_t, *gy_t, *g_s, gpu=not self.interpret
-                )
+                (x_t, saved_t, gy_t), (g_s, g_c) = loaded, carry
+                x = x_t[0] if x_t else None
+                flat = split.backward(c, x, saved_t, [*gy_t, *g_s], gpu)
                 g_x, g_s, g_dc = flat[0], flat[1 : 1 + nl], flat[1 + nl :]
                 _store(gx_ref.at[t, cols], g_x, real)
                 if per_lane:
@@ -593,10 +693,12 @@ class _Kernel:
             for r, v in zip(gc_refs, g_c, strict=True):
                 r[pl.program_id(0)] = jnp.sum(v) if per_lane else v
 
-        shapes = [jax.ShapeDtypeStruct(x2d.shape, x2d.dtype)]
-        shapes += [jax.ShapeDtypeStruct(a.shape[1:], a.dtype) for a in saved]
+        x_dtype, s_dtypes = self.dtypes
+        shapes = [jax.ShapeDtypeStruct((steps, self.n), x_dtype)]
+        shapes += [jax.ShapeDtypeStruct((self.n,), d) for d in s_dtypes]
         shapes += [jax.ShapeDtypeStruct(self.grid, consts[j].dtype) for j in diff_c]
-        out = self._call("bwd", kernel, shapes, x2d, *saved, *g_ys, *g_final, *consts)
+        xs = [x2d] if reads_x else []
+        out = self._call("bwd", kernel, shapes, *xs, *saved, *g_ys, *g_final, *consts)
         g_x, g_leaves, g_dc = out[0], list(out[1 : 1 + nl]), out[1 + nl :]
         g_consts: list = [np.zeros(c.shape, jax.dtypes.float0) for c in consts]
         for j, g in zip(diff_c, g_dc, strict=True):

@@ -5,7 +5,8 @@ forward; the gradient graph is traced from ``torch.autograd.grad``, so their ``b
 what the backward kernel computes). Each aten operation becomes one Triton expression; a step
 using anything else is not fusable. The forward kernel loops over time inside each program,
 issuing the loads of several steps before computing them; the backward kernel loops backwards
-over time from the state saved before each step. On CPU tensors the kernels run in Triton's
+over time from the values the forward saved, the fewest bytes its gradient can be computed
+from (:func:`_training_steps`). On CPU tensors the kernels run in Triton's
 interpreter (for testing), on CUDA tensors compiled.
 
 Traces are cached by the step's structure (:func:`_key`): code, closure cells, defaults,
@@ -42,6 +43,7 @@ from . import (
     gpu_launch,
     not_fusable,
     one_array,
+    saved_for_backward,
     state_leaves,
     with_leaves,
 )
@@ -203,6 +205,19 @@ def _literal(value: Any) -> str:
     raise not_fusable(f"it passes {type(value).__qualname__} to an operation")
 
 
+def _op_name(node: Any) -> str:
+    """The aten operation a ``call_function`` node calls: ``add`` for ``aten.add.Tensor``."""
+    return getattr(node.target, "__name__", str(node.target)).split(".")[0]
+
+
+def _reads(node: Any) -> list:
+    """The nodes whose values `node` is computed from (none for a constant made in the
+    shape of another)."""
+    if node.op == "call_function" and _op_name(node) in _CONSTANT:
+        return []
+    return node.all_input_nodes
+
+
 class _Graph:
     """One traced graph as Triton source lines: inputs are named, outputs come back named."""
 
@@ -215,7 +230,7 @@ class _Graph:
                 self._check(node)
 
     def _check(self, node: Any) -> None:
-        name = getattr(node.target, "__name__", str(node.target)).split(".")[0]
+        name = _op_name(node)
         if name.endswith("_") and not name.startswith("_"):
             raise not_fusable(f"it works in place (`{name}`)")
         if name not in _OPS and name not in _IDENTITY and name not in _CONSTANT:
@@ -227,13 +242,29 @@ class _Graph:
         if val.dtype not in _TL:
             raise not_fusable(f"`{name}` gives {val.dtype}")
 
-    def emit(self, names: list[str], prefix: str) -> tuple[list[str], list[str]]:
-        env: dict[Any, str] = dict(zip(self.inputs, names, strict=True))
+    def emit(
+        self, names: list[str] | dict, prefix: str, outputs: list | None = None
+    ) -> tuple[list[str], list[str]]:
+        """Source lines computing `outputs` (the graph's own by default) from the inputs
+        named by `names` (in order, or nodes to names: any node given a name is read, not
+        computed), and the outputs' names; only the nodes the outputs need are computed."""
+        env: dict[Any, str]
+        env = dict(names) if isinstance(names, dict) else dict(zip(self.inputs, names, strict=True))
+        outputs = _output_nodes(self) if outputs is None else outputs
+        wanted: set = set()
+        stack = [o for o in outputs if o is not None]
+        while stack:
+            node = stack.pop()
+            if node not in env and node not in wanted:
+                wanted.add(node)
+                stack += _reads(node)
         # Nodes that are Python literals in the source (captured scalars, and what is
         # computed from them alone): an operation on them alone makes a 0-d tensor.
         self.literals: set = set()
         lines: list[str] = []
         for i, node in enumerate(self.gm.graph.nodes):
+            if node not in wanted:
+                continue
             if node.op == "get_attr":
                 value = getattr(self.gm, node.target)
                 if value.numel() != 1:
@@ -251,11 +282,9 @@ class _Graph:
                 var = f"{prefix}{i}"
                 lines.append(f"{var} = {self._expression(node, env)}")
                 env[node] = var
-            elif node.op == "output":
-                outs = node.args[0]
-                outs = outs if isinstance(outs, (tuple, list)) else (outs,)
-                return lines, [self._output(o, env) for o in outs]
-        raise AssertionError("a traced graph ends with its output")
+            else:
+                raise AssertionError(f"{node} is needed and not given")
+        return lines, [self._output(o, env) for o in outputs]
 
     def _output(self, node: Any, env: dict) -> str:
         if node is None:
@@ -263,7 +292,7 @@ class _Graph:
         return env[node]
 
     def _expression(self, node: Any, env: dict) -> str:
-        name = node.target.__name__.split(".")[0]
+        name = _op_name(node)
         val = node.meta["val"]
         dtype = _TL[val.dtype]
 
@@ -395,6 +424,7 @@ class _Kernels:
         nl: int,
         outputs: tuple[int, Callable],
         out_dtypes: list,
+        saved: tuple[bool, list],
         interpret: bool,
     ) -> None:
         self.steps, self.nl, self.interpret = steps, nl, interpret
@@ -403,6 +433,9 @@ class _Kernels:
         self.ny, self.rebuild = outputs
         self.out_dtypes = out_dtypes
         self.diff_y = [i for i in range(self.ny) if out_dtypes[i].is_floating_point]
+        # What the backward kernel reads besides the outputs' gradients: `x` or not, and the
+        # values the forward kernel saves, by dtype (`saved_for_backward`).
+        self.reads_x, self.saved_dtypes = saved
         self.key: Any = None  # the cache's key, set by `_kernels`
         self.launched: set = set()  # a first launch compiles (on a GPU) and may still fail
         self.sources: list[str] = []  # dropped from linecache with the kernels
@@ -413,17 +446,22 @@ class _Kernels:
         """The kernel `name` ("fwd" or "bwd") with `unroll` steps per loop iteration."""
         found = self._built.get((name, unroll))
         if found is None:
+            step, nl = self.steps[name], self.nl
             if name == "fwd":
-                source = _forward_source(self.steps[name], self.nl, self.ny, unroll)
+                source = _forward_source(step, nl, self.ny, unroll)
             else:
-                source = _backward_source(self.steps[name], self.nl, len(self.diff_y), unroll)
+                ns, ng = len(self.saved_dtypes), len(self.diff_y)
+                source = _backward_source(step, nl, ng, ns, self.reads_x, unroll)
             found = _compile(source, name, self.interpret, self.sources)
             self._built[name, unroll] = found
         return found
 
-    def streams(self, name: str) -> int:
-        """The arrays the kernel `name` loads per time step."""
-        return 1 if name == "fwd" else 1 + self.nl + len(self.diff_y)
+    def arrays(self, name: str, save: bool = True) -> tuple[int, int]:
+        """The arrays the kernel `name` reads and writes per time step (the forward's saved
+        values with `save`)."""
+        if name == "fwd":
+            return 1, self.ny + save * len(self.saved_dtypes)
+        return self.reads_x + len(self.saved_dtypes) + len(self.diff_y), 1
 
     def launch(self, name: str, x: torch.Tensor) -> tuple[Any, dict]:
         """The kernel `name` for a launch over `x` (``[T, ...]``), and that launch."""
@@ -432,7 +470,8 @@ class _Kernels:
             launch = INTERPRET_LAUNCH
         else:
             n, sms, source = x.numel() // steps, _sms(x.device), self.source[name]
-            launch = gpu_launch(n, steps, x.element_size(), self.streams(name), source, sms)
+            loads = self.arrays(name)[0]
+            launch = gpu_launch(n, steps, x.element_size(), loads, source, sms)
         return self.kernel(name, launch["unroll"]), launch
 
 
@@ -497,20 +536,22 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
     computing the first of them. Each array is walked by one pointer per lane, advanced a
     step at a time: no per-step address stays live across the group of steps. `x` and the
     outputs are read and written in place at strides ST (step to step) and SN (element to
-    element): ``[T, N]`` in time-first layout (SN = 1), its transpose time-last (ST = 1); the
-    saved state is ``[T, N]``."""
+    element): ``[T, N]`` in time-first layout (SN = 1), its transpose time-last (ST = 1).
+    The step's results past the outputs and the new state are the values saved for the
+    backward kernel (with SAVE), each ``[T, N]``."""
     body, results = step
+    ns = len(results) - ny - nl
     s_in = [f"s{i}_ptr" for i in range(nl)]
     y_out = [f"y{i}_ptr" for i in range(ny)]
     s_out = [f"f{i}_ptr" for i in range(nl)]
-    saved = [f"saved{i}_ptr" for i in range(nl)]
+    saved = [f"saved{j}_ptr" for j in range(ns)]
     params = ["x_ptr", *s_in, *y_out, *s_out, *saved, "T", "N", "ST", "SN"]
     lines = [
         f"def fwd({', '.join([*params, 'SAVE: tl.constexpr', 'BLOCK: tl.constexpr'])}):",
         *_LANES,
         *(f"    s{i} = tl.load(s{i}_ptr + offs, mask=mask)" for i in range(nl)),
         *(f"    {a}_p = {a}_ptr + seq" for a in ["x", *(f"y{j}" for j in range(ny))]),
-        *(f"    saved{i}_p = saved{i}_ptr + offs" for i in range(nl)),
+        *(f"    saved{j}_p = saved{j}_ptr + offs" for j in range(ns)),
     ]
 
     def steps(count: int, indent: str) -> list[str]:
@@ -518,12 +559,12 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
         for k in range(count):
             out += [f"{indent}x_{k} = tl.load(x_p, mask=mask)", f"{indent}x_p += ST"]
         for k in range(count):
-            out += [f"{indent}if SAVE:"] if nl else []
-            for i in range(nl):
-                out += [f"{indent}    tl.store(saved{i}_p, s{i}, mask=mask)"]
-                out += [f"{indent}    saved{i}_p += N"]
             out += [indent + line for line in _at(body, k)]
             named = _at(results, k)
+            out += [f"{indent}if SAVE:"] if ns else []
+            for j in range(ns):
+                out += [f"{indent}    tl.store(saved{j}_p, {named[ny + nl + j]}, mask=mask)"]
+                out += [f"{indent}    saved{j}_p += N"]
             for j in range(ny):
                 out += [f"{indent}tl.store(y{j}_p, {named[j]}, mask=mask)"]
                 out += [f"{indent}y{j}_p += ST"]
@@ -535,24 +576,29 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
     return "\n".join(lines) + "\n"
 
 
-def _backward_source(step: tuple[list, list], nl: int, ng: int, unroll: int) -> str:
+def _backward_source(
+    step: tuple[list, list], nl: int, ng: int, ns: int, reads_x: bool, unroll: int
+) -> str:
     """Backwards over time from the last step: each loop iteration issues the loads of
     `unroll` steps (t, t-1, ...) before computing the first of them, the arrays walked as
-    in the forward kernel (`x` and the gradients of `x` and of the outputs at its strides,
-    from SEQ_LAST, the offset of its last step; the saved state from LAST)."""
+    in the forward kernel (the gradients of `x` and of the outputs at `x`'s strides, from
+    SEQ_LAST, the offset of its last step; the `ns` saved values from LAST). `x` is read
+    only where the step's gradient needs it (`reads_x`)."""
     body, results = step
-    params = ["x_ptr", *(f"saved{i}_ptr" for i in range(nl)), *(f"gy{j}_ptr" for j in range(ng))]
+    params = ["x_ptr", *(f"saved{j}_ptr" for j in range(ns)), *(f"gy{j}_ptr" for j in range(ng))]
     params += [f"gf{i}_ptr" for i in range(nl)] + ["gx_ptr"]
     params += [f"g0_{i}_ptr" for i in range(nl)]
     params += ["T", "N", "ST", "SN", "SEQ_LAST", "LAST", "BLOCK: tl.constexpr"]
-    loaded = ["x", *(f"s{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
-    pointers = ["x", *(f"saved{i}" for i in range(nl)), *(f"gy{j}" for j in range(ng))]
-    sequences = ["x", *(f"gy{j}" for j in range(ng)), "gx"]
+    pointers = ["x"] if reads_x else []
+    pointers += [*(f"saved{j}" for j in range(ns)), *(f"gy{j}" for j in range(ng))]
+    loaded = ["x"] if reads_x else []
+    loaded += [*(f"c{j}" for j in range(ns)), *(f"gy{j}" for j in range(ng))]
+    sequences = [*pointers[:reads_x], *(f"gy{j}" for j in range(ng)), "gx"]  # at x's strides
     lines = [
         f"def bwd({', '.join(params)}):",
         *_LANES,
         *(f"    {a}_p = {a}_ptr + SEQ_LAST + seq" for a in sequences),
-        *(f"    saved{i}_p = saved{i}_ptr + LAST + offs" for i in range(nl)),
+        *(f"    saved{j}_p = saved{j}_ptr + LAST + offs" for j in range(ns)),
         *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
     ]
 
@@ -676,12 +722,14 @@ def _build(
     out_vals = [n.meta.get("val") for n in _output_nodes(graph)]
     check_layout(step_shape, out_vals[:ny], "output")
     nl = len(leaves)
-    steps = {"fwd": graph.emit(["x_${k}", *(f"s{i}" for i in range(nl))], "v${k}_")}
     out_dtypes = [v.dtype for v in out_vals[:ny]]
-    diff_y = [i for i in range(ny) if out_dtypes[i].is_floating_point]
+    saved: tuple[bool, list] = (False, [])
     if torch.is_grad_enabled():
-        steps["bwd"] = _backward_step(step, example, ny, out_dtypes, diff_y)
-    kernels = _Kernels(steps, nl, outputs[0], out_dtypes, interpret)
+        diff_y = [i for i in range(ny) if out_dtypes[i].is_floating_point]
+        steps, saved = _training_steps(step, example, ny, out_dtypes, diff_y)
+    else:
+        steps = {"fwd": graph.emit(["x_${k}", *(f"s{i}" for i in range(nl))], "v${k}_")}
+    kernels = _Kernels(steps, nl, outputs[0], out_dtypes, saved, interpret)
     for name in steps:  # this call's kernels, defined here: an error in either is the build's
         kernels.launch(name, x_seq)
     return kernels
@@ -697,12 +745,15 @@ def _output_nodes(graph: _Graph) -> list:
     return list(outs) if isinstance(outs, (tuple, list)) else [outs]
 
 
-def _backward_step(
+def _training_steps(
     step: Callable, example: list, ny: int, out_dtypes: list, diff_y: list
-) -> tuple[list, list]:
-    """The reverse-time kernel's step: the vector-Jacobian product of one step, traced through
-    ``torch.autograd.grad`` (so a ``torch.autograd.Function``'s backward is what it computes),
-    as source lines."""
+) -> tuple[dict, tuple[bool, list]]:
+    """Both kernels' steps with gradients, from one graph: the step and its vector-Jacobian
+    product, traced through ``torch.autograd.grad`` (so a ``torch.autograd.Function``'s
+    backward is what the backward kernel computes), split where the fewest bytes cross
+    (:func:`saved_for_backward`). The forward step computes the outputs, the new state and
+    the values saved; the backward step the gradients of `x` and of the state from these.
+    Also returns whether the backward reads `x`, and the saved values' dtypes."""
     nl = len(example) - 1
     # Distinct tensors: make_fx tells inputs apart by identity.
     example = [a.clone() for a in example]
@@ -710,7 +761,7 @@ def _backward_step(
     cotangents = [example[0].new_zeros(shape, dtype=out_dtypes[i]) for i in diff_y]
     cotangents += [torch.zeros_like(a) for a in example[1:]]
 
-    def vjp(x: torch.Tensor, *rest: torch.Tensor) -> tuple:
+    def joint(x: torch.Tensor, *rest: torch.Tensor) -> tuple:
         s, g = rest[:nl], rest[nl:]
         inputs = [x.detach().requires_grad_(), *(a.detach().requires_grad_() for a in s)]
         with torch.enable_grad():
@@ -721,18 +772,35 @@ def _backward_step(
         grads = torch.autograd.grad(
             [o for o, _ in pairs], inputs, [c for _, c in pairs], allow_unused=True
         )
-        return tuple(
+        grads = tuple(
             torch.zeros_like(a) if d is None else d for a, d in zip(inputs, grads, strict=True)
         )
+        return (*grads, *(o.detach() for o in outs))
 
     # Functionalized: autograd's own backward formulas work in place (clamp's and maximum's
     # `logical_and_`, `masked_fill_`); the step itself was traced as written (`_build`).
     args = [*example, *cotangents]
-    functional = torch.func.functionalize(_trace(vjp, args), remove="mutations_and_views")
+    functional = torch.func.functionalize(_trace(joint, args), remove="mutations_and_views")
     graph = _Graph(_trace(functional, args), tuple(shape))
-    names = ["x_${k}", *(f"s{i}_${{k}}" for i in range(nl))]
-    names += [f"gy{j}_${{k}}" for j in range(len(diff_y))] + [f"g{i}" for i in range(nl)]
-    return graph.emit(names, "v${k}_")
+    outs = _output_nodes(graph)
+    gradients, primal = outs[: 1 + nl], outs[1 + nl :]
+    inputs, cot = graph.inputs[: 1 + nl], graph.inputs[1 + nl :]
+    order = [(n, _reads(n)) for n in graph.gm.graph.nodes if n.op != "output"]
+    saved = saved_for_backward(
+        order, inputs, cot, gradients, lambda n: n.meta["val"].dtype, lambda d: d.itemsize
+    )
+    x, reads_x = inputs[0], inputs[0] in saved
+    saved = [n for n in saved if n is not x]
+    forward = {x: "x_${k}", **{a: f"s{i}" for i, a in enumerate(inputs[1:])}}
+    backward = {x: "x_${k}"} if reads_x else {}
+    backward |= {n: f"c{j}_${{k}}" for j, n in enumerate(saved)}
+    backward |= {c: f"gy{j}_${{k}}" for j, c in enumerate(cot[: len(diff_y)])}
+    backward |= {c: f"g{i}" for i, c in enumerate(cot[len(diff_y) :])}
+    steps = {
+        "fwd": graph.emit(forward, "v${k}_", [*primal, *saved]),
+        "bwd": graph.emit(backward, "v${k}_", gradients),
+    }
+    return steps, (reads_x, [n.meta["val"].dtype for n in saved])
 
 
 @contextlib.contextmanager
@@ -749,12 +817,14 @@ _POINTER = {torch.float32: "*fp32", torch.float16: "*fp16", torch.bfloat16: "*bf
 
 def gpu_kernels(x_seq: torch.Tensor, modules: Any, state: Any) -> list[tuple[Any, dict]]:
     """The Triton kernels a fused call would launch on a GPU of ``GPU["sms"]`` SMs (forward,
-    and backward when gradients are enabled), each with its launch, built here, without one
-    and outside the cache: for the GPU compile tests and the launch model
+    and backward when gradients are enabled), each with its launch and the arrays it reads
+    and writes per step (``launch["arrays"]``), built here, without one and outside the
+    cache: for the GPU compile tests and the launch model
     (``benchmarks.gpu_model``), with `compile_ahead`."""
     leaves = state_leaves(state) if state is not None else []
     kernels = _build(x_seq, modules, state, leaves, tuple(x_seq.shape[1:]), interpret=False)
-    return [kernels.launch(name, x_seq) for name in kernels.steps]
+    built = [(name, *kernels.launch(name, x_seq)) for name in kernels.steps]
+    return [(kernel, {**launch, "arrays": kernels.arrays(name)}) for name, kernel, launch in built]
 
 
 def compile_ahead(kernel: Any, launch: dict, dtype: torch.dtype, cc: int) -> Any:
@@ -844,13 +914,13 @@ def _forward(
 ) -> tuple[list, list, list]:
     """Launch the forward kernel over `x` (``[T, ...]``, laid out as :func:`_in_place`
     reads it) from the contiguous state arrays `leaves`: the outputs (laid out as `x`), the
-    final state and (with `save`) the state before each step, as ``[T, N]``."""
+    final state and (with `save`) the values saved for the backward kernel, as ``[T, N]``."""
     steps = x.shape[0]
     n = x.numel() // steps
     st, sn = launch["strides"]
     ys = [_like(x, d) for d in kernels.out_dtypes]
     finals = [torch.empty_like(a) for a in leaves]
-    saved = [a.new_empty((steps, n)) for a in leaves] if save else []
+    saved = [x.new_empty((steps, n), dtype=d) for d in kernels.saved_dtypes] if save else []
     grid = (math.ceil(n / launch["block"]),)
     interpret = kernels.interpret
     options = {} if interpret else _options(launch)
@@ -860,7 +930,7 @@ def _forward(
             *leaves,
             *ys,
             *finals,
-            *(saved or [x] * len(leaves)),
+            *(saved or [x] * len(kernels.saved_dtypes)),
             steps,
             n,
             st,
@@ -881,8 +951,9 @@ class _Fused(torch.autograd.Function):
         save = any(ctx.needs_input_grad[3:])
         ys, finals, saved = _forward(kernels, fwd, launch, x, list(leaves), save)
         if save:
-            ctx.save_for_backward(x, *saved)
-            ctx.strides = launch["strides"]
+            ctx.save_for_backward(*([x] if kernels.reads_x else []), *saved)
+            ctx.layout = (x.shape, x.stride(), x.dtype, x.device, launch["strides"])
+            ctx.state_dtypes = [a.dtype for a in leaves]
             ctx.kernels = kernels
         ctx.mark_non_differentiable(*(ys[i] for i in range(ny) if i not in kernels.diff_y))
         return (*ys, *finals)
@@ -890,31 +961,32 @@ class _Fused(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, *grads: Any) -> Any:
         kernels = ctx.kernels
-        x, *saved = ctx.saved_tensors
-        steps = x.shape[0]
-        n = x.numel() // steps
+        shape, stride, dtype, device, (st, sn) = ctx.layout
+        g_x = torch.empty_strided(shape, stride, dtype=dtype, device=device)
+        x = ctx.saved_tensors[0] if kernels.reads_x else g_x  # g_x: not read
+        saved = ctx.saved_tensors[kernels.reads_x :]
+        steps = g_x.shape[0]
+        n = g_x.numel() // steps
         interpret = kernels.interpret
-        bwd, launch = kernels.launch("bwd", x)
-        st, sn = ctx.strides
+        bwd, launch = kernels.launch("bwd", g_x)
         g_ys = [
-            _like(x, kernels.out_dtypes[i]).zero_()
+            _like(g_x, kernels.out_dtypes[i]).zero_()
             if grads[i] is None
             else grads[i]
-            if grads[i].stride() == x.stride()
-            else _like(x, grads[i].dtype).copy_(grads[i])
+            if grads[i].stride() == stride
+            else _like(g_x, grads[i].dtype).copy_(grads[i])
             for i in kernels.diff_y
         ]
         g_final = [
-            torch.zeros_like(s[0]) if g is None else g.contiguous()
-            for g, s in zip(grads[kernels.ny :], saved, strict=True)
+            g_x.new_zeros(shape[1:], dtype=d) if g is None else g.contiguous()
+            for g, d in zip(grads[kernels.ny :], ctx.state_dtypes, strict=True)
         ]
-        g_x = _like(x, x.dtype)
-        g_0 = [x.new_empty(x.shape[1:], dtype=s.dtype) for s in saved]  # as the state arrays
+        g_0 = [g_x.new_empty(shape[1:], dtype=d) for d in ctx.state_dtypes]  # as the state
         grid = (math.ceil(n / launch["block"]),)
         options = {} if interpret else _options(launch)
         # The offsets of the last step, computed here in Python ints.
         seq_last, last = (steps - 1) * st, (steps - 1) * n
-        with _interpreted() if interpret else torch.cuda.device(x.device):
+        with _interpreted() if interpret else torch.cuda.device(device):
             bwd[grid](
                 x,
                 *saved,
