@@ -8,7 +8,11 @@ GPU the launch itself adds Triton's launcher and a ``torch.cuda.device`` guard, 
 here. Eager JAX: the fused call (its kernel interpreted), against a ``jax.jit`` of the same
 call made directly: the difference is what the eager call adds (its cache lookup and checks).
 Beside them in the same run, as this machine's yardsticks: one ``torch.add`` of the same
-tensors, and one dispatch of the jitted JAX function. Target: at most 20 us per call each.
+tensors, a bare ``torch.autograd.Function`` that allocates and saves what the fused one does
+(the floor of a training call through autograd), and one dispatch of the jitted JAX function.
+The torch calls are timed without a wait after each (there is no device work to wait for;
+the wait's walk of the outputs cost more than a ``torch.add``). Target: at most 20 us per
+call each.
 Timed in interleaved rounds, the best round each. Writes ``benchmarks/results/host_cost.md``.
 """
 
@@ -57,6 +61,25 @@ def _without_kernels() -> Any:
         fused_triton._Kernels.launch, fused_triton._interpreted = saved  # type: ignore[method-assign]
 
 
+def _bare_function() -> Any:
+    """A ``torch.autograd.Function`` that allocates what the fused forward does (output,
+    final state, one saved array) and saves one: the floor of any custom-gradient call."""
+    import torch
+
+    class Bare(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, x: Any, v: Any) -> Any:
+            y, final, saved = torch.empty_like(x), torch.empty_like(v), torch.empty_like(x)
+            ctx.save_for_backward(saved)
+            return y, final
+
+        @staticmethod
+        def backward(ctx: Any, *grads: Any) -> Any:  # pragma: no cover - never called
+            raise NotImplementedError
+
+    return Bare.apply
+
+
 def torch_us(budget: float = 6.0) -> dict:
     import torch
 
@@ -69,11 +92,15 @@ def torch_us(budget: float = 6.0) -> dict:
     loop = ds.multi_step_forward(x, _lif, state=v)
     for a, b in zip(fused(x), loop, strict=True):  # the real kernels first: equal to the loop
         torch.testing.assert_close(a, b)
-    with _without_kernels():
+    bare = _bare_function()
+    with _without_kernels():  # nothing to wait for: no device work, no sync per call
         times = time_side_by_side(
-            [lambda: fused(x), lambda: fused(xg), lambda: torch.add(x, x)], budget
+            [lambda: fused(x), lambda: fused(xg), lambda: torch.add(x, x), lambda: bare(xg, v)],
+            budget,
+            block_each=False,
         )
-    return dict(zip(["inference", "training", "torch.add"], [t * 1e6 for t in times], strict=True))
+    names = ["inference", "training", "torch.add", "bare Function"]
+    return dict(zip(names, [t * 1e6 for t in times], strict=True))
 
 
 def jax_us(budget: float = 6.0) -> dict:
@@ -102,8 +129,9 @@ def main() -> int:
     ]
     lines = [
         f"Host cost per fused call on a cache hit, kernel excluded, {SIZE[0]}x{SIZE[1]} LIF, "
-        f"this CPU. Yardsticks in the same run: one torch.add {t['torch.add']:.1f} us; the "
-        f"jitted JAX call {j['jit']:.1f} us (eager: {j['eager']:.1f} us).",
+        f"this CPU. Yardsticks in the same run: one torch.add {t['torch.add']:.1f} us; a bare "
+        f"autograd.Function making the same arrays {t['bare Function']:.1f} us (the floor of "
+        f"a training call); the jitted JAX call {j['jit']:.1f} us (eager: {j['eager']:.1f} us).",
         "",
         "| call | us | in torch.add calls | bound (us) | met |",
         "|---|---|---|---|---|",

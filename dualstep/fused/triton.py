@@ -390,11 +390,12 @@ def _key(obj: Any, tensors: list, depth: int = 0) -> Any:
                 cells.append(nested(cell.cell_contents))
             except ValueError:  # an empty cell
                 cells.append(None)
+        defaults, kwdefaults = obj.__defaults__, obj.__kwdefaults__
         return (
             "function",
             obj.__code__,
-            nested(obj.__defaults__),
-            nested(obj.__kwdefaults__),
+            None if defaults is None else nested(defaults),
+            None if kwdefaults is None else nested(kwdefaults),
             tuple(cells),
         )
     if isinstance(obj, functools.partial):
@@ -626,18 +627,20 @@ def _trace(fn: Callable, args: list) -> torch.fx.GraphModule:
     return make_fx(fn, tracing_mode="real")(*args)
 
 
-def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Kernels:
-    interpret = x_seq.device.type != "cuda"
+def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list, single: bool) -> _Kernels:
+    """The cached kernels of a call (`single`: its state is one array), built on a miss."""
+    interpret = not x_seq.is_cuda
+    device = "cuda" if not interpret else x_seq.device.type
     step_shape = tuple(x_seq.shape[1:])
     tensors: list = []
     try:
         key: Any = (
             _key(modules, tensors),
-            "array" if one_array(state) else _key(map_with_path(_is_none, state, ""), []),
+            "array" if single else _key(map_with_path(_is_none, state, ""), []),
             step_shape,
             x_seq.dtype,
             tuple(a.dtype for a in leaves),
-            interpret,
+            device,
             torch.is_grad_enabled(),
         )
         hash(key)
@@ -652,6 +655,7 @@ def _kernels(x_seq: torch.Tensor, modules: Any, state: Any, leaves: list) -> _Ke
                 # The kernels, or why they cannot be built: remembered per step structure,
                 # so that fused='auto' does not trace a step it cannot fuse at every call.
                 try:
+                    _check_dtypes(x_seq, leaves)
                     found = _build(x_seq, modules, state, leaves, step_shape, interpret)
                 except NotFusable as error:
                     found = error.what or str(error)
@@ -700,6 +704,8 @@ def _cached(key: Any, tensors: list) -> _Kernels | str | None:
     if entry is None:
         return None
     refs, kernels = entry
+    if not tensors:  # the common step, which captures none
+        return None if refs else kernels
     if len(refs) == len(tensors) and all(r() is t for r, t in zip(refs, tensors, strict=True)):
         return kernels
     return None
@@ -906,7 +912,7 @@ def _in_place(x: torch.Tensor) -> tuple[int, int] | None:
 
 def _like(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """An uninitialised array of `x`'s shape and strides (`x` is dense: :func:`_in_place`)."""
-    return torch.empty_like(x, dtype=dtype)
+    return torch.empty_like(x) if dtype == x.dtype else torch.empty_like(x, dtype=dtype)
 
 
 def _forward(
@@ -1007,16 +1013,27 @@ class _Fused(torch.autograd.Function):
 
 
 def _check_arrays(x_seq: torch.Tensor, leaves: list) -> None:
-    """Raise NotFusable unless `x_seq` and the state arrays can feed a kernel (the step itself
-    is checked when it is traced)."""
-    check_layout(tuple(x_seq.shape[1:]), leaves, "state array")
-    device = x_seq.device
+    """Raise NotFusable unless the state arrays are tensors of one step's shape on `x_seq`'s
+    device (checked at every call; dtypes and device types by :func:`_check_dtypes` when a
+    step is traced, since the cache's key holds them)."""
+    shape, device = x_seq.shape[1:], x_seq.device
+    for i, a in enumerate(leaves):
+        if not isinstance(a, torch.Tensor):
+            raise not_fusable(f"state array {i} is not a floating tensor")
+        if a.shape != shape:
+            check_layout(tuple(shape), leaves, "state array")
+        if a.device != device:
+            raise not_fusable(f"state array {i} is on {a.device}, `x_seq` on {device}")
+
+
+def _check_dtypes(x_seq: torch.Tensor, leaves: list) -> None:
+    """Raise NotFusable unless `x_seq` and the state arrays are floating tensors a kernel
+    computes right where they are."""
     for i, a in enumerate([x_seq, *leaves]):
-        if not isinstance(a, torch.Tensor) or not a.is_floating_point():
+        if not a.is_floating_point():
             what = "`x_seq`" if i == 0 else f"state array {i - 1}"
             raise not_fusable(f"{what} is not a floating tensor")
-        if i and a.device != device:
-            raise not_fusable(f"state array {i - 1} is on {a.device}, `x_seq` on {device}")
+    device = x_seq.device
     if device.type == "cuda":
         return
     if device.type != "cpu":
@@ -1027,9 +1044,10 @@ def _check_arrays(x_seq: torch.Tensor, leaves: list) -> None:
 
 def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     """The fused ``multi_step_forward``: ``y_seq`` or ``(y_seq, final_state)``."""
-    leaves = state_leaves(state) if state is not None else []
+    single = one_array(state)
+    leaves = [state] if single else state_leaves(state) if state is not None else []
     _check_arrays(x_seq, leaves)
-    kernels = _kernels(x_seq, modules, state, leaves)
+    kernels = _kernels(x_seq, modules, state, leaves, single)
     strides = _in_place(x_seq)  # time-first, or time-last read in place; else a copy
     x = x_seq if strides else x_seq.contiguous()
     fwd, launch = kernels.launch("fwd", x)
@@ -1061,7 +1079,7 @@ def multi_step(x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
     y_seq = kernels.rebuild(list(outs[: kernels.ny]))
     if state is None:
         return y_seq
-    return y_seq, with_leaves(state, outs[kernels.ny :])
+    return y_seq, outs[kernels.ny] if single else with_leaves(state, outs[kernels.ny :])
 
 
 __all__ = ["NotFusable", "multi_step"]
