@@ -299,6 +299,39 @@ def test_dict_state_and_stateless_steps(fw):
     _assert_same(ds.multi_step_forward(x, tanh, fused=True), ds.multi_step_forward(x, tanh))
 
 
+def test_state_entries_passed_to_one_another(fw):
+    """A step that hands state entries on to other entries (a swap): every new entry is read
+    from the old state, not from an entry already updated in the same step; values and the
+    gradients of x and of both entries equal the loop's."""
+    name, m = fw
+    rng = np.random.default_rng(2)
+    x = _asarray(name, rng.normal(size=(5, 4, 3)).astype(np.float32))
+    state = tuple(_asarray(name, rng.normal(size=(4, 3)).astype(np.float32)) for _ in range(2))
+
+    def swap(x, s):
+        a, b = s
+        return x * a + b, (b, a)
+
+    def loss(x, s, fused):
+        y, (a, b) = ds.multi_step_forward(x, swap, state=s, fused=fused)
+        return (y * y).sum() + 2 * a.sum() + 3 * b.sum()
+
+    _assert_same(
+        ds.multi_step_forward(x, swap, state=state, fused=True),
+        ds.multi_step_forward(x, swap, state=state),
+    )
+    if name == "torch":
+        grads = []
+        for fused in (True, False):
+            xr = x.clone().requires_grad_()
+            sr = tuple(a.clone().requires_grad_() for a in state)
+            grads.append(m.autograd.grad(loss(xr, sr, fused), (xr, *sr)))
+    else:
+        grads = [m.grad(functools.partial(loss, fused=f), (0, 1))(x, state) for f in (True, False)]
+        grads = [(g[0], *g[1]) for g in grads]
+    _assert_same(tuple(grads[0]), tuple(grads[1]))
+
+
 def test_chunked_calls_compose_with_fused_chunks(fw):
     """A fused multi-step call is a valid chunk module: state carries across chunks, with
     and without checkpointing."""

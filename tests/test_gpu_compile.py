@@ -298,3 +298,26 @@ def test_jax_kernels_compile_to_a_cubin_and_round_as_xla_does(tmp_path, dtype):
             assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx, (i, cc)
             for approximate in ("div.approx", "div.full", "sqrt.approx", "rcp.approx"):
                 assert approximate not in ptx, (i, cc, approximate)
+
+
+def test_jax_gpu_launch_of_a_step_of_several_axes_counts_the_arrays_it_loads():
+    """A GPU launch splits the step's gradient at the step's own shape, which its jaxpr holds
+    (``ones_like`` of a [3, 32] step): the surrogate LIF's backward loads two arrays per
+    step (the saved h and the spikes' cotangent), its forward writes two (spikes and h)."""
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax.experimental.pallas.triton")
+    jnp = jax.numpy
+    from dualstep.fused import pallas
+
+    spike = surrogate_spike("jax")
+
+    def step(x, v):
+        h = v + (x - v) / 2.0 + 0.0 * jnp.ones_like(x)
+        s = spike(h - 1.0)
+        return s, h * (1.0 - s)
+
+    kernels = pallas.gpu_kernels(jnp.zeros((4, 3, 32)), step, jnp.zeros((3, 32)))
+    assert [(name, launch["arrays"]) for name, _, launch in kernels] == [
+        ("fwd", (1, 2)),
+        ("bwd", (2, 1)),
+    ]

@@ -246,7 +246,7 @@ def _prepare(x_seq: Any, modules: Any, state: Any, interpret: bool) -> tuple:
     loads = 0  # the backward's, which need its split; not for an interpreted launch
     if not interpret:
         const_dtypes = [jnp.asarray(c).dtype for c in checked.consts]
-        loads = _Split(checked.jaxpr, ny, (n,), const_dtypes, *dtypes).loads
+        loads = _Split(checked.jaxpr, ny, step_shape, const_dtypes, *dtypes).loads
     backward = launch(loads, 2 * source)
     forward = launch(1, source, backward["block"])
     block = min(forward["block"], pl.next_power_of_2(n))

@@ -279,12 +279,27 @@ class _Graph:
                 env[node] = _literal(value.item())
                 self.literals.add(node)
             elif node.op == "call_function":
+                same = self._same_as(node)
+                if same is not None:  # a copy of a value (`detach`, `clone`): its name
+                    env[node] = env[same]
+                    continue
                 var = f"{prefix}{i}"
                 lines.append(f"{var} = {self._expression(node, env)}")
                 env[node] = var
             else:
                 raise AssertionError(f"{node} is needed and not given")
         return lines, [self._output(o, env) for o in outputs]
+
+    def _same_as(self, node: Any) -> Any:
+        """The node an identity operation (`_IDENTITY`) copies when it keeps its dtype and
+        shape and the copied value is a tensor in the source, not a literal; else None."""
+        if _op_name(node) not in _IDENTITY or not isinstance(node.args[0], torch.fx.Node):
+            return None
+        a, val = node.args[0], node.meta["val"]
+        before = a.meta.get("val")
+        if a in self.literals or not isinstance(before, torch.Tensor):
+            return None
+        return a if (before.dtype, before.shape) == (val.dtype, val.shape) else None
 
     def _output(self, node: Any, env: dict) -> str:
         if node is None:
@@ -441,6 +456,7 @@ class _Kernels:
         self.launched: set = set()  # a first launch compiles (on a GPU) and may still fail
         self.sources: list[str] = []  # dropped from linecache with the kernels
         self._built: dict[tuple[str, int], Any] = {}
+        self._launches: dict[tuple, tuple[Any, dict]] = {}
         weakref.finalize(self, _drop_sources, self.sources)
 
     def kernel(self, name: str, unroll: int) -> Any:
@@ -465,15 +481,22 @@ class _Kernels:
         return self.reads_x + len(self.saved_dtypes) + len(self.diff_y), 1
 
     def launch(self, name: str, x: torch.Tensor) -> tuple[Any, dict]:
-        """The kernel `name` for a launch over `x` (``[T, ...]``), and that launch."""
+        """The kernel `name` for a launch over `x` (``[T, ...]``), and that launch (chosen
+        once per sequence shape and device: the last few are remembered)."""
         steps = x.shape[0]
-        if self.interpret:
-            launch = INTERPRET_LAUNCH
-        else:
-            n, sms, source = x.numel() // steps, _sms(x.device), self.source[name]
-            loads = self.arrays(name)[0]
-            launch = gpu_launch(n, steps, x.element_size(), loads, source, sms)
-        return self.kernel(name, launch["unroll"]), launch
+        key = (name, x.numel(), steps, x.element_size(), x.get_device())
+        found = self._launches.get(key)
+        if found is None:
+            if self.interpret:
+                launch = INTERPRET_LAUNCH
+            else:
+                n, sms, source = x.numel() // steps, _sms(x.device), self.source[name]
+                loads = self.arrays(name)[0]
+                launch = gpu_launch(n, steps, x.element_size(), loads, source, sms)
+            if len(self._launches) >= 64:
+                self._launches.clear()
+            found = self._launches[key] = (self.kernel(name, launch["unroll"]), launch)
+        return found
 
 
 def _sms(device: torch.device) -> int:
@@ -524,6 +547,16 @@ _LANES = [
 ]
 
 
+def _carry(carried: list[str], values: list[str], indent: str) -> list[str]:
+    """The carried values (the state, its cotangents) updated to `values` all at once: a
+    value that is itself carried (a state passed on to another entry) is read before any
+    is overwritten."""
+    if not set(carried) & set(values):
+        return [f"{indent}{c} = {v}" for c, v in zip(carried, values, strict=True)]
+    lines = [f"{indent}{c}_next = {v}" for c, v in zip(carried, values, strict=True)]
+    return lines + [f"{indent}{c} = {c}_next" for c in carried]
+
+
 def _loops(steps: Callable[[int, str], list[str]], unroll: int) -> list[str]:
     """The time loop: `unroll` steps per iteration, then the remaining T % unroll one by one."""
     lines = [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
@@ -569,7 +602,7 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
             for j in range(ny):
                 out += [f"{indent}tl.store(y{j}_p, {named[j]}, mask=mask)"]
                 out += [f"{indent}y{j}_p += ST"]
-            out += [f"{indent}s{i} = {named[ny + i]}" for i in range(nl)]
+            out += _carry([f"s{i}" for i in range(nl)], named[ny : ny + nl], indent)
         return out
 
     lines += _loops(steps, unroll)
@@ -615,7 +648,7 @@ def _backward_source(
             out += [indent + line for line in _at(body, k)]
             named = _at(results, k)
             out += [f"{indent}tl.store(gx_p, {named[0]}, mask=mask)", f"{indent}gx_p -= ST"]
-            out += [f"{indent}g{i} = {named[1 + i]}" for i in range(nl)]
+            out += _carry([f"g{i}" for i in range(nl)], named[1 : 1 + nl], indent)
         return out
 
     lines += _loops(steps, unroll)
