@@ -16,6 +16,7 @@ MODULES = {
     "dualstep.testing._functions": (),
     "dualstep.testing._steps": (),
     "dualstep.testing._surrogate": ("jax",),
+    "dualstep.surrogate": ("jax",),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),
     "dualstep.nir": ("nir",),

@@ -302,10 +302,24 @@ def test_outer_tracer_in_the_step_with_a_concrete_input():
     np.testing.assert_allclose(jax.grad(loss)(w), jax.grad(plain_loss)(w), rtol=1e-6)
 
 
-def _surrogate_closure(alpha):
-    from dualstep.testing import surrogate_spike
+def _custom_vjp_spike(alpha):
+    """A sigmoid-surrogate spike as JAX users write one."""
 
-    spike = surrogate_spike("jax", alpha)  # a jax.custom_vjp, held in a local variable
+    @jax.custom_vjp
+    def spike(h):
+        return (h >= 0).astype(h.dtype)
+
+    def backward(h, g):
+        s = jax.nn.sigmoid(alpha * h)
+        return (g * alpha * s * (1.0 - s),)
+
+    spike.defvjp(lambda h: (spike(h), h), backward)
+    return spike
+
+
+def _surrogate_closure(alpha, spike=None):
+    # a jax.custom_vjp (or a dualstep surrogate), held in a local variable
+    spike = _custom_vjp_spike(alpha) if spike is None else spike
 
     def step(x, v):
         v = TRACES(v + (x - v) * 0.5)
@@ -325,6 +339,19 @@ def test_a_custom_vjp_surrogate_in_a_closure_is_cached():
         check(step)
     assert TRACES.n == before
     check(_surrogate_closure(4.0))  # a new surrogate object: one more program, correct
+    assert TRACES.n == before + 1
+
+
+def test_a_dualstep_surrogate_is_keyed_by_its_parameters():
+    """`dualstep.surrogate` objects are compared by value: an equal one reuses the program,
+    another alpha compiles one more."""
+    from dualstep import surrogate
+
+    check(_surrogate_closure(4.0, surrogate.Sigmoid(4.0)))
+    before = TRACES.n
+    check(_surrogate_closure(4.0, surrogate.Sigmoid(4.0)))
+    assert TRACES.n == before
+    check(_surrogate_closure(2.0, surrogate.Sigmoid(2.0)))
     assert TRACES.n == before + 1
 
 

@@ -13,7 +13,7 @@
   is called, in its own layout or time first, and how a step becomes a chunk module.
 - Reference step functions written once against the array API (`affine_tanh`, `if_step`,
   `lif_step`); they run unchanged on torch, JAX and NumPy. `surrogate_spike(framework)`: a
-  spike with a sigmoid surrogate gradient as torch and JAX users write one.
+  spike with a sigmoid surrogate gradient (:class:`dualstep.surrogate.Sigmoid`).
 - :mod:`dualstep.testing.strategies`: hypothesis strategies for sequences and split sizes
   (imported separately, as it needs hypothesis).
 """

@@ -1,15 +1,18 @@
-"""A spike with a surrogate gradient, written the way each framework's users write one."""
+"""A spike with a sigmoid surrogate gradient, for the tests of custom-gradient steps."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+from ..surrogate import Sigmoid
+
 
 def surrogate_spike(framework: str, alpha: float = 4.0) -> Callable[[Any], Any]:
-    """The Heaviside spike ``h >= 0`` whose gradient is that of ``sigmoid(alpha * h)``
-    (SpikingJelly's ``surrogate.Sigmoid``), as a ``torch.autograd.Function`` (``"torch"``) or a
-    ``jax.custom_vjp`` (``"jax"``): the custom-gradient steps fused kernels must honour.
+    """The Heaviside spike ``h >= 0`` whose gradient is that of ``sigmoid(alpha * h)``:
+    :class:`dualstep.surrogate.Sigmoid`, which is a ``torch.autograd.Function`` on torch
+    tensors and a ``jax.custom_vjp`` on JAX arrays, the custom-gradient steps fused kernels
+    must honour. `framework` (``"torch"`` or ``"jax"``) names the one a test means.
 
     Examples
     --------
@@ -21,33 +24,6 @@ def surrogate_spike(framework: str, alpha: float = 4.0) -> Callable[[Any], Any]:
     >>> float(jax.grad(lambda h: spike(h).sum())(jnp.array(0.0)))  # alpha / 4 at h = 0
     1.0
     """
-    if framework == "torch":
-        import torch
-
-        class Spike(torch.autograd.Function):
-            @staticmethod
-            def forward(ctx: Any, h: Any) -> Any:
-                ctx.save_for_backward(h)
-                return (h >= 0).to(h.dtype)
-
-            @staticmethod
-            def backward(ctx: Any, g: Any) -> Any:
-                (h,) = ctx.saved_tensors
-                s = torch.sigmoid(alpha * h)
-                return g * alpha * s * (1.0 - s)
-
-        return Spike.apply
-    if framework == "jax":
-        import jax
-
-        @jax.custom_vjp
-        def spike(h: Any) -> Any:
-            return (h >= 0).astype(h.dtype)
-
-        def backward(h: Any, g: Any) -> tuple[Any]:
-            s = jax.nn.sigmoid(alpha * h)
-            return (g * alpha * s * (1.0 - s),)
-
-        spike.defvjp(lambda h: (spike(h), h), backward)
-        return spike
-    raise ValueError(f"`framework` must be 'torch' or 'jax'; got {framework!r}")
+    if framework not in ("torch", "jax"):
+        raise ValueError(f"`framework` must be 'torch' or 'jax'; got {framework!r}")
+    return Sigmoid(alpha)
