@@ -119,56 +119,68 @@ def test_jax_and_numpy_agree_with_torch(name):
     assert np.abs(gt.numpy()).max() > 0
 
 
-def _lif(spike):
-    def step(x, v):
-        h = v + (x - v) / 2.0
-        s = spike(h - 1.0)
-        return s, h * (1.0 - s)
+def _lifs(spikes):
+    """One LIF per surrogate in one step: a voltage each, all driven by the same x."""
+
+    def step(x, vs):
+        ys, new = [], []
+        for spike, v in zip(spikes, vs, strict=True):
+            h = v + (x - v) / 2.0
+            s = spike(h - 1.0)
+            ys.append(s)
+            new.append(h * (1.0 - s))
+        return tuple(ys), tuple(new)
 
     return step
 
 
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_every_surrogate_fuses_and_trains_as_the_loop(framework):
-    """A LIF with each surrogate, fused (kernels interpreted on CPU) and looped: spikes,
-    voltages and the gradients of x and of the initial voltage."""
+    """A LIF with each surrogate, all in one fused step (kernels interpreted on CPU) and
+    looped: spikes, voltages and the gradients of x and of each initial voltage."""
     rng = np.random.default_rng(3)
-    x_np = (rng.normal(size=(6, 40)) * 1.5).astype(np.float32)
-    v_np = (rng.normal(size=40) * 0.3).astype(np.float32)
-    w_np = rng.normal(size=(6, 40)).astype(np.float32)
-    if framework == "torch":
-        torch = pytest.importorskip("torch")
-        pytest.importorskip("triton")
-    else:
-        jax = pytest.importorskip("jax")
-        pytest.importorskip("jax.experimental.pallas")
-        jnp = jax.numpy
-    for cls in SURROGATES:
-        step = _lif(cls())
-        results = []
-        for fused in (True, False):
-            if framework == "torch":
-                x, v = torch.from_numpy(x_np).requires_grad_(), torch.from_numpy(v_np)
-                v = v.clone().requires_grad_()
-                y, v_t = ds.multi_step_forward(x, step, state=v, fused=fused)
-                loss = (y * torch.from_numpy(w_np)).sum() + (v_t * v_t).sum()
-                grads = torch.autograd.grad(loss, (x, v))
-                results.append([a.detach().numpy() for a in (y, v_t, *grads)])
-            else:
+    n = len(SURROGATES)
+    x_np = (rng.normal(size=(4, 16)) * 1.5).astype(np.float32)
+    v_np = [(rng.normal(size=16) * 0.3).astype(np.float32) for _ in range(n)]
+    w_np = rng.normal(size=(4, 16)).astype(np.float32)
+    step = _lifs([cls() for cls in SURROGATES])
 
-                def loss(x, v, fused=fused, step=step):
-                    y, v_t = ds.multi_step_forward(x, step, state=v, fused=fused)
-                    return (y * w_np).sum() + (v_t * v_t).sum(), (y, v_t)
+    def loss(ys, vs, w):
+        return sum((y * w).sum() * (i + 1) for i, y in enumerate(ys)) + sum(
+            (v * v).sum() for v in vs
+        )
 
-                fn = jax.value_and_grad(loss, (0, 1), has_aux=True)
-                (_, (y, v_t)), grads = fn(jnp.asarray(x_np), jnp.asarray(v_np))
-                results.append([np.asarray(a) for a in (y, v_t, *grads)])
-        (y, v_t, gx, gv), (y0, v0, gx0, gv0) = results
-        np.testing.assert_array_equal(y, y0, err_msg=cls.__name__)
-        for a, b in ((v_t, v0), (gx, gx0), (gv, gv0)):
+    results = []
+    for fused in (True, False):
+        if framework == "torch":
+            torch = pytest.importorskip("torch")
+            pytest.importorskip("triton")
+            x = torch.from_numpy(x_np).requires_grad_()
+            vs = tuple(torch.from_numpy(v).requires_grad_() for v in v_np)
+            ys, finals = ds.multi_step_forward(x, step, state=vs, fused=fused)
+            grads = torch.autograd.grad(loss(ys, finals, torch.from_numpy(w_np)), (x, *vs))
+            results.append([a.detach().numpy() for a in (*ys, *finals, *grads)])
+        else:
+            jax = pytest.importorskip("jax")
+            pytest.importorskip("jax.experimental.pallas")
+
+            def run(x, vs, fused=fused):
+                ys, finals = ds.multi_step_forward(x, step, state=vs, fused=fused)
+                return loss(ys, finals, w_np), (ys, finals)
+
+            fn = jax.value_and_grad(run, (0, 1), has_aux=True)
+            (_, (ys, finals)), (gx, gvs) = fn(jax.numpy.asarray(x_np), tuple(v_np))
+            results.append([np.asarray(a) for a in (*ys, *finals, gx, *gvs)])
+    fused, looped = results
+    names = [cls.__name__ for cls in SURROGATES]
+    labels = [f"spikes, {m}" for m in names] + [f"voltage, {m}" for m in names]
+    labels += ["gradient of x"] + [f"gradient of v0, {m}" for m in names]
+    for i, (a, b, label) in enumerate(zip(fused, looped, labels, strict=True)):
+        if i < n:
+            np.testing.assert_array_equal(a, b, err_msg=label)
+        else:
             scale = max(1.0, float(np.abs(b).max()))
-            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * scale, err_msg=cls.__name__)
-        assert np.abs(gx0).max() > 0, cls.__name__
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6 * scale, err_msg=label)
 
 
 def test_parameters_are_checked_and_part_of_equality():
