@@ -321,3 +321,51 @@ def test_jax_gpu_launch_of_a_step_of_several_axes_counts_the_arrays_it_loads():
         ("fwd", (1, 2)),
         ("bwd", (2, 1)),
     ]
+
+
+def _all_surrogates_step():
+    """A LIF per `dualstep.surrogate` surrogate in one step (its voltages as a tuple)."""
+    from dualstep.surrogate import SURROGATES
+
+    spikes = [cls() for cls in SURROGATES]
+
+    def step(x, vs):
+        ys, new = [], []
+        for spike, v in zip(spikes, vs, strict=True):
+            h = v + (x - v) / 2.0
+            s = spike(h - 1.0)
+            ys.append(s)
+            new.append(h * (1.0 - s))
+        return tuple(ys), tuple(new)
+
+    return step, len(spikes)
+
+
+def test_every_surrogate_trains_fused_on_a_gpu_build():
+    """The torch kernels of a training call through every `dualstep.surrogate` compile to a
+    cubin (float32 for sm_80, float16 for sm_90), and the JAX call's gradient lowers for
+    CUDA: the gradients' `pow`, `abs`, `exp` and `where` have GPU lowerings on both."""
+    step, n = _all_surrogates_step()
+    for dtype, cc in ((torch.float32, 80), (torch.float16, 90)):
+        x = torch.rand(3, 8, dtype=dtype, requires_grad=True)
+        states = tuple(torch.zeros(8, dtype=dtype) for _ in range(n))
+        kernels = fused_triton.gpu_kernels(x, step, states)
+        assert [k.fn.__name__ for k, _ in kernels] == ["fwd", "bwd"]
+        for kernel, launch in kernels:
+            assert "cubin" in fused_triton.compile_ahead(kernel, launch, dtype, cc).asm
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax.experimental.pallas.triton")
+    jnp = jax.numpy
+    from dualstep.fused import pallas
+
+    x = jnp.linspace(0.0, 2.0, 4 * 96).reshape(4, 96)
+    s0 = tuple(jnp.zeros(96) for _ in range(n))
+
+    def gradient(x, s0):
+        def loss(x):
+            ys, _ = pallas.multi_step(x, step, s0, interpret=False)
+            return sum(y.sum() for y in ys)
+
+        return jax.grad(loss)(x)
+
+    jax.jit(gradient).trace(x, s0).lower(lowering_platforms=("cuda",))
