@@ -104,18 +104,18 @@ class Surrogate:
     def _params(self) -> tuple[float, ...]:
         return tuple(getattr(self, name) for name in self.PARAMS)
 
+    def _identity(self) -> tuple:
+        return (type(self), self._params(), self.spiking)
+
     def __repr__(self) -> str:
         params = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.PARAMS)
         return f"{type(self).__name__}({params}, spiking={self.spiking})"
 
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and (other._params(), other.spiking) == (  # type: ignore[attr-defined]
-            self._params(),
-            self.spiking,
-        )
+        return isinstance(other, Surrogate) and other._identity() == self._identity()
 
     def __hash__(self) -> int:
-        return hash((type(self), self._params(), self.spiking))
+        return hash(self._identity())
 
     def __call__(self, x: Any) -> Any:
         kind = _kind(x)
