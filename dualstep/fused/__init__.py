@@ -106,12 +106,13 @@ def saved_for_backward(
     `graph` is the step's joint forward-and-backward computation, every value (inputs
     included) with the values it is computed from, in order; `inputs` are its inputs
     (``x``, then the state), `cotangents` those of the backward, `gradients` its gradient
-    outputs. A value computed
-    from neither is a constant, recomputed where needed. Saving ``x`` costs one read per
-    step (it is in memory already); saving the state or another value of ``x``'s dtype, a
-    write in the forward kernel and a read in the backward; other values are not saved. A
-    LIF neuron with a surrogate saves its charged voltage ``h``, as SpikingJelly's kernel
-    does, instead of ``x`` and ``v``. Returns the values in the order of `graph`.
+    outputs. A value computed from neither is a constant, recomputed where needed. Saving
+    ``x`` costs one read per step (it is in memory already); saving the state or another
+    value of ``x``'s dtype, a write in the forward kernel and a read in the backward; other
+    values are not saved. A LIF neuron with a surrogate saves its charged voltage ``h``, as
+    SpikingJelly's kernel does, instead of ``x`` and ``v``. Of equal cuts, the one nearest
+    the inputs (the same whatever order the flow is found in). Returns the values in the
+    order of `graph`.
     """
     reads = {v: r for v, r in graph}
     backward = set(cotangents)
