@@ -95,3 +95,19 @@ ERROR_ROWS = {
 def error_pattern(message: str) -> str:
     """A regular expression for a row's message, ``...`` matching anything."""
     return ".*".join(re.escape(part) for part in message.split("..."))
+
+
+def surrogate_lifs(spikes: list) -> Callable:
+    """One step holding a LIF per spike function in `spikes`: a voltage each (the state, a
+    tuple), all driven by the same x; the spikes as a tuple."""
+
+    def step(x: Any, vs: tuple) -> tuple:
+        ys, new = [], []
+        for spike, v in zip(spikes, vs, strict=True):
+            h = v + (x - v) / 2.0
+            s = spike(h - 1.0)
+            ys.append(s)
+            new.append(h * (1.0 - s))
+        return tuple(ys), tuple(new)
+
+    return step

@@ -15,6 +15,8 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
+from support import surrogate_lifs  # noqa: E402
+
 from dualstep.fused import triton as fused_triton  # noqa: E402
 from dualstep.testing import surrogate_spike  # noqa: E402
 
@@ -323,29 +325,14 @@ def test_jax_gpu_launch_of_a_step_of_several_axes_counts_the_arrays_it_loads():
     ]
 
 
-def _all_surrogates_step():
-    """A LIF per `dualstep.surrogate` surrogate in one step (its voltages as a tuple)."""
-    from dualstep.surrogate import SURROGATES
-
-    spikes = [cls() for cls in SURROGATES]
-
-    def step(x, vs):
-        ys, new = [], []
-        for spike, v in zip(spikes, vs, strict=True):
-            h = v + (x - v) / 2.0
-            s = spike(h - 1.0)
-            ys.append(s)
-            new.append(h * (1.0 - s))
-        return tuple(ys), tuple(new)
-
-    return step, len(spikes)
-
-
 def test_every_surrogate_trains_fused_on_a_gpu_build():
     """The torch kernels of a training call through every `dualstep.surrogate` compile to a
     cubin (float32 for sm_80, float16 for sm_90), and the JAX call's gradient lowers for
     CUDA: the gradients' `pow`, `abs`, `exp` and `where` have GPU lowerings on both."""
-    step, n = _all_surrogates_step()
+    from dualstep.surrogate import SURROGATES
+
+    n = len(SURROGATES)
+    step = surrogate_lifs([cls() for cls in SURROGATES])
     for dtype, cc in ((torch.float32, 80), (torch.float16, 90)):
         x = torch.rand(3, 8, dtype=dtype, requires_grad=True)
         states = tuple(torch.zeros(8, dtype=dtype) for _ in range(n))

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import surrogate_lifs
 
 import dualstep as ds
 from dualstep import surrogate
@@ -119,21 +120,6 @@ def test_jax_and_numpy_agree_with_torch(name):
     assert np.abs(gt.numpy()).max() > 0
 
 
-def _lifs(spikes):
-    """One LIF per surrogate in one step: a voltage each, all driven by the same x."""
-
-    def step(x, vs):
-        ys, new = [], []
-        for spike, v in zip(spikes, vs, strict=True):
-            h = v + (x - v) / 2.0
-            s = spike(h - 1.0)
-            ys.append(s)
-            new.append(h * (1.0 - s))
-        return tuple(ys), tuple(new)
-
-    return step
-
-
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_every_surrogate_fuses_and_trains_as_the_loop(framework):
     """A LIF with each surrogate, all in one fused step (kernels interpreted on CPU) and
@@ -143,7 +129,7 @@ def test_every_surrogate_fuses_and_trains_as_the_loop(framework):
     x_np = (rng.normal(size=(4, 16)) * 1.5).astype(np.float32)
     v_np = [(rng.normal(size=16) * 0.3).astype(np.float32) for _ in range(n)]
     w_np = rng.normal(size=(4, 16)).astype(np.float32)
-    step = _lifs([cls() for cls in SURROGATES])
+    step = surrogate_lifs([cls() for cls in SURROGATES])
 
     def loss(ys, vs, w):
         return sum((y * w).sum() * (i + 1) for i, y in enumerate(ys)) + sum(

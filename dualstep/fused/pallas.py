@@ -293,10 +293,9 @@ def gpu_kernels(
     finally:
         lowering.lower_jaxpr_to_triton_module = lower
     names = ("fwd", "bwd") if grad else ("fwd",)
-    ny = kernel.ny
-    arrays = {"fwd": (1, ny), "bwd": (0, 1)}
+    arrays = {"fwd": (1, kernel.ny)}
     if grad:
-        arrays = {"fwd": (1, ny + len(kernel.split.saved)), "bwd": (kernel.split.loads, 1)}
+        arrays = {"fwd": (1, kernel.ny + len(kernel.split.saved)), "bwd": (kernel.split.loads, 1)}
     return [
         (name, text, {**kernel.launches[name], "arrays": arrays[name]})
         for name, text in zip(names, texts, strict=True)

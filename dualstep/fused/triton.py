@@ -473,11 +473,11 @@ class _Kernels:
             self._built[name, unroll] = found
         return found
 
-    def arrays(self, name: str, save: bool = True) -> tuple[int, int]:
+    def arrays(self, name: str) -> tuple[int, int]:
         """The arrays the kernel `name` reads and writes per time step (the forward's saved
-        values with `save`)."""
+        values included)."""
         if name == "fwd":
-            return 1, self.ny + save * len(self.saved_dtypes)
+            return 1, self.ny + len(self.saved_dtypes)
         return self.reads_x + len(self.saved_dtypes) + len(self.diff_y), 1
 
     def launch(self, name: str, x: torch.Tensor) -> tuple[Any, dict]:
