@@ -137,6 +137,39 @@ class Surrogate:
         is (``spiking=False``)."""
         raise NotImplementedError(f"SpikingJelly defines no primitive function for {self!r}")
 
+    def derivative(self, x: Any) -> Any:
+        """The surrogate's derivative at `x` as SpikingJelly's neuron kernels compute it (their
+        backward multiplies the incoming gradient by it); None where they have no formula for
+        this surrogate (:meth:`fire` then falls back on :meth:`gradient`)."""
+        return None
+
+    def fire(self, h: Any) -> Any:
+        """The spike of a neuron at ``h = v - v_threshold``, as SpikingJelly's neurons fire it.
+
+        The value is that of calling the surrogate. The gradient follows SpikingJelly's rule
+        for its built-in neurons (IF, LIF, ParametricLIF, QIF, EIF, Izhikevich): a float32
+        ``h`` and a surrogate with a kernel formula (:meth:`derivative`) give
+        ``grad * derivative(h)``; any other dtype or surrogate gives :meth:`gradient`, as a
+        plain call does. The two round differently, and a neuron that matches SpikingJelly
+        bit for bit must pick the one SpikingJelly picks.
+        """
+        if not self.spiking or not _in_kernel(self, h):
+            return self(h)
+        kind = _kind(h)
+        if kind == "torch":
+            return _TorchSpike.apply(h, self, True)
+        if kind == "jax":
+            return _jax_spike(self, True)(h)
+        return heaviside(h)
+
+
+def _in_kernel(surrogate: Surrogate, h: Any) -> bool:
+    """Whether SpikingJelly's neuron kernels would take `h` (float32, a kernel formula)."""
+    return (
+        type(surrogate).derivative is not Surrogate.derivative
+        and array_namespace(h).float32 == h.dtype
+    )
+
 
 def heaviside(x: Any) -> Any:
     """``x >= 0`` in `x`'s dtype: 1.0 at 0, as SpikingJelly's ``heaviside``."""
@@ -149,17 +182,22 @@ def _torch_function() -> Any:
 
     class Spike(torch.autograd.Function):
         @staticmethod
-        def forward(ctx: Any, x: Any, surrogate: Surrogate) -> Any:
+        def forward(ctx: Any, x: Any, surrogate: Surrogate, in_kernel: bool) -> Any:
             ctx.save_for_backward(x)
-            ctx.surrogate = surrogate
+            ctx.surrogate, ctx.in_kernel = surrogate, in_kernel
             return (x >= 0).to(x)
 
         @staticmethod
         def backward(ctx: Any, grad: Any) -> Any:
             (x,) = ctx.saved_tensors
-            return ctx.surrogate.gradient(x, grad), None
+            return _backward(ctx.surrogate, ctx.in_kernel, x, grad), None, None
 
     return Spike
+
+
+def _backward(surrogate: Surrogate, in_kernel: bool, x: Any, grad: Any) -> Any:
+    """The spike's gradient: a neuron kernel's (:meth:`Surrogate.fire`) or the surrogate's."""
+    return grad * surrogate.derivative(x) if in_kernel else surrogate.gradient(x, grad)
 
 
 class _Lazy:
@@ -170,17 +208,17 @@ class _Lazy:
     def function(self) -> Any:
         return _torch_function()
 
-    def apply(self, x: Any, surrogate: Surrogate) -> Any:
-        return self.function.apply(x, surrogate)
+    def apply(self, x: Any, surrogate: Surrogate, in_kernel: bool = False) -> Any:
+        return self.function.apply(x, surrogate, in_kernel)
 
 
 _TorchSpike = _Lazy()
 
 
 @functools.cache
-def _jax_spike(surrogate: Surrogate) -> Any:
-    """The JAX spike of `surrogate`, one ``custom_vjp`` per surrogate and parameters (equal
-    surrogates share it, so the JAX compile cache sees one function)."""
+def _jax_spike(surrogate: Surrogate, in_kernel: bool = False) -> Any:
+    """The JAX spike of `surrogate`, one ``custom_vjp`` per surrogate, parameters and gradient
+    rule (equal surrogates share it, so the JAX compile cache sees one function)."""
     import jax
 
     @jax.custom_vjp
@@ -191,7 +229,7 @@ def _jax_spike(surrogate: Surrogate) -> Any:
         return heaviside(x), x
 
     def backward(x: Any, grad: Any) -> tuple[Any]:
-        return (surrogate.gradient(x, grad),)
+        return (_backward(surrogate, in_kernel, x, grad),)
 
     spike.defvjp(forward, backward)
     return spike
@@ -211,6 +249,10 @@ class Sigmoid(Surrogate):
     def primitive(self, x: Any) -> Any:
         return _sigmoid(array_namespace(x), _kind(x), x * self.alpha)
 
+    def derivative(self, x: Any) -> Any:
+        s = _sigmoid(array_namespace(x), _kind(x), self.alpha * x)
+        return (1 - s) * s * self.alpha
+
 
 class ATan(Surrogate):
     """Gradient ``(alpha / 2) / (1 + (pi alpha x / 2)^2)``; primitive
@@ -226,6 +268,10 @@ class ATan(Surrogate):
 
     def primitive(self, x: Any) -> Any:
         return array_namespace(x).atan(math.pi / 2 * self.alpha * x) / math.pi + 0.5
+
+    def derivative(self, x: Any) -> Any:
+        z = x * (math.pi / 2 * self.alpha)
+        return (self.alpha / 2) / (1 + z * z)
 
 
 class PiecewiseQuadratic(Surrogate):
@@ -248,6 +294,10 @@ class PiecewiseQuadratic(Surrogate):
         inside = xp.astype(xp.abs(x) <= (1.0 / alpha), x.dtype)
         return above + inside * (-(alpha**2) / 2 * (x * x) * xp.sign(x) + alpha * x + 0.5)
 
+    def derivative(self, x: Any) -> Any:
+        xp = array_namespace(x)
+        return xp.clip(self.alpha - self.alpha * self.alpha * xp.abs(x), min=0)
+
 
 class SoftSign(Surrogate):
     """Gradient ``1 / (2 alpha (1 / alpha + |x|)^2)``; primitive
@@ -267,6 +317,10 @@ class SoftSign(Surrogate):
         z = x * self.alpha
         return (z / (1 + xp.abs(z)) + 1.0) / 2.0
 
+    def derivative(self, x: Any) -> Any:
+        z = 1 / self.alpha + array_namespace(x).abs(x)
+        return 1 / (2 * self.alpha * z * z)
+
 
 class Erf(Surrogate):
     """Gradient ``alpha / sqrt(pi) * exp(-(alpha x)^2)``; primitive
@@ -282,6 +336,10 @@ class Erf(Surrogate):
     def primitive(self, x: Any) -> Any:
         return _erfc(_kind(x), -self.alpha * x) / 2.0
 
+    def derivative(self, x: Any) -> Any:
+        z = self.alpha * x
+        return (self.alpha / math.sqrt(math.pi)) * array_namespace(x).exp(-z * z)
+
 
 class SuperSpike(Surrogate):
     """Gradient ``alpha / (|x| + 1)^2`` (Zenke and Ganguli); SpikingJelly defines no
@@ -293,6 +351,49 @@ class SuperSpike(Surrogate):
     def gradient(self, x: Any, grad: Any) -> Any:
         xp = array_namespace(x)
         return self.alpha * grad / (xp.abs(x) + 1.0) ** 2
+
+    def derivative(self, x: Any) -> Any:
+        z = 1 + array_namespace(x).abs(x)
+        return self.alpha / (z * z)
+
+
+class PiecewiseExp(Surrogate):
+    """Gradient ``alpha / 2 * exp(-alpha |x|)``; primitive ``1 - exp(-alpha x) / 2`` for
+    ``x >= 0``, ``exp(alpha x) / 2`` below. Default ``alpha=1.0``."""
+
+    def __init__(self, alpha: float = 1.0, spiking: bool = True) -> None:
+        super().__init__(spiking, alpha=alpha)
+
+    def gradient(self, x: Any, grad: Any) -> Any:
+        xp = array_namespace(x)
+        return self.alpha / 2 * xp.exp(-self.alpha * xp.abs(x)) * grad
+
+    def primitive(self, x: Any) -> Any:
+        s = heaviside(x)
+        sign = s * 2.0 - 1.0
+        return s - array_namespace(x).exp(sign * x * -self.alpha) / 2.0 * sign
+
+    def derivative(self, x: Any) -> Any:
+        xp = array_namespace(x)
+        return (self.alpha / 2) * xp.exp(-self.alpha * xp.abs(x))
+
+
+class Rect(Surrogate):
+    """Gradient ``alpha`` for ``|x| < 1 / (2 alpha)``, else 0 (a rectangular window);
+    primitive ``clip(alpha x + 1/2, 0, 1)``. Default ``alpha=1.0``, which must be positive;
+    SpikingJelly's ``CUBALIFNode`` fires through it."""
+
+    def __init__(self, alpha: float = 1.0, spiking: bool = True) -> None:
+        if not alpha > 0:
+            raise ValueError(f"`alpha` must be positive; got {alpha!r}")
+        super().__init__(spiking, alpha=alpha)
+
+    def gradient(self, x: Any, grad: Any) -> Any:
+        xp = array_namespace(x)
+        return self.alpha * xp.astype(xp.abs(x) < 0.5 / self.alpha, x.dtype) * grad
+
+    def primitive(self, x: Any) -> Any:
+        return array_namespace(x).clip(self.alpha * x + 0.5, min=0.0, max=1.0)
 
 
 class PiecewiseLeakyReLU(Surrogate):
@@ -355,15 +456,19 @@ SURROGATES = (
     SuperSpike,
     PiecewiseLeakyReLU,
     QPseudoSpike,
+    PiecewiseExp,
+    Rect,
 )
 
 __all__ = [
     "SURROGATES",
     "ATan",
     "Erf",
+    "PiecewiseExp",
     "PiecewiseLeakyReLU",
     "PiecewiseQuadratic",
     "QPseudoSpike",
+    "Rect",
     "Sigmoid",
     "SoftSign",
     "SuperSpike",

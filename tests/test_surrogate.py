@@ -26,6 +26,8 @@ PARAMS = {
     "SuperSpike": {"alpha": _ALPHA},
     "PiecewiseLeakyReLU": {"w": st.floats(0.25, 4.0), "c": st.sampled_from([0.0, 0.01, 0.1])},
     "QPseudoSpike": {"alpha": st.floats(1.25, 8.0)},
+    "PiecewiseExp": {"alpha": _ALPHA},
+    "Rect": {"alpha": _ALPHA},
 }
 NAMES = [cls.__name__ for cls in SURROGATES]
 # SpikingJelly defines no primitive function for SuperSpike.
