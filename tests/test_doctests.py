@@ -17,6 +17,7 @@ MODULES = {
     "dualstep.testing._steps": (),
     "dualstep.testing._surrogate": ("jax",),
     "dualstep.surrogate": ("jax",),
+    "dualstep.neurons": (),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),
     "dualstep.nir": ("nir",),

@@ -12,10 +12,12 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_torch_jax_and_porting_examples():
-    assert len(BLOCKS) == 5
+    assert len(BLOCKS) == 6
 
 
-@pytest.mark.parametrize("block", BLOCKS, ids=["torch", "jax", "surrogate", "porting", "fused"])
+@pytest.mark.parametrize(
+    "block", BLOCKS, ids=["torch", "jax", "surrogate", "neurons", "porting", "fused"]
+)
 def test_readme_example_runs(block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
         pytest.importorskip(module)
@@ -29,6 +31,8 @@ def test_readme_example_runs(block):
         assert namespace["report"].ok and len(namespace["report"].rows) == 9
         assert set(namespace["params"]) == {"weight", "bias"}
         assert namespace["state"]["count"] is None
+    elif "g_jax" in namespace:  # neurons: its own assertions ran on a spiking run
+        assert float(namespace["spikes"].detach().sum()) > 0
     elif "g_j" in namespace:  # surrogate: its own assertions ran; the gradient is not zero
         assert float(abs(namespace["g_t"]).max()) > 0
     elif "y_loop" in namespace:  # fused: its own assertion ran
@@ -45,11 +49,15 @@ def test_readme_example_runs(block):
 def test_api_reference_names_every_public_name():
     import dualstep
     import dualstep.interop
+    import dualstep.neurons
+    import dualstep.surrogate
     import dualstep.testing
 
     text = README.read_text().split("## API reference", 1)[1].split("\n## ", 1)[0]
     modules = {"dualstep": dualstep, "dualstep.interop": dualstep.interop}
     modules["dualstep.testing"] = dualstep.testing
+    modules["dualstep.surrogate"] = dualstep.surrogate
+    modules["dualstep.neurons"] = dualstep.neurons
     names = [f"{m}.{n}" for m, module in modules.items() for n in module.__all__]
     pytest.importorskip("hypothesis")
     import dualstep.testing.strategies as strategies
