@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from dualstep import neurons as _neurons
+from dualstep import surrogate as _surrogate
 from dualstep._tree import map_with_path
 from dualstep.testing import TOLERANCES
 
@@ -111,3 +113,39 @@ def surrogate_lifs(spikes: list) -> Callable:
         return tuple(ys), tuple(new)
 
     return step
+
+
+def every_neuron(w: Any = None) -> tuple[list, Callable, Callable]:
+    """One instance of each neuron (fixed, spiking hyperparameters; ParametricLIF's `w` given,
+    or from ``init_tau=3``), and one step holding all of them: a state dict by neuron name,
+    the outputs as a tuple."""
+    plif = _neurons.ParametricLIF(init_tau=3.0, decay_input=False)
+    each = {
+        "IF": _neurons.IF(v_reset=None),
+        "LIF": _neurons.LIF(tau=2.0, surrogate_function=_surrogate.ATan()),
+        "ParametricLIF": plif if w is None else plif.replace(w=w),
+        "QIF": _neurons.QIF(surrogate_function=_surrogate.Erf()),
+        "EIF": _neurons.EIF(v_reset=None, detach_reset=True),
+        "Izhikevich": _neurons.Izhikevich(a=0.3, b=0.2),
+        "CubaLIF": _neurons.CubaLIF(),
+        "AdaptiveLIF": _neurons.AdaptiveLIF(tau_adapt=4.0),
+        "LI": _neurons.LI(),
+    }
+    assert set(each) == {cls.__name__ for cls in _neurons.NEURONS}
+
+    def step(x, state):
+        ys, new = [], {}
+        for name, neuron in each.items():
+            y, new[name] = neuron(x, state[name])
+            ys.append(y)
+        return tuple(ys), new
+
+    def initial_state(x_seq):
+        return {name: neuron.initial_state(x_seq) for name, neuron in each.items()}
+
+    return list(each), step, initial_state
+
+
+def variables(state: Any) -> dict:
+    """A neuron's state as a dict by variable name."""
+    return state if isinstance(state, dict) else {"v": state}

@@ -15,7 +15,7 @@ import pytest
 torch = pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
-from support import surrogate_lifs  # noqa: E402
+from support import every_neuron, surrogate_lifs  # noqa: E402
 
 from dualstep.fused import triton as fused_triton  # noqa: E402
 from dualstep.testing import surrogate_spike  # noqa: E402
@@ -356,3 +356,39 @@ def test_every_surrogate_trains_fused_on_a_gpu_build():
         return jax.grad(loss)(x)
 
     jax.jit(gradient).trace(x, s0).lower(lowering_platforms=("cuda",))
+
+
+def test_every_neuron_trains_fused_on_a_gpu_build(tmp_path):
+    """Every `dualstep.neurons` neuron in one training step: the torch kernels (float32 and
+    float16) and the JAX modules (forward and gradient, float32) compile to a cubin for sm_90,
+    the JAX ones with every division and sigmoid rounded to nearest (ParametricLIF's is of a
+    0-d parameter)."""
+    _, step, initial_state = every_neuron()
+    for dtype in (torch.float32, torch.float16):
+        x = torch.rand(3, 8, dtype=dtype, requires_grad=True)
+        kernels = fused_triton.gpu_kernels(x, step, initial_state(x))
+        assert [k.fn.__name__ for k, _ in kernels] == ["fwd", "bwd"]
+        for kernel, launch in kernels:
+            assert "cubin" in fused_triton.compile_ahead(kernel, launch, dtype, 90).asm
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax.experimental.pallas.triton")
+    from triton.backends.compiler import GPUTarget
+
+    from dualstep.fused import pallas
+
+    x = jax.numpy.zeros((4, 96))
+    kernels = pallas.gpu_kernels(x, step, initial_state(x))
+    assert [name for name, _, _ in kernels] == ["fwd", "bwd"]
+    for i, (_, module, _) in enumerate(kernels):
+        path = tmp_path / f"kernel{i}.ttir"
+        path.write_text(module)
+        try:
+            options = {"enable_fp_fusion": False}
+            compiled = triton.compile(str(path), target=GPUTarget("cuda", 90, 32), options=options)
+        except Exception as error:
+            if "parse" in str(error).lower():  # jaxlib's Triton dialect, not this triton's
+                pytest.skip(f"the installed triton cannot read jaxlib's module: {error}")
+            raise
+        assert "cubin" in compiled.asm and "div.rn.f32" in compiled.asm["ptx"]
+        for approximate in ("div.approx", "div.full", "rcp.approx"):
+            assert approximate not in compiled.asm["ptx"], (i, approximate)

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import MAKERS, assert_close
+from support import MAKERS, assert_close, every_neuron, variables
 
 import dualstep as ds
 from dualstep import neurons, surrogate
@@ -182,41 +182,10 @@ def test_adaptive_lif_follows_its_equations():
         assert 0 < ys.mean() < 0.5 and a.max() > 0.2
 
 
-def _every_neuron(w=None):
-    """One instance of each neuron (fixed, spiking hyperparameters; ParametricLIF's `w` given,
-    or from ``init_tau=3``), and one step holding all of them: a state dict by neuron name,
-    the outputs as a tuple."""
-    plif = neurons.ParametricLIF(init_tau=3.0, decay_input=False)
-    each = {
-        "IF": neurons.IF(v_reset=None),
-        "LIF": neurons.LIF(tau=2.0, surrogate_function=surrogate.ATan()),
-        "ParametricLIF": plif if w is None else plif.replace(w=w),
-        "QIF": neurons.QIF(surrogate_function=surrogate.Erf()),
-        "EIF": neurons.EIF(v_reset=None, detach_reset=True),
-        "Izhikevich": neurons.Izhikevich(a=0.3, b=0.2),
-        "CubaLIF": neurons.CubaLIF(),
-        "AdaptiveLIF": neurons.AdaptiveLIF(tau_adapt=4.0),
-        "LI": neurons.LI(),
-    }
-    assert set(each) == {cls.__name__ for cls in neurons.NEURONS}
-
-    def step(x, state):
-        ys, new = [], {}
-        for name, neuron in each.items():
-            y, new[name] = neuron(x, state[name])
-            ys.append(y)
-        return tuple(ys), new
-
-    def initial_state(x_seq):
-        return {name: neuron.initial_state(x_seq) for name, neuron in each.items()}
-
-    return list(each), step, initial_state
-
-
 def test_every_neuron_agrees_with_the_numpy_oracle(backend):
     """float64 on every backend: outputs and final states equal NumPy's within tolerance (JAX
     rounds exp and division as XLA does)."""
-    names, step, initial_state = _every_neuron()
+    names, step, initial_state = every_neuron()
     x_np = np.random.default_rng(0).normal(size=(12, 3, 4)) * 1.5
     oracle = ds.multi_step_forward(x_np, step, state=initial_state(x_np))
     x = backend.asarray(x_np)
@@ -226,15 +195,10 @@ def test_every_neuron_agrees_with_the_numpy_oracle(backend):
         assert_close(backend.to_numpy(y), y_np)
         assert y_np.any(), name
     for name in names:
-        ours, oracle_state = _variables(state[name]), _variables(state_np[name])
+        ours, oracle_state = variables(state[name]), variables(state_np[name])
         assert ours.keys() == oracle_state.keys(), name
         for var, value in ours.items():
             assert_close(backend.to_numpy(value), oracle_state[var])
-
-
-def _variables(state):
-    """A neuron's state as a dict by variable name."""
-    return state if isinstance(state, dict) else {"v": state}
 
 
 def test_jax_gradients_equal_torch_autograd(jax_x64):
@@ -242,15 +206,15 @@ def test_jax_gradients_equal_torch_autograd(jax_x64):
     states and ParametricLIF's `w`) against torch autograd."""
     torch = pytest.importorskip("torch")
     jnp = jax_x64.numpy
-    names, _, initial_state = _every_neuron()
+    names, _, initial_state = every_neuron()
     rng = np.random.default_rng(1)
     x_np = rng.normal(size=(10, 2, 3)) * 1.5
     w_np = rng.normal(size=(len(names), 10, 2, 3))
 
     def loss(x, s0, w, weights):
-        ys, s = ds.multi_step_forward(x, _every_neuron(w)[1], state=s0)
+        ys, s = ds.multi_step_forward(x, every_neuron(w)[1], state=s0)
         total = sum((y * weights[i]).sum() for i, y in enumerate(ys))
-        leaves = [v for state in s.values() for v in _variables(state).values()]
+        leaves = [v for state in s.values() for v in variables(state).values()]
         return total + sum((v * v).sum() for v in leaves)
 
     grads = {}
@@ -273,13 +237,13 @@ def test_jax_gradients_equal_torch_autograd(jax_x64):
 def test_every_neuron_fuses_and_trains_as_the_loop(framework):
     """All neurons in one fused step (kernels interpreted on CPU) against the loop, float32:
     outputs and final states equal, gradients of x and the initial states close."""
-    names, step, initial_state = _every_neuron()
+    names, step, initial_state = every_neuron()
     rng = np.random.default_rng(2)
     x_np = (rng.normal(size=(6, 16)) * 1.5).astype(np.float32)
     w_np = rng.normal(size=(len(names), 6, 16)).astype(np.float32)
 
     def loss(ys, state, w):
-        leaves = [v for s in state.values() for v in _variables(s).values()]
+        leaves = [v for s in state.values() for v in variables(s).values()]
         total = sum((y * w[i]).sum() for i, y in enumerate(ys))
         return total + sum((v * v).sum() for v in leaves)
 
@@ -290,7 +254,7 @@ def test_every_neuron_fuses_and_trains_as_the_loop(framework):
             pytest.importorskip("triton")
             x = torch.from_numpy(x_np).requires_grad_()
             s0 = initial_state(x)
-            leaves = [v.requires_grad_() for s in s0.values() for v in _variables(s).values()]
+            leaves = [v.requires_grad_() for s in s0.values() for v in variables(s).values()]
             ys, state = ds.multi_step_forward(x, step, state=s0, fused=fused)
             grads = torch.autograd.grad(loss(ys, state, torch.from_numpy(w_np)), [x, *leaves])
             out = [ys, state, [g.numpy() for g in grads]]
@@ -312,8 +276,8 @@ def test_every_neuron_fuses_and_trains_as_the_loop(framework):
     for name, y, y_loop in zip(names, ys, ys_loop, strict=True):
         np.testing.assert_array_equal(to_np(y), to_np(y_loop), err_msg=name)
     for name in names:
-        for var, value in _variables(state[name]).items():
-            expected = to_np(_variables(state_loop[name])[var])
+        for var, value in variables(state[name]).items():
+            expected = to_np(variables(state_loop[name])[var])
             np.testing.assert_allclose(to_np(value), expected, rtol=1e-6, atol=1e-6)
     for g, g_loop in zip(grads, grads_loop, strict=True):
         scale = max(1.0, float(np.abs(g_loop).max()))

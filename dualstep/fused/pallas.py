@@ -345,15 +345,19 @@ def _rounded(name: str, args: list) -> Any:
         (x,) = args
         return _rounded("div", [jnp.ones_like(x), 1.0 + jnp.exp(-x)])
     args = jnp.broadcast_arrays(*(jnp.asarray(a, jnp.float32) for a in args))
+    shape = args[0].shape
+    if not shape:  # inline assembly takes tensors, not scalars (a step's 0-d parameter)
+        args = [jnp.broadcast_to(a, (1,)) for a in args]
     result = jax.ShapeDtypeStruct(args[0].shape, jnp.float32)
     operands = ", ".join(f"${i}" for i in range(len(args) + 1))
-    return pltriton.elementwise_inline_asm(
+    out = pltriton.elementwise_inline_asm(
         f"{name}.rn.f32 {operands};",
         args=args,
         constraints=",".join(["=r"] + ["r"] * len(args)),
         pack=1,
         result_shape_dtypes=[result],
     )[0]
+    return out if shape else out.reshape(())
 
 
 _ROUNDED = frozenset(["div", "sqrt", "logistic"])
