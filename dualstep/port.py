@@ -37,8 +37,10 @@ True
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from . import neurons, surrogate
@@ -72,10 +74,14 @@ class PortedStep:
     :func:`dualstep.interop.module_from_jax`.
     """
 
-    def __init__(self, op: Op, buffers: dict, carried: dict, description: str) -> None:
+    def __init__(self, op: Op, buffers: dict, builder: _Builder, description: str) -> None:
         self.op = op
         self.buffers = buffers
-        self._carried = carried  # buffer name -> (state key, entry) where training updates it
+        self._carried = builder.carried  # buffer name -> (state key, entry) training updates
+        # What each state entry is ("neuron" with its variables, "batch_norm", "dropout"), and
+        # every ported module's path and class, in the network's order.
+        self.entries: dict[str, tuple[str, tuple[str, ...]]] = builder.entries
+        self.layers: list[tuple[str, str]] = builder.layers
         self._description = description
 
     def __call__(self, params: dict, x: Any, state: dict) -> tuple[Any, dict]:
@@ -91,6 +97,31 @@ class PortedStep:
 
     def __repr__(self) -> str:
         return f"PortedStep({self._description})"
+
+    @staticmethod
+    @contextlib.contextmanager
+    def tapping() -> Iterator[dict[str, list]]:
+        """Within it, eager calls of ported steps record each module's output: a dict from
+        module path to the outputs of its calls, in order (values computed inside a JAX
+        transformation, a ``MultiStepContainer``'s loop for one, are not recorded)."""
+        taps: dict[str, list] = {}
+        token = _TAPS.set(taps)
+        try:
+            yield taps
+        finally:
+            _TAPS.reset(token)
+
+
+_TAPS: contextvars.ContextVar[dict | None] = contextvars.ContextVar("taps", default=None)
+
+
+def _tap(path: str, y: Any) -> None:
+    taps = _TAPS.get()
+    if taps is not None:
+        import jax
+
+        if not any(isinstance(a, jax.core.Tracer) for a in jax.tree_util.tree_leaves(y)):
+            taps.setdefault(path, []).append(y)
 
 
 def to_jax(module: Any, example_input: Any, *, key: Any = None) -> tuple[PortedStep, dict, dict]:
@@ -136,7 +167,7 @@ def to_jax(module: Any, example_input: Any, *, key: Any = None) -> tuple[PortedS
     jax.eval_shape(lambda p, x: op(p, x, initial)[0], params, x)
     state = {k: make() for k, make in {**builder.makers, **initial.makers}.items()}
     description = f"{type(module).__name__}, {len(params)} parameters, state {sorted(state)}"
-    return PortedStep(op, buffers, builder.carried, description), params, state
+    return PortedStep(op, buffers, builder, description), params, state
 
 
 class _Initial(dict):
@@ -175,6 +206,8 @@ class _Builder:
         self.carried: dict = {}  # buffer name -> (state key, entry)
         self.makers: dict = {}  # state key -> () -> initial value, for entries known unrun
         self.dropouts = 0
+        self.entries: dict = {}
+        self.layers: list = []
         self.nn, self.layer, self.neuron = _modules()
 
     def fail(self, module: Any, path: str, why: str = "") -> UnsupportedModule:
@@ -189,6 +222,8 @@ class _Builder:
     def lower(self, module: Any, path: str) -> Op:
         nn, layer, neuron = self.nn, self.layer, self.neuron
         cls = type(module)
+        if path:
+            self.layers.append((path, cls.__name__))
         if neuron is not None and cls in _neuron_classes(neuron):
             return self.neuron_op(module, path)
         if neuron is not None and cls is neuron.NonSpikingLIFNode:
@@ -210,11 +245,13 @@ class _Builder:
         return self.stateless(module, path, cls)
 
     def sequence(self, children: list, path: str, module: Any) -> Op:
-        ops = [self.lower(child, _join(path, name)) for name, child in children]
+        paths = [_join(path, name) for name, _ in children]
+        ops = [self.lower(child, p) for (_, child), p in zip(children, paths, strict=True)]
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
-            for each in ops:
+            for each, where in zip(ops, paths, strict=True):
                 x, state = each(params, x, state)
+                _tap(where, x)
             return x, state
 
         return op
@@ -307,6 +344,7 @@ class _Builder:
             for name, entry in zip(names, entries, strict=True):
                 self.carried[name] = (path, entry)
             self.makers[path] = lambda: entries
+            self.entries[path] = ("batch_norm", tuple(entries))
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
             axes = (0,) if x.ndim == 2 else tuple(i for i in range(x.ndim) if i != 1)
@@ -344,6 +382,7 @@ class _Builder:
         p = module.p
         first = self.dropout_key(path)
         self.makers[path] = lambda: first
+        self.entries[path] = ("dropout", ())
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
             key, use = jax.random.split(first if isinstance(state, _Initial) else state[path])
@@ -363,6 +402,7 @@ class _Builder:
             return _elementwise(lambda x: x)
         p, multi = module.p, module.step_mode == "m"
         key = self.dropout_key(path)
+        self.entries[path] = ("dropout", ())
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
             if isinstance(state, _Initial):
@@ -402,6 +442,7 @@ class _Builder:
         ours = cls(**hyper) if not learnable else cls(**hyper, w=0.0)
         multi = module.step_mode == "m"
         w_name = _join(path, "w")
+        self.entries[path] = ("neuron", cls.STATE)
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
             neuron = ours.replace(w=params[w_name]) if learnable else ours

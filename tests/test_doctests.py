@@ -18,6 +18,7 @@ MODULES = {
     "dualstep.testing._surrogate": ("jax",),
     "dualstep.surrogate": ("jax",),
     "dualstep.neurons": (),
+    "dualstep.port": ("torch", "jax"),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),
     "dualstep.nir": ("nir",),

@@ -294,3 +294,47 @@ def test_what_cannot_be_ported_is_named_with_its_path():
             port.to_jax(module, x)
         assert "supported: torch.nn: Sequential, Linear" in str(info.value)
         assert isinstance(info.value, TypeError)
+
+
+def test_assert_implementations_close_proves_a_port_in_one_line():
+    """Outputs, every module's output, neuron and batch-norm states, and gradients."""
+    from dualstep.testing import assert_implementations_close
+
+    x = (torch.rand(6, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    for net, example in ((conv_snn().train(), x), (conv_snn("s").eval(), x[0])):
+        report = assert_implementations_close(net, port.to_jax(net, example), x, compare_grads=True)
+        leaves = [row.leaf for row in report.rows]
+        assert leaves[:3] == ["y", "layer 0 (Conv2d)", "layer 1 (BatchNorm2d)"]
+        assert "state['6']" in leaves and "grad['5.weight']" in leaves
+        assert ("state['1']['mean']" in leaves) == net.training
+
+
+def test_assert_implementations_close_names_where_a_port_diverges():
+    from dualstep.testing import assert_implementations_close
+
+    x = (torch.rand(6, 4, 1, 8, 8, generator=torch.Generator().manual_seed(1)) > 0.6).float()
+    net = conv_snn().eval()
+    step, params, state = port.to_jax(net, x)
+    wrong = {**params, "5.weight": params["5.weight"] * 1.01}
+    with pytest.raises(AssertionError, match=r"first divergence: layer 5 \(Linear\) at step 0"):
+        assert_implementations_close(net, (step, wrong, state), x)
+    late = {**state, "2": state["2"] + 0.5}
+    report = assert_implementations_close(net, (step, params, late), x, check=False)
+    bad = {row.leaf: row.first_bad_step for row in report.rows if not row.ok}
+    assert bad["layer 2 (LIFNode)"] == 0 and "layer 1 (BatchNorm2d)" not in bad
+    # The same spikes through another surrogate: only the gradients differ.
+    other = conv_snn(surrogate_name="Sigmoid").eval()
+    report = assert_implementations_close(
+        net, port.to_jax(other, x), x, compare_grads=True, check=False
+    )
+    bad = [row.leaf for row in report.rows if not row.ok]
+    assert bad and all(leaf.startswith("grad[") for leaf in bad)
+    with pytest.raises(ValueError, match="`compare_grads=True` needs a torch network"):
+        assert_implementations_close(
+            lambda x, v: (x, v),
+            lambda x, v: (x, v),
+            np.zeros((2, 1)),
+            reference_state=np.zeros(1),
+            candidate_state=np.zeros(1),
+            compare_grads=True,
+        )

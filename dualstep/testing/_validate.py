@@ -511,6 +511,7 @@ def assert_implementations_close(
     rtol: float | None = None,
     atol: float | None = None,
     check: bool = True,
+    compare_grads: bool = False,
 ) -> Report:
     """Check, step by step, that two implementations of one model agree: a port.
 
@@ -549,6 +550,19 @@ def assert_implementations_close(
         bool outputs must be equal.
     check : bool, default True
         Raise when the sides disagree; ``False`` returns the report either way.
+    compare_grads : bool, default False
+        With a torch network and its port (below): compare the gradients of a loss of the
+        outputs (their sum weighted by fixed random numbers) with respect to every parameter.
+
+    A torch network as `reference` and what :func:`dualstep.port.to_jax` made of it, the
+    tuple ``(step, params, state)``, as `candidate`, are compared module by module: the
+    network's output, every ported module's output (``layer 2 (LIFNode)``, the first one
+    out of tolerance names where a port diverges), each neuron's final state variables
+    (``state['2']['v']``) and batch norm's running statistics in training mode against the
+    network's memories and buffers, and with `compare_grads` the parameters' gradients
+    (``grad['0.weight']``). A network in SpikingJelly's multi-step mode gets the whole
+    sequence, a single-step one each step in turn; the other arguments of the sides are not
+    used then.
 
     Returns
     -------
@@ -586,6 +600,13 @@ def assert_implementations_close(
     """
     tolerance = _tolerance(rtol, atol)
     x = interop.to_numpy(x_seq)
+    if _is_port(candidate):
+        return _check_port(reference, candidate, x, tolerance, compare_grads, check)
+    if compare_grads:
+        raise ValueError(
+            "`compare_grads=True` needs a torch network as `reference` and its port "
+            "(dualstep.port.to_jax) as `candidate`"
+        )
     ref_on = _side_backend(reference, reference_state, x_seq, reference_backend, "reference")
     cand_on = _side_backend(candidate, candidate_state, x_seq, candidate_backend, "candidate")
     both = reference_state is not None and candidate_state is not None
@@ -654,3 +675,154 @@ def assert_implementations_close(
     if check and not report.ok:
         raise AssertionError(f"candidate ({cand_on}) differs from reference ({ref_on}):\n{report}")
     return report
+
+
+def _is_port(candidate: Any) -> bool:
+    """Whether `candidate` is ``(step, params, state)`` from :func:`dualstep.port.to_jax`."""
+    port = sys.modules.get("dualstep.port")
+    return (
+        port is not None
+        and isinstance(candidate, tuple)
+        and len(candidate) == 3
+        and isinstance(candidate[0], port.PortedStep)
+    )
+
+
+def _loss_weights(y: np.ndarray) -> np.ndarray:
+    """The fixed weights of the gradients' loss ``sum(y * w)``, the same for both sides."""
+    return np.random.default_rng(0).normal(size=y.shape).astype(y.dtype)
+
+
+def _torch_network_run(net: Any, x: np.ndarray, multi: bool, step: Any, grads: bool) -> tuple:
+    """The network over `x` from fresh memory: output, each module's outputs by path,
+    neuron and batch-norm state by the port's entries, and the parameters' gradients."""
+    import torch
+
+    memory = memory_modules(net)
+    for module in memory:
+        module.reset()
+    modules = dict(net.named_modules())
+    taps: dict[str, list] = {path: [] for path, _ in step.layers if path in modules}
+    hooks = [
+        modules[path].register_forward_hook(lambda m, i, o, p=path: taps[p].append(o))
+        for path in taps
+    ]
+    xt = interop.to_torch(x)
+    try:
+        with torch.set_grad_enabled(grads):
+            y = net(xt) if multi else torch.stack([net(x_t) for x_t in xt])
+            gradients = {}
+            if grads:
+                names, params = zip(*net.named_parameters(), strict=True)
+                w = torch.from_numpy(_loss_weights(interop.to_numpy(y)))
+                found = torch.autograd.grad((y * w).sum(), params, allow_unused=True)
+                gradients = {
+                    n: np.zeros(p.shape, interop.to_numpy(p).dtype) if g is None else g
+                    for n, p, g in zip(names, params, found, strict=True)
+                }
+        layers = {p: v[0] if len(v) == 1 else torch.stack(v) for p, v in taps.items() if v}
+        states: dict[str, Any] = {}
+        for path, (kind, names) in step.entries.items():
+            module = modules[path]
+            if kind == "neuron":
+                values = {n: getattr(module, n) for n in names}
+                states[path] = values["v"] if names == ("v",) else values
+            elif kind == "batch_norm":
+                states[path] = {
+                    "mean": module.running_mean,
+                    "var": module.running_var,
+                    "count": module.num_batches_tracked,
+                }
+        return y, layers, states, gradients
+    finally:
+        for hook in hooks:
+            hook.remove()
+        for module in memory:
+            module.reset()
+
+
+def _port_run(candidate: tuple, x: np.ndarray, multi: bool, grads: bool) -> tuple:
+    """The port over `x` (eagerly, recording each module's output): output, outputs by path,
+    final state, and the parameters' gradients."""
+    import functools
+
+    import jax
+
+    from .._api import multi_step_forward
+
+    step, params, state = candidate
+    xj = interop.to_jax(x)
+    with step.tapping() as taps:
+        if multi:
+            y, final = step(params, xj, state)
+        else:
+            ys, final = [], state
+            for x_t in xj:
+                y_t, final = step(params, x_t, final)
+                ys.append(y_t)
+            y = jax.numpy.stack(ys)
+    layers = {p: v[0] if len(v) == 1 else jax.numpy.stack(v) for p, v in taps.items()}
+    gradients = {}
+    if grads:
+        w = _loss_weights(interop.to_numpy(y))
+
+        def loss(p: dict) -> Any:
+            if multi:
+                out, _ = step(p, xj, state)
+            else:
+                out, _ = multi_step_forward(xj, functools.partial(step, p), state=state)
+            return (out * w).sum()
+
+        gradients = jax.grad(loss)(params)
+    return y, layers, final, gradients
+
+
+def _check_port(
+    net: Any,
+    candidate: tuple,
+    x: np.ndarray,
+    tolerance: Callable[[str], tuple[float, float]],
+    grads: bool,
+    check: bool,
+) -> Report:
+    """:func:`assert_implementations_close` of a torch network and its port."""
+    step = candidate[0]
+    multi = _multi_step(net)
+    with jax_x64(interop.needs_x64(x)):
+        want_y, want_layers, want_states, want_grads = _torch_network_run(
+            net, x, multi, step, grads
+        )
+        got_y, got_layers, got_states, got_grads = _port_run(candidate, x, multi, grads)
+        classes = dict(step.layers)
+        pairs = [("y", got_y, want_y, True)]
+        pairs += [
+            (f"layer {p} ({classes[p]})", got_layers[p], want_layers[p], True)
+            for p, _ in step.layers
+            if p in got_layers and p in want_layers
+        ]
+        for path, want in want_states.items():
+            for leaf, value in _named_leaves(want, f"state[{path!r}]"):
+                pairs.append((leaf, _named_leaf(got_states[path], leaf, path), value, False))
+        pairs += [(f"grad[{n!r}]", got_grads[n], g, False) for n, g in want_grads.items()]
+        leaves = []
+        for path, got, want, over_time in pairs:
+            want = interop.to_numpy(want)
+            if want.dtype == np.int64 and dtype_name(got) == "int32":  # narrowed buffer
+                want = want.astype(np.int32)
+            leaves.append(_compare_leaf(path, got, want, dtype_name(want), tolerance, over_time))
+    who = "jax vs torch"
+    rows = tuple(
+        Row(who, "port", leaf.max_abs, leaf.max_rel, leaf.first_bad, leaf.dtype, leaf.path)
+        for leaf in leaves
+    )
+    report = Report(rows, *tolerance(dtype_name(interop.to_numpy(want_y))))
+    if check and not report.ok:
+        bad = _first_bad(leaves)
+        where = f"first divergence: {bad.path} at step {bad.first_bad}" if bad else ""
+        raise AssertionError(f"the port differs from the torch network ({where}):\n{report}")
+    return report
+
+
+def _named_leaf(tree: Any, leaf: str, path: str) -> Any:
+    """The leaf of `tree` that `_named_leaves(..., f"state[{path!r}]")` names `leaf`."""
+    return dict(_named_leaves(tree, f"state[{path!r}]"))[leaf]
