@@ -78,11 +78,18 @@ class PortedStep:
         self.op = op
         self.buffers = buffers
         self._carried = builder.carried  # buffer name -> (state key, entry) training updates
-        # What each state entry is ("neuron" with its variables, "batch_norm", "dropout"), and
-        # every ported module's path and class, in the network's order.
+        # What each state entry is ("neuron" with its variables, "batch_norm", "dropout key",
+        # "dropout mask"), and every ported module's path and class, in the network's order.
         self.entries: dict[str, tuple[str, tuple[str, ...]]] = builder.entries
         self.layers: list[tuple[str, str]] = builder.layers
+        self._resets = builder.resets
         self._description = description
+
+    def reset(self, state: dict) -> dict:
+        """`state` as SpikingJelly's ``functional.reset_net`` leaves a network: each neuron
+        back to its initial state, SpikingJelly's dropout with a new mask; batch norm's
+        running statistics and torch dropout's key carried on."""
+        return {k: self._resets[k](v) if k in self._resets else v for k, v in state.items()}
 
     def __call__(self, params: dict, x: Any, state: dict) -> tuple[Any, dict]:
         return self.op(params, x, state)
@@ -167,6 +174,9 @@ def to_jax(module: Any, example_input: Any, *, key: Any = None) -> tuple[PortedS
     jax.eval_shape(lambda p, x: op(p, x, initial)[0], params, x)
     state = {k: make() for k, make in {**builder.makers, **initial.makers}.items()}
     description = f"{type(module).__name__}, {len(params)} parameters, state {sorted(state)}"
+    for path, (kind, _) in builder.entries.items():
+        if kind == "neuron":
+            builder.resets[path] = lambda entry, initial=state[path]: initial
     return PortedStep(op, buffers, builder, description), params, state
 
 
@@ -208,6 +218,7 @@ class _Builder:
         self.dropouts = 0
         self.entries: dict = {}
         self.layers: list = []
+        self.resets: dict = {}  # state key -> (entry -> its value after a reset)
         self.nn, self.layer, self.neuron = _modules()
 
     def fail(self, module: Any, path: str, why: str = "") -> UnsupportedModule:
@@ -382,7 +393,7 @@ class _Builder:
         p = module.p
         first = self.dropout_key(path)
         self.makers[path] = lambda: first
-        self.entries[path] = ("dropout", ())
+        self.entries[path] = ("dropout key", ())
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
             key, use = jax.random.split(first if isinstance(state, _Initial) else state[path])
@@ -402,20 +413,24 @@ class _Builder:
             return _elementwise(lambda x: x)
         p, multi = module.p, module.step_mode == "m"
         key = self.dropout_key(path)
-        self.entries[path] = ("dropout", ())
+        self.entries[path] = ("dropout mask", ("key", "mask"))
+
+        def draw(key: Any, shape: tuple, dtype: Any) -> dict:
+            """A new mask and the key of the next (SpikingJelly draws one at each reset)."""
+            key, use = jax.random.split(key)
+            keep = jax.random.bernoulli(use, 1 - p, shape)
+            return {"key": key, "mask": jax.numpy.where(keep, 1 / (1 - p), 0).astype(dtype)}
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
             if isinstance(state, _Initial):
                 shape, dtype = (x.shape[1:] if multi else x.shape), x.dtype
-
-                def make() -> Any:
-                    keep = jax.random.bernoulli(key, 1 - p, shape)
-                    return jax.numpy.where(keep, 1 / (1 - p), 0).astype(dtype)
-
-                state.makers[path] = make
+                state.makers[path] = lambda: draw(key, shape, dtype)
                 return x, state
-            return x * state[path], state
+            return x * state[path]["mask"], state
 
+        self.resets[path] = lambda entry: draw(
+            entry["key"], entry["mask"].shape, entry["mask"].dtype
+        )
         return op
 
     def dropout_key(self, path: str) -> Any:

@@ -254,19 +254,25 @@ def test_dropout_in_training_draws_masks_from_the_key():
     assert abs(float((y == 0).mean()) - 0.25) < 0.01 and not np.array_equal(y, y2)
     sj_drop = layer.Dropout(0.25, step_mode="m").train()
     step, params, state = port.to_jax(sj_drop, x, key=jax.random.key(0))
-    y, _ = step(params, x, state)
+    y, s = step(params, x, state)
     assert np.array_equal(np.asarray(y[0]), np.asarray(y[-1]))  # one mask over time
     assert abs(float((y == 0).mean()) - 0.25) < 0.01
+    y_again, _ = step(params, x, s)
+    y_reset, _ = step(params, x, step.reset(s))  # a new sequence: a new mask
+    assert np.array_equal(y_again, y) and not np.array_equal(y_reset, y)
     with pytest.raises(ValueError, match="dropout at `0` is in training mode: pass `key="):
         port.to_jax(nn.Sequential(nn.Dropout()).train(), x)
 
 
-def test_weights_go_back_with_module_from_jax():
+def test_weights_go_back_with_module_from_jax_and_reset_keeps_running_statistics():
     net = conv_snn().train()
     x = torch.zeros(2, 3, 1, 8, 8)
     step, params, state = port.to_jax(net, x)
     params = jax.tree_util.tree_map(lambda a: a + 1, params)
     _, s = step(params, jnp.ones((2, 3, 1, 8, 8)), state)
+    s = step.reset(s)
+    assert int(s["1"]["count"]) == 1 and float(s["1"]["mean"].sum()) != 0
+    assert all(np.array_equal(s[k], state[k]) for k in ("2", "6"))  # neurons back to rest
     interop.module_from_jax(net, step.weights(params, s))
     assert net[1].num_batches_tracked == 1
     _close(params["5.bias"], net[5].bias)
