@@ -58,3 +58,19 @@ def test_validate_port_through_nir_names_the_step_where_conventions_part():
     assert re.search(r"jax vs torch +multi_step_forward .* \d+ +y +FAIL", nir_part)
     assert "agrees spike for spike" in sj_part and re.search(r" y +ok", sj_part)
     assert float(re.search(r"done in (\S+) s", text).group(1)) < 60
+
+
+def test_port_conv_snn_trains_in_lockstep_with_spikingjelly():
+    for module in ("torch", "jax", "spikingjelly"):
+        pytest.importorskip(module)
+    text = _run("port_conv_snn.py")
+    assert re.search(r"the port, proven: 18 rows ok", text)
+    rows = [line.split() for line in text.splitlines() if re.match(r"\s*\d+\s+\d", line)]
+    assert len(rows) == 5
+    for _, sj_loss, jax_loss, _ in rows:
+        assert abs(float(sj_loss) - float(jax_loss)) <= 1e-5
+    assert float(rows[-1][1]) < float(rows[0][1])
+    losses, weights = map(
+        float, re.search(r"losses (\S+), weights and statistics (\S+)", text).groups()
+    )
+    assert losses <= 1e-5 and weights <= 1e-5

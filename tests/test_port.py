@@ -313,6 +313,7 @@ def test_assert_implementations_close_proves_a_port_in_one_line():
         assert leaves[:3] == ["y", "layer 0 (Conv2d)", "layer 1 (BatchNorm2d)"]
         assert "state['6']" in leaves and "grad['5.weight']" in leaves
         assert ("state['1']['mean']" in leaves) == net.training
+        assert int(net[1].num_batches_tracked) == 0  # the comparison leaves the net as it was
 
 
 def test_assert_implementations_close_names_where_a_port_diverges():
