@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -223,3 +224,22 @@ def test_host_cost_excludes_the_kernel_and_restores_it():
     times = host_cost.torch_us(budget=0.05)
     assert set(times) == {"inference", "training", "torch.add", "bare Function"}
     assert all(t > 0 for t in times.values())
+
+
+def test_port_benchmark_checks_then_times_three_systems():
+    """`python -m benchmarks.port --quick`: the hand-written model and SpikingJelly are checked
+    against the port (spikes, gradients) before timing; both ratios are reported."""
+    for module in ("jax", "spikingjelly"):
+        pytest.importorskip(module)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.port", "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    for workload in ("forward (eval)", "training step"):
+        assert f"port / by hand ({workload}, T=4, batch 4, 1x8x8): " in out.stdout
+        assert re.search(
+            rf"\| {re.escape(workload)} \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms", out.stdout
+        )
