@@ -12,11 +12,11 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_torch_jax_and_porting_examples():
-    assert len(BLOCKS) == 6
+    assert len(BLOCKS) == 7
 
 
 @pytest.mark.parametrize(
-    "block", BLOCKS, ids=["torch", "jax", "surrogate", "neurons", "porting", "fused"]
+    "block", BLOCKS, ids=["torch", "jax", "surrogate", "neurons", "port", "porting", "fused"]
 )
 def test_readme_example_runs(block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
@@ -27,7 +27,10 @@ def test_readme_example_runs(block):
         pytest.importorskip("triton")
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
-    if "report" in namespace:  # porting
+    if "grads" in namespace:  # port: the comparison ran; every module has its row
+        assert namespace["report"].ok and len(namespace["report"].rows) == 18
+        assert set(namespace["final"]) == {"1", "2", "6"}  # batch norm's statistics, neurons
+    elif "report" in namespace:  # porting
         assert namespace["report"].ok and len(namespace["report"].rows) == 9
         assert set(namespace["params"]) == {"weight", "bias"}
         assert namespace["state"]["count"] is None
@@ -50,6 +53,7 @@ def test_api_reference_names_every_public_name():
     import dualstep
     import dualstep.interop
     import dualstep.neurons
+    import dualstep.port
     import dualstep.surrogate
     import dualstep.testing
 
@@ -58,6 +62,7 @@ def test_api_reference_names_every_public_name():
     modules["dualstep.testing"] = dualstep.testing
     modules["dualstep.surrogate"] = dualstep.surrogate
     modules["dualstep.neurons"] = dualstep.neurons
+    modules["dualstep.port"] = dualstep.port
     names = [f"{m}.{n}" for m, module in modules.items() for n in module.__all__]
     pytest.importorskip("hypothesis")
     import dualstep.testing.strategies as strategies
