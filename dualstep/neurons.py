@@ -271,6 +271,8 @@ class ParametricLIF(Neuron):
         xp = array_namespace(x)
         w = xp.asarray(self.w, dtype=x.dtype) if isinstance(self.w, float) else self.w
         q = _sigmoid(xp, _kind(x), w)
+        if _kind(x) != "torch" and q.dtype != x.dtype:
+            q = xp.astype(q, x.dtype)  # torch keeps x's dtype against a 0-d operand; JAX widens
         r = 0.0 if self.v_reset is None else self.v_reset
         if self.decay_input:
             return self._fire(v + (x - (v - r)) * q)

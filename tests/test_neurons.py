@@ -104,11 +104,13 @@ def test_torch_equals_spikingjelly_bit_for_bit(name):
     sj_class, hyper = SPIKINGJELLY[name]
     cls = getattr(neurons, name)
 
-    @settings(max_examples=10, deadline=None)
+    @settings(max_examples=15, deadline=None)
     @given(
         st.fixed_dictionaries(hyper),
         _SURROGATE,
-        st.sampled_from([torch.float32, torch.float32, torch.float64]),
+        st.sampled_from(
+            [torch.float32, torch.float32, torch.float64, torch.float16, torch.bfloat16]
+        ),
         st.integers(0, 2**32 - 1),
     )
     def check(params, surrogate_name, dtype, seed):
@@ -305,6 +307,10 @@ def test_parametric_lif_w_trains_fused_on_jax_and_torch_refuses_it_with_grad():
     fused, looped = (jax.grad(loss)(np.float32(-0.3), f) for f in (True, False))
     np.testing.assert_allclose(fused, looped, rtol=1e-6)
     assert looped != 0
+    half = neurons.ParametricLIF(w=jax.numpy.float32(-0.3))  # a float32 `w`, float16 x
+    x16 = x.astype(jax.numpy.float16)
+    ys, v = ds.multi_step_forward(x16, half, state=half.initial_state(x16))
+    assert ys.dtype == v.dtype == jax.numpy.float16
     xt = torch.from_numpy(x_np)
     neuron = plif.replace(w=torch.nn.Parameter(torch.tensor(-0.3)))
     with pytest.raises(ds.NotFusable, match="captures a tensor that requires grad"):
