@@ -240,12 +240,12 @@ class _Builder:
         if neuron is not None and cls is neuron.NonSpikingLIFNode:
             return self.readout_op(module, path)
         if layer is not None and cls in (layer.SeqToANNContainer, layer.MultiStepContainer):
-            inner = self.sequence(list(module.named_children()), path, module)
+            inner = self.sequence(list(module.named_children()), path)
             if cls is layer.SeqToANNContainer:
                 return _over_time_and_batch(inner)
             return _looped(inner, path)
         if cls is nn.Sequential:
-            return self.sequence(list(module.named_children()), path, module)
+            return self.sequence(list(module.named_children()), path)
         if layer is not None and cls is layer.Dropout:
             return self.sj_dropout(module, path)
         if cls.__name__ in _SJ_LAYERS and getattr(layer, cls.__name__, None) is cls:
@@ -255,13 +255,17 @@ class _Builder:
             return _over_time_and_batch(op)
         return self.stateless(module, path, cls)
 
-    def sequence(self, children: list, path: str, module: Any) -> Op:
+    def sequence(self, children: list, path: str) -> Op:
         paths = [_join(path, name) for name, _ in children]
         ops = [self.lower(child, p) for (_, child), p in zip(children, paths, strict=True)]
+        kinds = [type(child).__name__ for _, child in children]
 
         def op(params: dict, x: Any, state: dict) -> tuple[Any, dict]:
-            for each, where in zip(ops, paths, strict=True):
-                x, state = each(params, x, state)
+            for each, where, kind in zip(ops, paths, kinds, strict=True):
+                if isinstance(state, _Initial):
+                    x, state = _fitted(each, params, x, state, where, kind)
+                else:
+                    x, state = each(params, x, state)
                 _tap(where, x)
             return x, state
 
@@ -274,7 +278,7 @@ class _Builder:
         if cls in (nn.Conv1d, nn.Conv2d):
             return self.conv(module, path)
         if cls in (nn.BatchNorm1d, nn.BatchNorm2d):
-            return self.batch_norm(module, path, 1 if cls is nn.BatchNorm1d else 2)
+            return self.batch_norm(module, path)
         if cls is nn.MaxPool2d:
             if module.ceil_mode or module.return_indices:
                 raise self.fail(module, path, "ceil_mode and return_indices are not supported")
@@ -342,7 +346,7 @@ class _Builder:
 
         return op
 
-    def batch_norm(self, module: Any, path: str, dims: int) -> Op:
+    def batch_norm(self, module: Any, path: str) -> Op:
         import jax.numpy as jnp
 
         eps, momentum, affine = module.eps, module.momentum, module.affine
@@ -382,7 +386,6 @@ class _Builder:
                 state = {**state, path: {k: v.astype(old[k].dtype) for k, v in new.items()}}
             return y, state
 
-        del dims
         return op
 
     def dropout(self, module: Any, path: str) -> Op:
@@ -509,6 +512,20 @@ class _Builder:
             )
         params = {n: getattr(function, n) for n in ours.PARAMS}
         return ours(**params, spiking=function.spiking)
+
+
+def _fitted(op: Op, params: dict, x: Any, state: dict, path: str, kind: str) -> tuple:
+    """`op` in the shape-finding pass, a shape it rejects named with its module's path."""
+    shape = tuple(x.shape)
+    try:
+        return op(params, x, state)
+    except (TypeError, ValueError) as error:
+        if isinstance(error, UnsupportedModule) or "`example_input`" in str(error):
+            raise
+        raise ValueError(
+            f"`example_input` does not fit the network: {kind} at `{path}` got an input of "
+            f"shape {shape} ({error})"
+        ) from error
 
 
 def _neuron_classes(neuron: Any) -> set:

@@ -345,3 +345,9 @@ def test_assert_implementations_close_names_where_a_port_diverges():
             candidate_state=np.zeros(1),
             compare_grads=True,
         )
+
+
+def test_an_example_input_that_does_not_fit_names_the_module():
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Sequential(nn.Linear(6, 2)))
+    with pytest.raises(ValueError, match=r"Linear at `2.0` got an input of shape \(3, 8\)"):
+        port.to_jax(net, torch.zeros(3, 4))

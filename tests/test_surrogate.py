@@ -197,3 +197,32 @@ def test_parameters_are_checked_and_part_of_equality():
         surrogate.ATan()([0.5])
     with pytest.raises(NotImplementedError, match="no primitive function"):
         surrogate.SuperSpike(spiking=False)(np.zeros(2))
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_fire_is_the_spike_with_the_neuron_kernels_gradient(name):
+    """`fire`: the same spike; in float32 the gradient ``grad * derivative(h)`` (where the
+    surrogate has one), the same function as `gradient` rounded another way, on torch and
+    JAX alike; in float64 the surrogate's own gradient."""
+    torch = pytest.importorskip("torch")
+    jax = pytest.importorskip("jax")
+    spike = getattr(surrogate, name)()
+    rng = np.random.default_rng(1)
+    h = np.concatenate([rng.normal(size=64) * 2, [0.0, 0.25, -0.5]]).astype(np.float32)
+    g = rng.normal(size=h.shape).astype(np.float32)
+    ht = torch.from_numpy(h).requires_grad_()
+    (g_fire,) = torch.autograd.grad(spike.fire(ht), ht, torch.from_numpy(g))
+    assert torch.equal(spike.fire(ht), spike(ht))
+    own = spike.gradient(torch.from_numpy(h), torch.from_numpy(g))
+    if spike.derivative(torch.from_numpy(h)) is None:
+        assert torch.equal(g_fire, own)
+    else:
+        expected = torch.from_numpy(g) * spike.derivative(torch.from_numpy(h))
+        assert torch.equal(g_fire, expected)
+        np.testing.assert_allclose(g_fire.numpy(), own.numpy(), rtol=1e-5, atol=1e-6)
+    _, pull = jax.vjp(spike.fire, jax.numpy.asarray(h))
+    np.testing.assert_allclose(np.asarray(pull(jax.numpy.asarray(g))[0]), g_fire.numpy(),
+                               rtol=2e-6, atol=1e-7)  # fmt: skip
+    h64 = torch.from_numpy(h.astype(np.float64)).requires_grad_()
+    (g64,) = torch.autograd.grad(spike.fire(h64), h64, torch.from_numpy(g.astype(np.float64)))
+    assert torch.equal(g64, spike.gradient(h64.detach(), torch.from_numpy(g.astype(np.float64))))
