@@ -118,9 +118,7 @@ class Neuron:
             )
         values = {name: getattr(self, name) for name in names}
         values.update(changes)
-        new = object.__new__(type(self))
-        new.__init__(**values)  # type: ignore[misc]
-        return new
+        return type(self)(**values)
 
     @property
     def params(self) -> dict[str, Any]:
@@ -140,7 +138,8 @@ class Neuron:
         """The state before the first step of `x_seq` (``[T, B, ...]``; ``[B, ..., T]`` with
         ``t_last=True``): each variable full of its initial value, shaped like one time step,
         with `x_seq`'s dtype and device."""
-        if _kind(x_seq) and getattr(x_seq, "ndim", 0) < 1:
+        _kind(x_seq)  # a TypeError for what is not an array
+        if x_seq.ndim < 1:
             raise ValueError(f"`x_seq` must have a time axis; got shape {tuple(x_seq.shape)}")
         xp = array_namespace(x_seq)
         shape = tuple(x_seq.shape[:-1] if t_last else x_seq.shape[1:])
