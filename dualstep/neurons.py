@@ -439,7 +439,12 @@ class CubaLIF(Neuron):
     """Current-based LIF (``CUBALIFNode``, NIR's CubaLIF): state ``v`` and the synaptic
     current ``c``; ``c = c c_decay + x``, ``h = v v_decay + c``. SpikingJelly's defaults
     (``v_threshold=0.5``, a :class:`~dualstep.surrogate.Rect` surrogate), and its gradient:
-    this neuron has no SpikingJelly kernel, so the spike's gradient is the surrogate's own."""
+    this neuron has no SpikingJelly kernel, so the spike's gradient is the surrogate's own.
+
+    NIR's CubaLIF with ``v_leak = 0``, as :mod:`dualstep.nir` reads it, is this neuron with
+    ``c_decay = 1 - dt / tau_syn``, ``v_decay = 1 - dt / tau_mem`` and the input scaled by
+    ``(dt / tau_syn) (dt / tau_mem) r w_in`` (``c`` is then ``(dt / tau_mem) r I``); NIR fires
+    at ``v > v_threshold``, SpikingJelly and this neuron at ``>=``."""
 
     HYPER = ("c_decay", "v_decay", *Neuron.HYPER)
     STATE = ("v", "c")

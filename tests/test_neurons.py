@@ -364,3 +364,32 @@ def test_initial_state_is_spikingjellys_in_the_input_layout(backend):
         neurons.LIF().initial_state(backend.asarray(np.float32(1.0)))
     with pytest.raises(TypeError, match="got list"):
         neurons.LIF().initial_state([1.0])
+
+
+def test_cuba_lif_is_nirs_cuba_lif_rescaled():
+    """NIR's CubaLIF, read by `dualstep.nir` (forward Euler, the current first, firing at
+    ``v >= v_threshold`` under SpikingJelly's convention), is `CubaLIF` with
+    ``c_decay = 1 - dt / tau_syn``, ``v_decay = 1 - dt / tau_mem``, the input scaled by
+    ``(dt / tau_syn) (dt / tau_mem) r w_in`` (`c` stands for ``(dt / tau_mem) r I``)."""
+    nir = pytest.importorskip("nir")
+    from dualstep.nir import load
+
+    dt, tau_syn, tau_mem, r, w_in = 1e-3, 2e-3, 4e-3, 2.0, 1.5
+    ones = np.ones(3)
+    node = nir.CubaLIF(
+        tau_syn=ones * tau_syn, tau_mem=ones * tau_mem, r=ones * r, v_leak=ones * 0,
+        v_threshold=ones * 0.5, v_reset=ones * 0, w_in=ones * w_in,
+    )  # fmt: skip
+    graph = nir.NIRGraph(
+        nodes={"input": nir.Input(input_type=np.array([3])), "cuba": node,
+               "output": nir.Output(output_type=np.array([3]))},
+        edges=[("input", "cuba"), ("cuba", "output")],
+    )  # fmt: skip
+    model = load(graph, dt=dt, convention="spikingjelly")
+    x = np.random.default_rng(0).random((40, 2, 3)) * 2
+    y_nir, _ = ds.multi_step_forward(x, model.step, state=model.initial_state(x))
+    cuba = neurons.CubaLIF(c_decay=1 - dt / tau_syn, v_decay=1 - dt / tau_mem, v_threshold=0.5)
+    scale = (dt / tau_syn) * (dt / tau_mem) * r * w_in
+    y, _ = ds.multi_step_forward(x * scale, cuba, state=cuba.initial_state(x))
+    np.testing.assert_array_equal(y, y_nir)
+    assert 0 < y.mean() < 1
