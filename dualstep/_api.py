@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _lengths
 from ._dispatch import backend_for, kind_of
 from ._modules import memory_modules
 from ._tree import leaves_with_path
@@ -240,6 +241,29 @@ def _check_seq_to_ann(x_seq: Any, time_axis: int):
     return backend
 
 
+def _fused_with_lengths(fused: bool | str) -> bool | str:
+    """`fused` for a call with `lengths`: the kernels do not take lengths yet."""
+    if fused is True:
+        raise NotFusable(
+            "`fused=True` with `lengths=`: the fused kernels do not stop elements at their "
+            "lengths yet; use fused=False, or fused='auto' to loop"
+        )
+    return False
+
+
+def _over_lengths(
+    run: Any, x_seq: Any, modules: Any, state: Any, lengths: Any, fill: Any, axes: tuple
+) -> Any:
+    """``run(x_seq, step, state)`` with `modules` wrapped to stop each batch element at its
+    length (:mod:`._lengths`); returns ``(y_seq, final_state)``."""
+    _lengths.check_state(state)
+    fill = _lengths.check_fill(fill)
+    lengths = _lengths.check_lengths(lengths, x_seq, *axes)
+    step = _lengths.masked(modules, lengths, fill)
+    y, (_, final) = run(x_seq, step, _lengths.initial(x_seq, state))
+    return y, final
+
+
 def multi_step_forward(
     x_seq: Any,
     single_step_module: Any,
@@ -247,6 +271,8 @@ def multi_step_forward(
     state: Any = None,
     fused: bool | str = False,
     unroll: int | None = None,
+    lengths: Any = None,
+    fill: float = 0.0,
 ) -> Any:
     """Run single-step module(s) over the time axis of a ``[T, batch_size, ...]`` sequence.
 
@@ -320,6 +346,13 @@ def multi_step_forward(
     """
     backend, state = _check_stepping(x_seq, single_step_module, state, _TIME_FIRST_RANK, "s")
     fused = _check_fused(fused, unroll, single_step_module)
+    if lengths is not None:
+        fused = _fused_with_lengths(fused)
+
+        def run(x: Any, step: Any, s: Any) -> Any:
+            return backend.multi_step_forward(x, step, s, fused, unroll)
+
+        return _over_lengths(run, x_seq, single_step_module, state, lengths, fill, (1, 0))
     return backend.multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 
@@ -330,6 +363,8 @@ def t_last_multi_step_forward(
     state: Any = None,
     fused: bool | str = False,
     unroll: int | None = None,
+    lengths: Any = None,
+    fill: float = 0.0,
 ) -> Any:
     """Run single-step module(s) over the last (time) axis of a ``[batch_size, ..., T]`` sequence.
 
@@ -369,6 +404,13 @@ def t_last_multi_step_forward(
     """
     backend, state = _check_stepping(x_seq, single_step_module, state, _T_LAST_RANK, "s")
     fused = _check_fused(fused, unroll, single_step_module)
+    if lengths is not None:
+        fused = _fused_with_lengths(fused)
+
+        def run(x: Any, step: Any, s: Any) -> Any:
+            return backend.t_last_multi_step_forward(x, step, s, fused, unroll)
+
+        return _over_lengths(run, x_seq, single_step_module, state, lengths, fill, (0, -1))
     return backend.t_last_multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 
@@ -380,6 +422,8 @@ def chunk_multi_step_forward(
     state: Any = None,
     checkpoint: bool = False,
     compile: bool | str = False,
+    lengths: Any = None,
+    fill: float = 0.0,
 ) -> Any:
     """Feed a ``[T, ...]`` sequence to multi-step module(s) in chunks of `split_size` steps.
 
@@ -456,6 +500,15 @@ def chunk_multi_step_forward(
     _check_compile(compile, checkpoint)
     # A split larger than T is one chunk; clamping keeps huge NumPy integers out of torch.split.
     split_size = min(split_size, x_seq.shape[0])
+    if lengths is not None:
+        _lengths.check_state(state)
+        fill = _lengths.check_fill(fill)
+        lengths = _lengths.check_lengths(lengths, x_seq, 1, 0)
+        chunk = _lengths.chunked(multi_step_module, lengths, fill)
+        y, (_, final) = backend.chunk_multi_step_forward(
+            split_size, x_seq, chunk, _lengths.initial(x_seq, state), checkpoint, compile
+        )
+        return y, final
     return backend.chunk_multi_step_forward(
         split_size, x_seq, multi_step_module, state, checkpoint, compile
     )

@@ -1,0 +1,170 @@
+"""Variable-length sequences: the rule of ``lengths=``, as one step wrapper every backend runs.
+
+A batch of sequences padded to ``T`` steps comes with ``lengths``, the number of valid steps
+of each batch element. At step ``t`` element ``b`` is stepped when ``t < lengths[b]``; after
+that its state is frozen and its output is `fill`. So each element's final state is the state
+after its own last step, and its outputs up to its length are those of running it alone: the
+rule the tests check on every backend. The wrapped step carries the step count ``t`` in its
+state beside the user's state, compares it with `lengths` (an array the step holds, so on JAX
+new lengths are new arguments, never a new program) and selects with ``where`` leaf by leaf,
+so gradients reach only the valid steps.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from array_api_compat import array_namespace, device
+
+from ._dispatch import kind_of
+from ._modules import apply_stateful
+from ._tree import leaves_with_path, map_with_path
+
+
+def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> Any:
+    """`lengths` as an integer array of `x_seq`'s kind, shape ``[B]`` (or ``[]``: one length
+    for every element), its values within ``[0, T]`` where they can be read (not traced)."""
+    xp = array_namespace(x_seq)
+    if isinstance(lengths, (list, tuple)):
+        for i, n in enumerate(lengths):
+            if isinstance(n, bool) or not isinstance(n, int):
+                raise TypeError(
+                    f"`lengths[{i}]` must be an int; got {type(n).__qualname__} ({n!r})"
+                )
+        lengths = xp.asarray(lengths, dtype=xp.int32, device=device(x_seq))
+    elif kind_of(lengths) != kind_of(x_seq):
+        raise TypeError(
+            "`lengths` must be an integer array of `x_seq`'s kind "
+            f"({type(x_seq).__qualname__}) or a list/tuple of ints; got "
+            f"{type(lengths).__module__}.{type(lengths).__qualname__}"
+        )
+    if not xp.isdtype(lengths.dtype, "integral"):
+        raise TypeError(f"`lengths` must have an integer dtype; got {lengths.dtype}")
+    if lengths.ndim == 1 and x_seq.ndim < 2:
+        raise ValueError(
+            f"`lengths` of shape {tuple(lengths.shape)} needs a batch axis in `x_seq`; got "
+            f"shape {tuple(x_seq.shape)} (a 0-d `lengths` is one length for the whole call)"
+        )
+    batch = x_seq.shape[batch_axis] if x_seq.ndim > 1 else 0
+    steps = x_seq.shape[time_axis]
+    if lengths.ndim > 1 or (lengths.ndim == 1 and lengths.shape[0] != batch):
+        raise ValueError(
+            f"`lengths` must have shape [{batch}] (the batch axis {batch_axis} of `x_seq`) or "
+            f"be 0-d; got shape {tuple(lengths.shape)}"
+        )
+    if _concrete(lengths):
+        low, high = int(xp.min(lengths)), int(xp.max(lengths))
+        if low < 0 or high > steps:
+            raise ValueError(
+                f"`lengths` must lie within [0, T] (T = {steps}); got values from {low} to {high}"
+            )
+    return lengths
+
+
+def _concrete(a: Any) -> bool:
+    """Whether `a`'s values can be read now (not a JAX tracer, nor a torch fake tensor)."""
+    if kind_of(a) == "jax":
+        import jax
+
+        return not isinstance(a, jax.core.Tracer)
+    if kind_of(a) == "torch":
+        import torch
+
+        return not torch.compiler.is_compiling() and a.device.type != "meta"
+    return True
+
+
+def initial(x_seq: Any, state: Any) -> tuple[Any, Any]:
+    """The wrapped step's initial state: the step count 0 beside `state`."""
+    xp = array_namespace(x_seq)
+    return xp.zeros((), dtype=xp.int32, device=device(x_seq)), state
+
+
+def check_fill(fill: Any) -> float:
+    if isinstance(fill, bool) or not isinstance(fill, (int, float)):
+        raise TypeError(f"`fill` must be a real number; got {type(fill).__qualname__}")
+    return float(fill)
+
+
+def check_state(state: Any) -> None:
+    if state is None:
+        raise ValueError(
+            "`lengths=` freezes each batch element's state after its last step, so it needs "
+            "the state passed with `state=`; a SpikingJelly memory module keeps its state "
+            "hidden, where it cannot be frozen (README, \"Variable-length sequences\"); got "
+            "state=None"
+        )
+
+
+def masked(modules: Any, lengths: Any, fill: float) -> Any:
+    """`modules` as a step ``(x, (t, state)) -> (y, (t + 1, state))`` that steps each batch
+    element while ``t < lengths`` and then keeps its state and outputs `fill`."""
+    batched = lengths.ndim == 1
+
+    def step(x: Any, carry: tuple) -> tuple[Any, tuple]:
+        t, state = carry
+        xp = array_namespace(t)
+        y, new = apply_stateful(x, state, modules)
+        valid = t < lengths
+        old = dict(leaves_with_path(state, "state"))
+        new = map_with_path(
+            lambda a, path: _select(xp, valid, a, old[path], path, batched), new, "state"
+        )
+        y = map_with_path(
+            lambda a, path: _select(xp, valid, a, xp.full_like(a, fill), path, batched), y, "y"
+        )
+        return y, (t + 1, new)
+
+    return step
+
+
+def _select(xp: Any, valid: Any, a: Any, other: Any, path: str, batched: bool) -> Any:
+    """`a` where the element is still valid, else `other`; per batch element along axis 0."""
+    if a is None:
+        return None
+    if batched:
+        if a.ndim == 0 or a.shape[0] != valid.shape[0]:
+            raise ValueError(
+                f"`lengths=` steps each batch element on its own, so `{path}` must have the "
+                f"batch ({valid.shape[0]}) as its first axis; got shape {tuple(a.shape)}"
+            )
+        valid = xp.reshape(valid, (valid.shape[0],) + (1,) * (a.ndim - 1))
+    return xp.where(valid, a, other)
+
+
+def chunked(modules: Any, lengths: Any, fill: float) -> Any:
+    """Multi-step `modules` as a chunk module ``(x_chunk, (t0, state)) -> (y, (t0 + n,
+    state))``: each stateful module is called as ``m(x_chunk, s, lengths=l)`` with `l` the
+    lengths left within the chunk (``clip(lengths - t0, 0, n)``), so it freezes its own
+    elements; the chunk's outputs past each element's length are `fill`."""
+    items = modules if isinstance(modules, (list, tuple)) else [modules]
+
+    def chunk(x: Any, carry: tuple) -> tuple[Any, tuple]:
+        t0, state = carry
+        xp = array_namespace(t0)
+        n = x.shape[0]
+        left = xp.clip(lengths - t0, min=0, max=n)
+        states = state if isinstance(modules, (list, tuple)) else (state,)
+        new = []
+        for module, s in zip(items, states, strict=True):
+            if s is None:
+                x = module(x)
+            else:
+                x, s = module(x, s, lengths=left)
+            new.append(s)
+        steps = xp.arange(n, dtype=t0.dtype, device=device(t0))
+        valid = steps[:, None] < left[None, :] if lengths.ndim else steps < left
+        x = map_with_path(lambda a, _: _over_time(xp, valid, a, fill), x, "y")
+        state = tuple(new) if isinstance(modules, (list, tuple)) else new[0]
+        return x, (t0 + n, state)
+
+    return chunk
+
+
+def _over_time(xp: Any, valid: Any, a: Any, fill: float) -> Any:
+    """A chunk's output `a` (``[n, B, ...]``) where `valid` (``[n, B]`` or ``[n]``), else
+    `fill`."""
+    if a is None:
+        return None
+    valid = xp.reshape(valid, tuple(valid.shape) + (1,) * (a.ndim - valid.ndim))
+    return xp.where(valid, a, xp.full_like(a, fill))
