@@ -36,7 +36,8 @@ def chunk_module(step: Any, **options: Any) -> Callable[..., Any]:
 
     Called as ``m(x_chunk)`` it returns ``multi_step_forward(x_chunk, step, **options)``; called
     as ``m(x_chunk, state)`` it passes ``state=state`` too and returns ``(y, state)``, so one
-    module serves ``chunk_multi_step_forward`` with and without `state`.
+    module serves ``chunk_multi_step_forward`` with and without `state`; called as
+    ``m(x_chunk, state, lengths=l)`` (by a call with ``lengths=``) it passes the lengths on.
 
     Examples
     --------
@@ -51,7 +52,9 @@ def chunk_module(step: Any, **options: Any) -> Callable[..., Any]:
     ([1.0, 2.0, 3.0], [3.0])
     """
 
-    def module(x_chunk: Any, *state: Any) -> Any:
+    def module(x_chunk: Any, *state: Any, lengths: Any = None) -> Any:
+        if lengths is not None:  # a chunk of a call with `lengths=`: the lengths left in it
+            return ds.multi_step_forward(x_chunk, step, state=state[0], lengths=lengths, **options)
         if state:
             return ds.multi_step_forward(x_chunk, step, state=state[0], **options)
         return ds.multi_step_forward(x_chunk, step, **options)
