@@ -8,6 +8,7 @@ from ._api import (
     t_last_seq_to_ann_forward,
 )
 from ._config import clear_jax_cache, set_jax_cache
+from ._lengths import pad_sequences
 from .fused import NotFusable
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "chunk_multi_step_forward",
     "clear_jax_cache",
     "multi_step_forward",
+    "pad_sequences",
     "seq_to_ann_forward",
     "set_jax_cache",
     "t_last_multi_step_forward",

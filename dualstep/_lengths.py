@@ -61,6 +61,76 @@ def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> 
     return lengths
 
 
+def pad_sequences(sequences: Any, *, time_axis: int = 0, fill: float = 0.0) -> tuple[Any, Any]:
+    """Pad sequences of different lengths into one batch, for ``lengths=``.
+
+    Parameters
+    ----------
+    sequences : list or tuple of arrays
+        Arrays of one kind (torch, JAX or NumPy), dtype and shape but for their time axis:
+        ``[T_i, ...]`` with ``time_axis=0``, ``[..., T_i]`` with ``time_axis=-1``.
+    time_axis : {0, -1}
+        Where time is in each sequence. ``0`` gives ``x_seq`` time first, ``[T, B, ...]``
+        (for :func:`multi_step_forward`); ``-1`` gives it time last, ``[B, ..., T]`` (for
+        :func:`t_last_multi_step_forward`).
+    fill : float, default 0.0
+        The value of the padding steps.
+
+    Returns
+    -------
+    x_seq : array
+        The sequences padded to the longest, ``T = max(T_i)``, stacked on the batch axis.
+    lengths : array of int32, shape ``[B]``
+        Each sequence's ``T_i``, of the same kind and device.
+
+    Raises
+    ------
+    TypeError
+        `sequences` is not a non-empty list/tuple of arrays of one kind and dtype.
+    ValueError
+        `time_axis` is neither 0 nor -1; the sequences' shapes differ off the time axis.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import pad_sequences
+    >>> x_seq, lengths = pad_sequences([np.ones((3, 2)), np.ones((1, 2))])
+    >>> x_seq.shape, lengths.tolist(), x_seq[:, 1, 0].tolist()
+    ((3, 2, 2), [3, 1], [1.0, 0.0, 0.0])
+    """
+    if not isinstance(sequences, (list, tuple)) or not sequences:
+        got = "an empty one" if isinstance(sequences, (list, tuple)) else type(sequences).__name__
+        raise TypeError(f"`sequences` must be a non-empty list or tuple of arrays; got {got}")
+    if time_axis not in (0, -1) or isinstance(time_axis, bool):
+        raise ValueError(f"`time_axis` must be 0 or -1; got {time_axis!r}")
+    first = sequences[0]
+    kind = kind_of(first)
+    for i, a in enumerate(sequences):
+        if kind is None or kind_of(a) != kind or a.dtype != first.dtype or a.ndim < 1:
+            raise TypeError(
+                f"`sequences[{i}]` must be an array of the kind and dtype of `sequences[0]` "
+                f"({type(first).__qualname__}, {getattr(first, 'dtype', None)}), with a time "
+                f"axis; got {type(a).__qualname__} of dtype {getattr(a, 'dtype', None)}"
+            )
+        rest = a.shape[1:] if time_axis == 0 else a.shape[:-1]
+        want = first.shape[1:] if time_axis == 0 else first.shape[:-1]
+        if tuple(rest) != tuple(want):
+            raise ValueError(
+                f"`sequences[{i}]` must have the shape of `sequences[0]` off the time axis "
+                f"({tuple(want)}); got shape {tuple(a.shape)}"
+            )
+    xp = array_namespace(first)
+    steps = [a.shape[time_axis] for a in sequences]
+    longest = max(steps)
+    padded = []
+    for a, n in zip(sequences, steps, strict=True):
+        shape = (longest - n, *a.shape[1:]) if time_axis == 0 else (*a.shape[:-1], longest - n)
+        pad = xp.full(shape, fill, dtype=a.dtype, device=device(a))
+        padded.append(xp.concat([a, pad], axis=time_axis))
+    x_seq = xp.stack(padded, axis=1 if time_axis == 0 else 0)
+    return x_seq, xp.asarray(steps, dtype=xp.int32, device=device(first))
+
+
 def _concrete(a: Any) -> bool:
     """Whether `a`'s values can be read now (not a JAX tracer, nor a torch fake tensor)."""
     if kind_of(a) == "jax":
@@ -91,7 +161,7 @@ def check_state(state: Any) -> None:
         raise ValueError(
             "`lengths=` freezes each batch element's state after its last step, so it needs "
             "the state passed with `state=`; a SpikingJelly memory module keeps its state "
-            "hidden, where it cannot be frozen (README, \"Variable-length sequences\"); got "
+            'hidden, where it cannot be frozen (README, "Variable-length sequences"); got '
             "state=None"
         )
 

@@ -4,9 +4,13 @@ after its length its state is frozen and its outputs are `fill`."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
-from cases import CASE_IDS, CASES
+from cases import CASES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import MAKERS, assert_close
@@ -102,3 +106,156 @@ def test_each_element_equals_itself_run_alone(name, case, function, data):
 @given(data=padded())
 def test_each_element_equals_itself_run_alone_on_jax(jax_backend, case, function, data):
     _check_rule(jax_backend, case, function, data)
+
+
+COMPILED = textwrap.dedent(
+    """
+    import torch
+    import dualstep as ds
+    from dualstep.testing import lif_step
+
+    step = lif_step()
+
+    def run(x, v, lengths):
+        return ds.multi_step_forward(x, step, state=v, lengths=lengths)
+
+    compiled = torch.compile(run, fullgraph=True, backend="eager", dynamic=False)
+    x = torch.rand(8, 3, 4, generator=torch.Generator().manual_seed(0)) * 2
+    for i, lengths in enumerate(([8, 2, 5], [1, 7, 0], [0, 0, 8])):
+        lengths = torch.tensor(lengths)
+        with torch._dynamo.config.patch(error_on_recompile=i > 0):
+            y, v = compiled(x, torch.zeros(3, 4), lengths)
+        y_eager, v_eager = run(x, torch.zeros(3, 4), lengths)
+        assert torch.equal(y, y_eager) and torch.equal(v, v_eager)
+    torch._dynamo.reset()
+    explained = torch._dynamo.explain(run)(x, torch.zeros(3, 4), torch.tensor([1, 2, 3]))
+    print("graph breaks", explained.graph_break_count)
+    """
+)
+
+
+def test_torch_compile_fullgraph_takes_new_lengths_without_recompiling():
+    """One graph, no break, and new lengths (a tensor argument) reuse it (a subprocess, as in
+    tests/test_torch_compile.py: Dynamo's warnings about array-api-compat's caches are not
+    errors there)."""
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-c", COMPILED], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.split() == ["graph", "breaks", "0"]
+
+
+def _smooth():
+    from dualstep.testing import lif_step
+
+    return lif_step(spike="sigmoid")
+
+
+def test_gradients_reach_only_the_valid_steps(torch_backend, jax_backend):
+    """Padded inputs get zero gradient; valid ones get the gradient of the element run alone
+    (through its frozen final state too), on torch and under jax.grad."""
+    import jax
+    import torch
+
+    step = _smooth()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(7, 3, 2))
+    lengths = [7, 0, 4]
+
+    def loss(y, v, xp):
+        weights = np.linspace(-1, 1, int(np.prod(y.shape))).reshape(y.shape)
+        return (y * xp.asarray(weights)).sum() + (v * v).sum()
+
+    xt = torch.tensor(x, requires_grad=True)
+    y, v = ds.multi_step_forward(xt, step, state=torch.zeros(3, 2).double(), lengths=lengths)
+    (g_torch,) = torch.autograd.grad(loss(y, v, torch), xt)
+    g_jax = jax.grad(
+        lambda x: loss(*ds.multi_step_forward(x, step, state=jax.numpy.zeros((3, 2), "float64"),
+                                              lengths=jax.numpy.asarray(lengths)), jax.numpy)
+    )(jax.numpy.asarray(x))  # fmt: skip
+    np.testing.assert_allclose(np.asarray(g_jax), g_torch.numpy(), rtol=1e-12, atol=1e-12)
+    weights = np.linspace(-1, 1, y.numel()).reshape(tuple(y.shape))
+    for b, n in enumerate(lengths):
+        assert not g_torch[n:, b].any()
+        if n:
+            alone = torch.tensor(x[:n, b : b + 1], requires_grad=True)
+            ya, va = ds.multi_step_forward(alone, step, state=torch.zeros(1, 2).double())
+            la = (ya * torch.from_numpy(weights[:n, b : b + 1])).sum() + (va * va).sum()
+            (ga,) = torch.autograd.grad(la, alone)
+            assert torch.equal(g_torch[:n, b : b + 1], ga)
+
+
+_TRACES: list = []
+
+
+def test_jax_lengths_are_traced_under_jit_vmap_and_the_eager_cache(jax_backend):
+    """New lengths never trace again (jit and the eager compile cache); vmap maps over lengths
+    and, with one 0-d length per example, over the batch."""
+    import jax
+    import jax.numpy as jnp
+
+    from dualstep.backends import jax as jax_backend_module
+
+    traces = _TRACES
+    traces.clear()
+
+    def step(x, v):
+        _TRACES.append(1)  # a global: the compile cache does not key what the step appends to
+        v = v + x
+        return v, v
+
+    x = jnp.asarray(np.random.default_rng(1).random((6, 4, 3)))
+    v0 = jnp.zeros((4, 3))
+    run = jax.jit(lambda x, lengths: ds.multi_step_forward(x, step, state=v0, lengths=lengths))
+    counts = []
+    for lengths in ([6, 0, 3, 2], [1, 1, 1, 1], [6, 6, 6, 6]):
+        _, v = run(x, jnp.asarray(lengths))
+        np.testing.assert_allclose(v, [x[:n, b].sum(0) for b, n in enumerate(lengths)])
+        counts.append(len(traces))
+    assert counts[0] == counts[-1] > 0
+    ds.clear_jax_cache()
+    traces.clear()
+    counts = []
+    for lengths in ([6, 0, 3, 2], [2, 2, 5, 1]):  # eager: one cached program
+        ds.multi_step_forward(x, step, state=v0, lengths=jnp.asarray(lengths))
+        counts.append(len(traces))
+    assert counts[0] == counts[-1] > 0 and len(jax_backend_module._cache) == 1
+    # vmap over lengths: several length sets of one batch.
+    many = jnp.asarray([[6, 0, 3, 2], [1, 2, 3, 4]])
+    _, vs = jax.vmap(lambda lengths: run(x, lengths))(many)
+    for row, lengths in zip(vs, many.tolist(), strict=True):
+        np.testing.assert_allclose(row, [x[:n, b].sum(0) for b, n in enumerate(lengths)])
+
+    # vmap over the batch: each example is [T, 3] with a 0-d length.
+    def one(x_b, n):
+        return ds.multi_step_forward(x_b, step, state=jnp.zeros(3), lengths=n)[1]
+
+    per = jax.vmap(one, in_axes=(1, 0))(x, jnp.asarray([6, 0, 3, 2]))
+    np.testing.assert_allclose(per, [x[:n, b].sum(0) for b, n in enumerate([6, 0, 3, 2])])
+
+
+def test_pad_sequences_then_lengths_is_each_sequence_alone(backend):
+    from dualstep.testing import lif_step
+
+    rng = np.random.default_rng(2)
+    seqs = [rng.random((n, 3)) * 2 for n in (5, 1, 3)]
+    step = lif_step()
+    for time_axis in (0, -1):
+        given = [backend.asarray(s if time_axis == 0 else s.T) for s in seqs]
+        x_seq, lengths = ds.pad_sequences(given, time_axis=time_axis, fill=9.0)
+        assert tuple(x_seq.shape) == ((5, 3, 3) if time_axis == 0 else (3, 3, 5))
+        assert backend.to_numpy(lengths).tolist() == [5, 1, 3]
+        function = ds.multi_step_forward if time_axis == 0 else ds.t_last_multi_step_forward
+        y, v = function(x_seq, step, state=backend.asarray(np.zeros((3, 3))), lengths=lengths)
+        y = backend.to_numpy(y)
+        for b, s in enumerate(seqs):
+            ya, va = ds.multi_step_forward(backend.asarray(s[:, None]), step,
+                                           state=backend.asarray(np.zeros((1, 3))))  # fmt: skip
+            got = y[: len(s), b] if time_axis == 0 else y[b, :, : len(s)].T
+            np.testing.assert_array_equal(got, backend.to_numpy(ya)[:, 0])
+            np.testing.assert_array_equal(backend.to_numpy(v)[b], backend.to_numpy(va)[0])
+    padded, _ = ds.pad_sequences([backend.asarray(s) for s in seqs], fill=9.0)
+    assert (backend.to_numpy(padded)[1:, 1] == 9.0).all()
+    with pytest.raises(ValueError, match=r"`sequences\[1\]` must have the shape of"):
+        ds.pad_sequences([backend.asarray(np.ones((2, 3))), backend.asarray(np.ones((2, 4)))])
+    with pytest.raises(TypeError, match="non-empty list or tuple of arrays; got an empty one"):
+        ds.pad_sequences([])
