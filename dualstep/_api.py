@@ -308,6 +308,17 @@ def multi_step_forward(
         ``torch.compile(fullgraph=True)`` a stateful call is one ``scan``, one step per
         iteration; ``unroll >= T`` traces the T steps one by one instead (a step with side
         effects, which ``scan`` refuses). Eager torch and NumPy loop step by step.
+    lengths : integer array of shape ``[batch_size]``, or list/tuple of ints, optional
+        Variable-length sequences padded to ``T``: element ``b`` has ``lengths[b]`` valid
+        steps (0 to T). For ``t >= lengths[b]`` its state is frozen and its outputs are
+        `fill`, so each element's outputs and final state are those of running it alone on
+        its own steps; gradients reach only valid steps. Needs `state` (a frozen state must
+        be passed to be kept); every state leaf and output must have the batch as its first
+        axis. A 0-d `lengths` is one length for every element (under ``jax.vmap`` over the
+        batch). On JAX the lengths are traced: new ones never compile again. Not fused yet:
+        ``fused=True`` raises, ``'auto'`` loops. README, "Variable-length sequences".
+    fill : float, default 0.0
+        The output after an element's length.
 
     Returns
     -------
@@ -320,11 +331,15 @@ def multi_step_forward(
         `x_seq` is not a supported array; a module is not callable; `state` is not a tuple for a
         module list; a leaf of `state` is not an array of `x_seq`'s kind (nor None); a stateful
         module does not return a ``(y, state)`` pair, or returns its state with another
-        structure, shape or dtype (torch under autocast may change a floating dtype).
+        structure, shape or dtype (torch under autocast may change a floating dtype);
+        `lengths` is not an integer array of `x_seq`'s kind nor a list/tuple of ints; `fill`
+        is not a real number.
     ValueError
         `x_seq` has no dimensions or ``T == 0``; `state` has the wrong number of entries; a
         SpikingJelly memory module is in multi-step mode; ``fused=True`` with a step that cannot
-        be fused (``dualstep.NotFusable``, a ValueError); `unroll` is not positive.
+        be fused (``dualstep.NotFusable``, a ValueError); `unroll` is not positive; `lengths`
+        without `state`, of another shape than ``[batch_size]``, outside ``[0, T]``, or with a
+        state leaf or output that lacks the batch axis.
 
     Exceptions raised by the modules propagate unchanged. On JAX the call lowers to one
     ``lax.scan``; eager calls reuse a compiled program per step structure and input shapes,
@@ -381,7 +396,9 @@ def t_last_multi_step_forward(
     state : array, pytree of arrays, or tuple with one entry per module, optional
     fused : bool or 'auto', default False
     unroll : int, optional
-        As :func:`multi_step_forward`.
+    lengths : integer array of shape ``[batch_size]``, or list/tuple of ints, optional
+    fill : float, default 0.0
+        As :func:`multi_step_forward`; the batch is axis 0 here.
 
     Returns
     -------
@@ -465,6 +482,13 @@ def chunk_multi_step_forward(
         runs, so pass this instead of compiling the chunk module yourself with that mode.
         Define the chunk module once: each new module object compiles again. JAX calls are
         compiled already and NumPy has nothing to compile; both ignore it.
+    lengths : integer array of shape ``[batch_size]``, or list/tuple of ints, optional
+    fill : float, default 0.0
+        As :func:`multi_step_forward`, carried across chunks: the chunk module is called as
+        ``m(x_chunk, state, lengths=l)`` with `l` each element's valid steps within the chunk
+        (``clip(lengths - start, 0, len(chunk))``), so it must take them on
+        (``lambda x, s, lengths: multi_step_forward(x, step, state=s, lengths=lengths)``);
+        the chunk's outputs past each length are `fill`.
 
     Returns
     -------

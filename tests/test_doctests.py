@@ -19,6 +19,7 @@ MODULES = {
     "dualstep.surrogate": ("jax",),
     "dualstep.neurons": (),
     "dualstep.port": ("torch", "jax"),
+    "dualstep._lengths": (),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),
     "dualstep.nir": ("nir",),

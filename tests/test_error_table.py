@@ -99,6 +99,24 @@ def _seq(b, shape=(3, 2)):
 
 
 LIF = lif_step()
+
+
+def _zeros(b, shape=(2,)):
+    return b.asarray(np.zeros(shape))
+
+
+def _lengths(b, defect):
+    """`lengths` of another kind of array, or of a float dtype."""
+    if defect == "other":
+        return _other_kind(b.name, np.array([1, 2]))
+    return b.asarray(np.array([1.0, 2.0]))
+
+
+def _pooled(x, s):
+    """A step whose state has no batch axis (a sum over the batch)."""
+    return x, s + x.sum()
+
+
 BAD_CALLS = {
     1: lambda b: ds.multi_step_forward((_seq(b), _seq(b)), _ident),
     2: lambda b: ds.seq_to_ann_forward(_seq(b, (3,)), _ident),
@@ -135,6 +153,22 @@ BAD_CALLS = {
     33: lambda b: pytest.importorskip("dualstep.interop").module_from_jax(_linear(), None),
     34: lambda b: _nir_model().initial_state(b.asarray(np.ones((3, 2, 2), np.int32))),
     35: lambda b: _nir_graph("shapes"),
+    36: lambda b: ds.multi_step_forward(_seq(b), LIF, lengths=[1, 2]),
+    37: lambda b: ds.multi_step_forward(
+        _seq(b), LIF, state=_zeros(b), lengths=_lengths(b, "other")
+    ),
+    38: lambda b: ds.t_last_multi_step_forward(
+        _seq(b), LIF, state=_zeros(b, 3), lengths=[1, 2.0, 3]
+    ),
+    39: lambda b: ds.multi_step_forward(
+        _seq(b), LIF, state=_zeros(b), lengths=_lengths(b, "float")
+    ),
+    40: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[1, 2, 3]),
+    41: lambda b: ds.multi_step_forward(_seq(b, (4,)), LIF, state=_zeros(b, ()), lengths=[1]),
+    42: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[5, 0]),
+    43: lambda b: ds.multi_step_forward(_seq(b), _pooled, state=_zeros(b, ()), lengths=[1, 2]),
+    44: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[1, 2], fill="0"),
+    45: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[1, 2], fused=True),
 }
 EXCEPTIONS = {
     "TypeError": TypeError,

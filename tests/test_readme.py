@@ -12,11 +12,13 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_torch_jax_and_porting_examples():
-    assert len(BLOCKS) == 7
+    assert len(BLOCKS) == 8
 
 
 @pytest.mark.parametrize(
-    "block", BLOCKS, ids=["torch", "jax", "surrogate", "neurons", "port", "porting", "fused"]
+    "block",
+    BLOCKS,
+    ids=["torch", "jax", "surrogate", "neurons", "port", "porting", "lengths", "fused"],
 )
 def test_readme_example_runs(block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
@@ -27,7 +29,9 @@ def test_readme_example_runs(block):
         pytest.importorskip("triton")
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
-    if "grads" in namespace:  # port: the comparison ran; every module has its row
+    if "recordings" in namespace:  # lengths: its own assertions ran on a spiking run
+        assert float(namespace["spikes"].sum()) > 0
+    elif "grads" in namespace:  # port: the comparison ran; every module has its row
         assert namespace["report"].ok and len(namespace["report"].rows) == 18
         assert set(namespace["final"]) == {"1", "2", "6"}  # batch norm's statistics, neurons
     elif "report" in namespace:  # porting
