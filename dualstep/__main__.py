@@ -3,7 +3,8 @@
 Subcommands:
 
 - ``check`` (the default): an embedded example (LIF neurons on random input, an affine+tanh
-  layer for the stateless functions) runs through all five functions on NumPy, torch and JAX,
+  layer for the stateless functions) runs through all five functions, and the three multi-step
+  ones with ``lengths=`` (``example_lengths``), on NumPy, torch and JAX,
   whichever are installed, and prints, per backend and function, the max abs difference from
   the NumPy float64 oracle, the median time per call and a verdict (``--json``: the same rows as
   JSON). Exits 1 if any backend disagrees with the oracle.
@@ -61,10 +62,10 @@ def _block(y: Any) -> Any:
     return y if jax is None else jax.block_until_ready(y)
 
 
-def _timed(function: str, x: Any, x_t_last: Any, v0: Any) -> Callable[[], Any]:
+def _timed(function: str, x: Any, x_t_last: Any, v0: Any, lengths: Any = None) -> Callable[[], Any]:
     """One call of `function` on the example, in its own layout (`x` is ``[T, B, N]``,
-    `x_t_last` ``[B, N, T]``): LIF with state `v0` for the multi-step functions, the affine+tanh
-    layer for the stateless ones."""
+    `x_t_last` ``[B, N, T]``): LIF with state `v0` for the multi-step functions (with
+    `lengths`, if given), the affine+tanh layer for the stateless ones."""
     stateful = function in STATEFUL_FUNCTIONS
     return functools.partial(
         call,
@@ -73,7 +74,13 @@ def _timed(function: str, x: Any, x_t_last: Any, v0: Any) -> Callable[[], Any]:
         x_t_last if function in TIME_LAST_FUNCTIONS else x,
         state=v0 if stateful else None,
         split_size=SPLIT,
+        **({} if lengths is None else {"lengths": lengths}),
     )
+
+
+def example_lengths(steps: int, batch: int) -> np.ndarray:
+    """The lengths of the check's variable-length rows: from T down, spread over the batch."""
+    return np.array([steps - (steps * b) // batch for b in range(batch)], np.int32)
 
 
 def _median_seconds(fn: Callable[[], Any], repeat: int) -> float:
@@ -110,22 +117,37 @@ def check(
     compare = functools.partial(
         assert_backends_close, backends=backends, rtol=rtol, atol=atol, check=False
     )
+    lengths = example_lengths(steps, batch)
     reports = [
-        compare(lif_step(), x, state=inputs[2], split_size=SPLIT),
-        compare(affine_tanh(), x, functions=[f for f in FUNCTIONS if f not in STATEFUL_FUNCTIONS]),
+        (None, compare(lif_step(), x, state=inputs[2], split_size=SPLIT)),
+        (
+            None,
+            compare(
+                affine_tanh(), x, functions=[f for f in FUNCTIONS if f not in STATEFUL_FUNCTIONS]
+            ),
+        ),
+        (lengths, compare(lif_step(), x, state=inputs[2], split_size=SPLIT, lengths=lengths)),
     ]
     rows = []
-    results = (r for report in reports for r in report.rows)
-    for row in sorted(
-        results, key=lambda r: (BACKENDS.index(r.backend), FUNCTIONS.index(r.function))
+    results = [(given, r) for given, report in reports for r in report.rows]
+    for given, row in sorted(
+        results,
+        key=lambda g_r: (
+            BACKENDS.index(g_r[1].backend),
+            g_r[0] is not None,
+            FUNCTIONS.index(g_r[1].function),
+        ),
     ):
         args = [CONVERT[row.backend](a) for a in inputs]
+        on_backend = None if given is None else CONVERT[row.backend](given)
+        timed = _timed(row.function, args[0], args[1], args[2], on_backend)
         rows.append(
             {
                 "backend": row.backend,
                 "function": row.function,
+                "lengths": given is not None,
                 "max_abs_error": row.max_abs_error,
-                "seconds_per_call": _median_seconds(_timed(row.function, *args), repeat),
+                "seconds_per_call": _median_seconds(timed, repeat),
                 "ok": row.ok,
             }
         )
@@ -134,11 +156,12 @@ def check(
 
 def _table(rows: list[dict]) -> str:
     lines = [
-        f"{'backend':<8} {'function':<27} {'max abs error':>14} {'time per call':>14}  verdict",
+        f"{'backend':<8} {'function':<36} {'max abs error':>14} {'time per call':>14}  verdict",
     ]
     for r in rows:
+        function = r["function"] + (", lengths=" if r["lengths"] else "")
         lines.append(
-            f"{r['backend']:<8} {r['function']:<27} {r['max_abs_error']:>14.3g} "
+            f"{r['backend']:<8} {function:<36} {r['max_abs_error']:>14.3g} "
             f"{r['seconds_per_call'] * 1e3:>11.3f} ms  {'ok' if r['ok'] else 'FAIL'}"
         )
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from array_api_compat import array_namespace, device
 
 from ._dispatch import kind_of
@@ -47,13 +48,16 @@ def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> 
         )
     batch = x_seq.shape[batch_axis] if x_seq.ndim > 1 else 0
     steps = x_seq.shape[time_axis]
+    from .interop import to_numpy
+
     if lengths.ndim > 1 or (lengths.ndim == 1 and lengths.shape[0] != batch):
         raise ValueError(
             f"`lengths` must have shape [{batch}] (the batch axis {batch_axis} of `x_seq`) or "
             f"be 0-d; got shape {tuple(lengths.shape)}"
         )
     if _concrete(lengths):
-        low, high = int(xp.min(lengths)), int(xp.max(lengths))
+        values = np.asarray(to_numpy(lengths))  # on the host: one copy, not two device ops
+        low, high = int(values.min(initial=0)), int(values.max(initial=0))
         if low < 0 or high > steps:
             raise ValueError(
                 f"`lengths` must lie within [0, T] (T = {steps}); got values from {low} to {high}"
@@ -146,6 +150,8 @@ def _concrete(a: Any) -> bool:
 
 def initial(x_seq: Any, state: Any) -> tuple[Any, Any]:
     """The wrapped step's initial state: the step count 0 beside `state`."""
+    if kind_of(x_seq) == "jax":  # a host zero: jit moves it with the call's arguments, while
+        return np.zeros((), np.int32), state  # an eager jnp.zeros costs 0.2 ms per call
     xp = array_namespace(x_seq)
     return xp.zeros((), dtype=xp.int32, device=device(x_seq)), state
 
@@ -168,7 +174,8 @@ def check_state(state: Any) -> None:
 
 def masked(modules: Any, lengths: Any, fill: float) -> Any:
     """`modules` as a step ``(x, (t, state)) -> (y, (t + 1, state))`` that steps each batch
-    element while ``t < lengths`` and then keeps its state and outputs `fill`."""
+    element while ``t < lengths`` and then keeps its state and outputs `fill`. (Filling the
+    outputs here, not once after the loop, keeps it inside JAX's compiled scan.)"""
     batched = lengths.ndim == 1
 
     def step(x: Any, carry: tuple) -> tuple[Any, tuple]:
@@ -180,25 +187,55 @@ def masked(modules: Any, lengths: Any, fill: float) -> Any:
         new = map_with_path(
             lambda a, path: _select(xp, valid, a, old[path], path, batched), new, "state"
         )
-        y = map_with_path(
-            lambda a, path: _select(xp, valid, a, xp.full_like(a, fill), path, batched), y, "y"
-        )
+        y = map_with_path(lambda a, path: _select(xp, valid, a, fill, path, batched), y, "y")
         return y, (t + 1, new)
 
     return step
 
 
+def filled(y_seq: Any, lengths: Any, fill: float, time_axis: int) -> Any:
+    """`y_seq` with every element's outputs from its length on set to `fill`: time on
+    `time_axis` (0, or -1 with the batch on axis 0)."""
+
+    def fill_leaf(a: Any, _: str) -> Any:
+        if a is None:
+            return None
+        xp = array_namespace(a)
+        steps = a.shape[time_axis]
+        t = xp.arange(steps, dtype=lengths.dtype, device=device(a))
+        if lengths.ndim == 0:
+            valid = t < lengths
+            shape = (steps,) + (1,) * (a.ndim - 1) if time_axis == 0 else (steps,)
+        elif time_axis == 0:
+            valid = t[:, None] < lengths[None, :]
+            shape = (steps, lengths.shape[0]) + (1,) * (a.ndim - 2)
+        else:
+            valid = lengths[:, None] > t[None, :]
+            valid = xp.reshape(valid, (lengths.shape[0],) + (1,) * (a.ndim - 2) + (steps,))
+            shape = tuple(valid.shape)
+        return xp.where(xp.reshape(valid, shape), a, xp.full_like(a, fill))
+
+    return map_with_path(fill_leaf, y_seq, "y")
+
+
+def _check_batch(a: Any, path: str, batch: int) -> None:
+    if a is not None and (a.ndim == 0 or a.shape[0] != batch):
+        raise ValueError(
+            f"`lengths=` steps each batch element on its own, so `{path}` must have the "
+            f"batch ({batch}) as its first axis; got shape {tuple(a.shape)}"
+        )
+
+
 def _select(xp: Any, valid: Any, a: Any, other: Any, path: str, batched: bool) -> Any:
-    """`a` where the element is still valid, else `other`; per batch element along axis 0."""
+    """`a` where the element is still valid, else `other` (an array, or the fill value);
+    per batch element along axis 0."""
     if a is None:
         return None
     if batched:
-        if a.ndim == 0 or a.shape[0] != valid.shape[0]:
-            raise ValueError(
-                f"`lengths=` steps each batch element on its own, so `{path}` must have the "
-                f"batch ({valid.shape[0]}) as its first axis; got shape {tuple(a.shape)}"
-            )
+        _check_batch(a, path, valid.shape[0])
         valid = xp.reshape(valid, (valid.shape[0],) + (1,) * (a.ndim - 1))
+    if isinstance(other, float) and not xp.isdtype(a.dtype, "real floating"):
+        other = xp.full_like(a, other)  # a Python float would widen an integer or bool output
     return xp.where(valid, a, other)
 
 
@@ -222,19 +259,8 @@ def chunked(modules: Any, lengths: Any, fill: float) -> Any:
             else:
                 x, s = module(x, s, lengths=left)
             new.append(s)
-        steps = xp.arange(n, dtype=t0.dtype, device=device(t0))
-        valid = steps[:, None] < left[None, :] if lengths.ndim else steps < left
-        x = map_with_path(lambda a, _: _over_time(xp, valid, a, fill), x, "y")
+        x = filled(x, left, fill, 0)
         state = tuple(new) if isinstance(modules, (list, tuple)) else new[0]
         return x, (t0 + n, state)
 
     return chunk
-
-
-def _over_time(xp: Any, valid: Any, a: Any, fill: float) -> Any:
-    """A chunk's output `a` (``[n, B, ...]``) where `valid` (``[n, B]`` or ``[n]``), else
-    `fill`."""
-    if a is None:
-        return None
-    valid = xp.reshape(valid, tuple(valid.shape) + (1,) * (a.ndim - valid.ndim))
-    return xp.where(valid, a, xp.full_like(a, fill))

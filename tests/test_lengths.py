@@ -259,3 +259,13 @@ def test_pad_sequences_then_lengths_is_each_sequence_alone(backend):
         ds.pad_sequences([backend.asarray(np.ones((2, 3))), backend.asarray(np.ones((2, 4)))])
     with pytest.raises(TypeError, match="non-empty list or tuple of arrays; got an empty one"):
         ds.pad_sequences([])
+
+
+def test_assert_backends_close_takes_lengths():
+    from dualstep.testing import assert_backends_close, installed_backends, lif_step
+
+    x = np.random.default_rng(3).random((7, 3, 2)) * 2
+    report = assert_backends_close(lif_step(), x, state=np.zeros((3, 2)), lengths=[7, 0, 3])
+    assert report.ok and len(report.rows) == 3 * len(installed_backends())
+    with pytest.raises(ValueError, match=r"`lengths` must lie within \[0, T\] \(T = 7\)"):
+        assert_backends_close(lif_step(), x, state=np.zeros((3, 2)), lengths=[9, 0, 3])

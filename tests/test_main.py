@@ -25,7 +25,8 @@ def test_main_job_runs_every_installed_backend():
     )
     rows = [line.split() for line in out.stdout.splitlines() if line.endswith((" ok", " FAIL"))]
     assert sorted({r[0] for r in rows}) == sorted(INSTALLED)
-    assert len(rows) == 5 * len(INSTALLED)
+    assert len(rows) == 8 * len(INSTALLED)  # five functions, and three with lengths=
+    assert sum(r[2] == "lengths=" for r in rows) == 3 * len(INSTALLED)
     assert all(r[-1] == "ok" for r in rows)
     assert f"{len(rows)} agree, 0 disagree" in out.stdout
 
@@ -54,7 +55,8 @@ def test_float64_check_restores_jax_config():
 def test_check_json_rows(capsys):
     assert main_job.main(["check", *ARGS, "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
-    assert found["dtype"] == "float32" and len(found["rows"]) == 5 * len(INSTALLED)
+    assert found["dtype"] == "float32" and len(found["rows"]) == 8 * len(INSTALLED)
+    assert sum(r["lengths"] for r in found["rows"]) == 3 * len(INSTALLED)
     assert (found["T"], found["batch"], found["features"]) == (9, 2, 3)
     assert {r["backend"] for r in found["rows"]} == set(INSTALLED)
     assert all(r["ok"] and r["max_abs_error"] <= 1e-5 for r in found["rows"])
@@ -134,7 +136,7 @@ def test_check_backends_runs_only_those(capsys):
     assert main_job.main([*ARGS, "--backends", "numpy", "--json"]) == 0
     found = json.loads(capsys.readouterr().out)
     assert found["backends"] == ["numpy"] and {r["backend"] for r in found["rows"]} == {"numpy"}
-    assert len(found["rows"]) == 5
+    assert len(found["rows"]) == 8
 
 
 def test_timings_wait_for_every_array_of_a_result():

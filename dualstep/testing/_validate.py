@@ -326,6 +326,8 @@ def assert_backends_close(
     rtol: float | None = None,
     atol: float | None = None,
     check: bool = True,
+    lengths: Any = None,
+    fill: float = 0.0,
 ) -> Report:
     """Check that a step function gives the same results on every backend and function.
 
@@ -359,6 +361,10 @@ def assert_backends_close(
         2e-5/2e-6, float64 1e-12/1e-12; integer and bool outputs must be equal.
     check : bool, default True
         Raise when anything disagrees; ``False`` returns the report either way.
+    lengths : integer array or list of ints, shape ``[batch_size]``, optional
+    fill : float, default 0.0
+        Variable-length sequences (README, "Variable-length sequences"): passed, converted,
+        to every call, the oracle's included; needs `state`.
 
     Returns
     -------
@@ -394,6 +400,11 @@ def assert_backends_close(
     tolerance = _tolerance(rtol, atol)
     t = x.shape[0] if x.ndim else 0
     split = split_size if split_size is not None else max(1, t // 3)
+    # int32 lengths, so that JAX takes them without x64; each backend gets its own array.
+    lengths = None if lengths is None else np.asarray(interop.to_numpy(lengths), np.int32)
+
+    def options(convert: Callable[[Any], Any]) -> dict:
+        return {} if lengths is None else {"lengths": convert(lengths), "fill": fill}
 
     def f64(tree: Any) -> Any:
         return map_with_path(lambda a, _: None if a is None else a.astype(np.float64), tree, "")
@@ -404,12 +415,16 @@ def assert_backends_close(
     to_oracle = CONVERT[oracle]
     with jax_x64(oracle == "jax"):
         oracle_y, oracle_s = call_time_first(
-            "multi_step_forward", step, to_oracle(f64(x)), state=to_oracle(f64(state))
+            "multi_step_forward",
+            step,
+            to_oracle(f64(x)),
+            state=to_oracle(f64(state)),
+            **options(to_oracle),
         )
         want_ys = [interop.to_numpy(a) for a in _leaves(oracle_y)]
         want_finals = [interop.to_numpy(a) for a in _leaves(oracle_s)]
         native_y, native_s = call_time_first(
-            "multi_step_forward", step, to_oracle(x), state=to_oracle(state)
+            "multi_step_forward", step, to_oracle(x), state=to_oracle(state), **options(to_oracle)
         )
         dtypes = [dtype_name(a) for a in _leaves(native_y) + _leaves(native_s)]
 
@@ -420,7 +435,12 @@ def assert_backends_close(
             convert = CONVERT[backend]
             for function in functions:
                 y, final = call_time_first(
-                    function, step, convert(x), state=convert(state), split_size=split
+                    function,
+                    step,
+                    convert(x),
+                    state=convert(state),
+                    split_size=split,
+                    **options(convert),
                 )
                 rows.append(
                     _compare(
