@@ -243,3 +243,21 @@ def test_port_benchmark_checks_then_times_three_systems():
         assert re.search(
             rf"\| {re.escape(workload)} \| [\d.]+ ms \| [\d.]+ ms \| [\d.]+ ms", out.stdout
         )
+
+
+def test_lengths_benchmark_checks_then_times_each_pair():
+    """`python -m benchmarks.lengths --quick`: each pair is checked equal before timing, and
+    every row reports its ratio against its bound."""
+    for module in ("jax", "torch"):
+        pytest.importorskip(module)
+    out = subprocess.run(
+        [sys.executable, "-m", "benchmarks.lengths", "--quick"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| cost") or
+            line.startswith("| saving")]  # fmt: skip
+    assert len(rows) == 5
+    assert all(re.search(r"\| [\d.]+ \| (<=|>=) 1\.[15] \| (met|not met) \|$", r) for r in rows)
