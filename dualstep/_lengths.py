@@ -136,7 +136,8 @@ def pad_sequences(sequences: Any, *, time_axis: int = 0, fill: float = 0.0) -> t
 
 
 def _concrete(a: Any) -> bool:
-    """Whether `a`'s values can be read now (not a JAX tracer, nor a torch fake tensor)."""
+    """Whether `a`'s values can be read now: not a JAX tracer, nor a torch tensor that
+    torch.compile traces or torch.func transforms."""
     if kind_of(a) == "jax":
         import jax
 
@@ -144,7 +145,9 @@ def _concrete(a: Any) -> bool:
     if kind_of(a) == "torch":
         import torch
 
-        return not torch.compiler.is_compiling() and a.device.type != "meta"
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return False  # traced, or batched by torch.func: no values to read
+        return a.device.type != "meta"
     return True
 
 

@@ -269,3 +269,44 @@ def test_assert_backends_close_takes_lengths():
     assert report.ok and len(report.rows) == 3 * len(installed_backends())
     with pytest.raises(ValueError, match=r"`lengths` must lie within \[0, T\] \(T = 7\)"):
         assert_backends_close(lif_step(), x, state=np.zeros((3, 2)), lengths=[9, 0, 3])
+
+
+def test_torch_func_vmap_over_the_batch_and_over_lengths():
+    torch = pytest.importorskip("torch")
+    from dualstep.testing import lif_step
+
+    step = lif_step()
+    x = torch.rand(6, 4, 3, generator=torch.Generator().manual_seed(0)) * 2
+    lengths = torch.tensor([6, 0, 3, 2])
+    _, v = ds.multi_step_forward(x, step, state=torch.zeros(4, 3), lengths=lengths)
+
+    def one(x_b, n):  # one example [T, 3] and its 0-d length
+        return ds.multi_step_forward(x_b, step, state=torch.zeros(3), lengths=n)[1]
+
+    assert torch.equal(torch.func.vmap(one, in_dims=(1, 0))(x, lengths), v)
+    many = torch.tensor([[6, 0, 3, 2], [1, 2, 3, 4]])
+
+    def final(lengths):
+        return ds.multi_step_forward(x, step, state=torch.zeros(4, 3), lengths=lengths)[1]
+
+    got = torch.func.vmap(final)(many)
+    assert torch.equal(got[0], v) and torch.equal(got[1], final(many[1]))
+
+
+def test_assert_implementations_close_takes_lengths():
+    """A port that is right on the valid steps and wrong after them passes with the lengths
+    and fails without them, at the first padded step."""
+    from dualstep.testing import assert_implementations_close, lif_step
+
+    def port(x, v):  # LIF, but zero input leaves the voltage at 9 (as padding would)
+        y, v_new = lif_step()(x, v)
+        return y, np.where(x == 0, 9.0, v_new)
+
+    x = np.random.default_rng(4).random((6, 3, 2)) + 0.5
+    x[4:, 0], x[2:, 2] = 0.0, 0.0
+    state = np.zeros((3, 2))
+    kwargs = {"reference_state": state, "candidate_state": state}
+    report = assert_implementations_close(lif_step(), port, x, lengths=[4, 6, 2], **kwargs)
+    assert report.ok
+    report = assert_implementations_close(lif_step(), port, x, check=False, **kwargs)
+    assert not report.ok and report.rows[-1].first_bad_step == "final state"

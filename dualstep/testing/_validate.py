@@ -484,7 +484,9 @@ def _multi_step(modules: Any) -> bool:
     return any(_step_mode_of(m) == "m" for m in _stepping_modules(modules, with_memory=False))
 
 
-def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[Any, Any]:
+def _run_side(
+    modules: Any, backend: str, x: np.ndarray, state: Any, options: dict
+) -> tuple[Any, Any]:
     """One side over the whole sequence on its backend, from fresh hidden memory, which is
     reset again afterwards (the caller's next call starts fresh, as before the comparison).
 
@@ -498,9 +500,12 @@ def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[An
     convert = CONVERT[backend]
     state = None if state is None else convert(state)
     with _buffers_restored(modules):
+        options = {k: convert(v) if k == "lengths" else v for k, v in options.items()}
         try:
             if not _multi_step(modules):
-                return call_time_first("multi_step_forward", modules, convert(x), state=state)
+                return call_time_first(
+                    "multi_step_forward", modules, convert(x), state=state, **options
+                )
             out = call(
                 "chunk_multi_step_forward",
                 modules,
@@ -508,6 +513,7 @@ def _run_side(modules: Any, backend: str, x: np.ndarray, state: Any) -> tuple[An
                 state=state,
                 split_size=max(1, x.shape[0]),
                 as_given=True,
+                **options,
             )
             return (out, None) if state is None else out
         finally:
@@ -551,6 +557,8 @@ def assert_implementations_close(
     atol: float | None = None,
     check: bool = True,
     compare_grads: bool = False,
+    lengths: Any = None,
+    fill: float = 0.0,
 ) -> Report:
     """Check, step by step, that two implementations of one model agree: a port.
 
@@ -592,6 +600,10 @@ def assert_implementations_close(
     compare_grads : bool, default False
         With a torch network and its port (below): compare the gradients of a loss of the
         outputs (their sum weighted by fixed random numbers) with respect to every parameter.
+    lengths : integer array or list of ints, shape ``[batch_size]``, optional
+    fill : float, default 0.0
+        Variable-length sequences, passed (converted) to both sides' calls; both need a
+        state (README, "Variable-length sequences").
 
     A torch network as `reference` and what :func:`dualstep.port.to_jax` made of it, the
     tuple ``(step, params, state)``, as `candidate`, are compared module by module: the
@@ -662,8 +674,11 @@ def assert_implementations_close(
         )
     wide = interop.needs_x64(x)
     with jax_x64(wide and "jax" in (ref_on, cand_on)):
-        ref_y, ref_s = _run_side(reference, ref_on, x, reference_state)
-        cand_y, cand_s = _run_side(candidate, cand_on, x, candidate_state)
+        options = {}
+        if lengths is not None:  # int32: JAX takes it without x64
+            options = {"lengths": np.asarray(interop.to_numpy(lengths), np.int32), "fill": fill}
+        ref_y, ref_s = _run_side(reference, ref_on, x, reference_state, options)
+        cand_y, cand_s = _run_side(candidate, cand_on, x, candidate_state, options)
         if callable(compare_state):
             cand_s = compare_state(cand_s)
         want_ys = [(p, interop.to_numpy(a)) for p, a in _named_leaves(ref_y, "y")]
