@@ -20,6 +20,7 @@ from array_api_compat import array_namespace, device
 from ._dispatch import kind_of
 from ._modules import apply_stateful
 from ._tree import leaves_with_path, map_with_path
+from .interop import to_numpy
 
 
 def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> Any:
@@ -48,8 +49,6 @@ def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> 
         )
     batch = x_seq.shape[batch_axis] if x_seq.ndim > 1 else 0
     steps = x_seq.shape[time_axis]
-    from .interop import to_numpy
-
     if lengths.ndim > 1 or (lengths.ndim == 1 and lengths.shape[0] != batch):
         raise ValueError(
             f"`lengths` must have shape [{batch}] (the batch axis {batch_axis} of `x_seq`) or "
@@ -196,27 +195,18 @@ def masked(modules: Any, lengths: Any, fill: float) -> Any:
     return step
 
 
-def filled(y_seq: Any, lengths: Any, fill: float, time_axis: int) -> Any:
-    """`y_seq` with every element's outputs from its length on set to `fill`: time on
-    `time_axis` (0, or -1 with the batch on axis 0)."""
+def filled(y_seq: Any, lengths: Any, fill: float) -> Any:
+    """`y_seq` (time first, ``[n, B, ...]``) with each element's outputs from its length on
+    set to `fill` (a 0-d `lengths`: one length for all)."""
 
     def fill_leaf(a: Any, _: str) -> Any:
         if a is None:
             return None
         xp = array_namespace(a)
-        steps = a.shape[time_axis]
-        t = xp.arange(steps, dtype=lengths.dtype, device=device(a))
-        if lengths.ndim == 0:
-            valid = t < lengths
-            shape = (steps,) + (1,) * (a.ndim - 1) if time_axis == 0 else (steps,)
-        elif time_axis == 0:
-            valid = t[:, None] < lengths[None, :]
-            shape = (steps, lengths.shape[0]) + (1,) * (a.ndim - 2)
-        else:
-            valid = lengths[:, None] > t[None, :]
-            valid = xp.reshape(valid, (lengths.shape[0],) + (1,) * (a.ndim - 2) + (steps,))
-            shape = tuple(valid.shape)
-        return xp.where(xp.reshape(valid, shape), a, xp.full_like(a, fill))
+        t = xp.arange(a.shape[0], dtype=lengths.dtype, device=device(a))
+        valid = t[:, None] < lengths[None, :] if lengths.ndim else t < lengths
+        valid = xp.reshape(valid, tuple(valid.shape) + (1,) * (a.ndim - valid.ndim))
+        return xp.where(valid, a, xp.full_like(a, fill))
 
     return map_with_path(fill_leaf, y_seq, "y")
 
@@ -262,7 +252,7 @@ def chunked(modules: Any, lengths: Any, fill: float) -> Any:
             else:
                 x, s = module(x, s, lengths=left)
             new.append(s)
-        x = filled(x, left, fill, 0)
+        x = filled(x, left, fill)
         state = tuple(new) if isinstance(modules, (list, tuple)) else new[0]
         return x, (t0 + n, state)
 
