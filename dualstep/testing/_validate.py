@@ -400,11 +400,10 @@ def assert_backends_close(
     tolerance = _tolerance(rtol, atol)
     t = x.shape[0] if x.ndim else 0
     split = split_size if split_size is not None else max(1, t // 3)
-    # int32 lengths, so that JAX takes them without x64; each backend gets its own array.
-    lengths = None if lengths is None else np.asarray(interop.to_numpy(lengths), np.int32)
+    given = _lengths_options(lengths, fill)
 
     def options(convert: Callable[[Any], Any]) -> dict:
-        return {} if lengths is None else {"lengths": convert(lengths), "fill": fill}
+        return {k: convert(v) if k == "lengths" else v for k, v in given.items()}
 
     def f64(tree: Any) -> Any:
         return map_with_path(lambda a, _: None if a is None else a.astype(np.float64), tree, "")
@@ -476,6 +475,14 @@ def _side_backend(modules: Any, state: Any, x_seq: Any, given: str | None, side:
     if kind is None:
         raise TypeError(f"`{side}_backend` is needed: nothing tells where `{side}` runs")
     return kind
+
+
+def _lengths_options(lengths: Any, fill: float) -> dict:
+    """The ``lengths=``/``fill=`` options of the calls a helper makes: the lengths as NumPy
+    int32 (JAX takes them without x64), converted to each backend at its call."""
+    if lengths is None:
+        return {}
+    return {"lengths": np.asarray(interop.to_numpy(lengths), np.int32), "fill": fill}
 
 
 def _multi_step(modules: Any) -> bool:
@@ -674,9 +681,7 @@ def assert_implementations_close(
         )
     wide = interop.needs_x64(x)
     with jax_x64(wide and "jax" in (ref_on, cand_on)):
-        options = {}
-        if lengths is not None:  # int32: JAX takes it without x64
-            options = {"lengths": np.asarray(interop.to_numpy(lengths), np.int32), "fill": fill}
+        options = _lengths_options(lengths, fill)
         ref_y, ref_s = _run_side(reference, ref_on, x, reference_state, options)
         cand_y, cand_s = _run_side(candidate, cand_on, x, candidate_state, options)
         if callable(compare_state):
