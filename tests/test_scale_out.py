@@ -13,7 +13,7 @@ import textwrap
 
 import pytest
 
-from dualstep.testing import FUNCTIONS
+from dualstep.testing import FUNCTIONS, STATEFUL_FUNCTIONS
 
 JAX_SHARDING = textwrap.dedent(
     """
@@ -58,6 +58,26 @@ JAX_SHARDING = textwrap.dedent(
         found = [c for c in collectives if c in hlo]
         assert not found, (name, found)
         print(name, "ok")
+    # lengths=, sharded with the batch: the masked loop keeps the sharding, no collective.
+    lengths = np.array([10, 0, 3, 7, 1, 10, 5, 2], np.int32)
+    ls = jax.device_put(lengths, NamedSharding(mesh, P("batch")))
+    for name in STATEFUL_FUNCTIONS:
+        _, spec = calls[name]
+        fn = lambda x, v, n, name=name: call(name, step, x, state=v, split_size=3, lengths=n)
+        x = x_tbn if spec == P(None, "batch") else np.moveaxis(x_tbn, 0, -1).copy()
+        xs = jax.device_put(x, NamedSharding(mesh, spec))
+        vs = jax.device_put(v, NamedSharding(mesh, P("batch")))
+        jitted = jax.jit(fn)
+        out = jitted(xs, vs, ls)
+        want = fn(jnp.asarray(x), jnp.asarray(v), jnp.asarray(lengths))
+        for got, ref in zip(jax.tree.leaves(out), jax.tree.leaves(want)):
+            np.testing.assert_array_equal(np.asarray(got), np.asarray(ref))
+        assert out[0].sharding.is_equivalent_to(NamedSharding(mesh, spec), out[0].ndim), name
+        assert out[1].sharding.is_equivalent_to(vs.sharding, out[1].ndim), name
+        hlo = jitted.lower(xs, vs, ls).compile().as_text()
+        found = [c for c in collectives if c in hlo]
+        assert not found, (name, "lengths", found)
+        print(name + "+lengths", "ok")
     """
 )
 
@@ -76,7 +96,9 @@ def test_jax_batch_sharding_is_kept_without_collectives():
     pytest.importorskip("jax")
     out = _run(JAX_SHARDING, {"JAX_PLATFORMS": "cpu"})  # four host devices, on a GPU machine too
     assert out.returncode == 0, out.stderr[-4000:]
-    assert out.stdout.split() == [w for n in FUNCTIONS for w in (n, "ok")]
+    assert out.stdout.split() == [w for n in FUNCTIONS for w in (n, "ok")] + [
+        w for n in STATEFUL_FUNCTIONS for w in (n + "+lengths", "ok")
+    ]
 
 
 DDP = textwrap.dedent(
