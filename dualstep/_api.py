@@ -241,26 +241,29 @@ def _check_seq_to_ann(x_seq: Any, time_axis: int):
     return backend
 
 
-def _fused_with_lengths(fused: bool | str) -> bool | str:
-    """`fused` for a call with `lengths`: the kernels do not take lengths yet."""
-    if fused is True:
-        raise NotFusable(
-            "`fused=True` with `lengths=`: the fused kernels do not stop elements at their "
-            "lengths yet; use fused=False, or fused='auto' to loop"
-        )
-    return False
-
-
 def _over_lengths(
-    run: Any, x_seq: Any, modules: Any, state: Any, lengths: Any, fill: Any, axes: tuple
+    run: Any,
+    x_seq: Any,
+    modules: Any,
+    state: Any,
+    lengths: Any,
+    fill: Any,
+    axes: tuple,
+    fused: bool | str,
 ) -> Any:
-    """``run(x_seq, step, state)`` with `modules` wrapped to stop each batch element at its
-    length (:mod:`._lengths`); returns ``(y_seq, final_state)``."""
+    """``run(x_seq, step, state, fused)`` with `modules` wrapped to stop each batch element at
+    its length (:mod:`._lengths`); returns ``(y_seq, final_state)``. A fused call carries the
+    counts and lengths per element, so the wrapped step stays elementwise."""
     _lengths.check_state(state)
     fill = _lengths.check_fill(fill)
     lengths = _lengths.check_lengths(lengths, x_seq, *axes)
+    if fused is True or (fused == "auto" and _lengths.fits_elementwise(x_seq, state, axes[1])):
+        step = _lengths.elementwise(modules, fill)
+        start = _lengths.elementwise_initial(x_seq, lengths, state, axes[1])
+        y, (_, _, final) = run(x_seq, step, start, fused)
+        return y, final
     step = _lengths.masked(modules, lengths, fill)
-    y, (_, final) = run(x_seq, step, _lengths.initial(x_seq, state))
+    y, (_, final) = run(x_seq, step, _lengths.initial(x_seq, state), False)
     return y, final
 
 
@@ -315,8 +318,9 @@ def multi_step_forward(
         its own steps; gradients reach only valid steps. Needs `state` (a frozen state must
         be passed to be kept); every state leaf and output must have the batch as its first
         axis. A 0-d `lengths` is one length for every element (under ``jax.vmap`` over the
-        batch). On JAX the lengths are traced: new ones never compile again. Not fused yet:
-        ``fused=True`` raises, ``'auto'`` loops. README, "Variable-length sequences".
+        batch). On JAX the lengths are traced: new ones never compile again. Fused kernels
+        take them too (each element compares its own count). README, "Variable-length
+        sequences".
     fill : float, default 0.0
         The output after an element's length.
 
@@ -362,12 +366,11 @@ def multi_step_forward(
     backend, state = _check_stepping(x_seq, single_step_module, state, _TIME_FIRST_RANK, "s")
     fused = _check_fused(fused, unroll, single_step_module)
     if lengths is not None:
-        fused = _fused_with_lengths(fused)
 
-        def run(x: Any, step: Any, s: Any) -> Any:
+        def run(x: Any, step: Any, s: Any, fused: bool | str) -> Any:
             return backend.multi_step_forward(x, step, s, fused, unroll)
 
-        return _over_lengths(run, x_seq, single_step_module, state, lengths, fill, (1, 0))
+        return _over_lengths(run, x_seq, single_step_module, state, lengths, fill, (1, 0), fused)
     return backend.multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 
@@ -422,12 +425,11 @@ def t_last_multi_step_forward(
     backend, state = _check_stepping(x_seq, single_step_module, state, _T_LAST_RANK, "s")
     fused = _check_fused(fused, unroll, single_step_module)
     if lengths is not None:
-        fused = _fused_with_lengths(fused)
 
-        def run(x: Any, step: Any, s: Any) -> Any:
+        def run(x: Any, step: Any, s: Any, fused: bool | str) -> Any:
             return backend.t_last_multi_step_forward(x, step, s, fused, unroll)
 
-        return _over_lengths(run, x_seq, single_step_module, state, lengths, fill, (0, -1))
+        return _over_lengths(run, x_seq, single_step_module, state, lengths, fill, (0, -1), fused)
     return backend.t_last_multi_step_forward(x_seq, single_step_module, state, fused, unroll)
 
 

@@ -29,11 +29,11 @@ def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> 
     xp = array_namespace(x_seq)
     if isinstance(lengths, (list, tuple)):
         for i, n in enumerate(lengths):
-            if isinstance(n, bool) or not isinstance(n, int):
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
                 raise TypeError(
                     f"`lengths[{i}]` must be an int; got {type(n).__qualname__} ({n!r})"
                 )
-        lengths = xp.asarray(lengths, dtype=xp.int32, device=device(x_seq))
+        lengths = xp.asarray([int(n) for n in lengths], dtype=xp.int32, device=device(x_seq))
     elif kind_of(lengths) != kind_of(x_seq):
         raise TypeError(
             "`lengths` must be an integer array of `x_seq`'s kind "
@@ -193,6 +193,53 @@ def masked(modules: Any, lengths: Any, fill: float) -> Any:
         return y, (t + 1, new)
 
     return step
+
+
+def elementwise(modules: Any, fill: float) -> Any:
+    """:func:`masked` for fused kernels: the step count and the lengths are state leaves of
+    the step's shape (float32, exact to 2**24 steps) beside the state, so the step stays
+    elementwise; each element compares its own count with its own length, in registers."""
+
+    def step(x: Any, carry: tuple) -> tuple[Any, tuple]:
+        t, n, state = carry
+        xp = array_namespace(x)
+        y, new = apply_stateful(x, state, modules)
+        valid = t < n
+        old = dict(leaves_with_path(state, "state"))
+        new = map_with_path(
+            lambda a, path: _select(xp, valid, a, old[path], path, False), new, "state"
+        )
+        y = map_with_path(lambda a, path: _select(xp, valid, a, fill, path, False), y, "y")
+        return y, (t + 1.0, n, new)
+
+    return step
+
+
+MAX_FUSED_STEPS = 2**24  # float32 counts every step exactly up to here
+
+
+def elementwise_initial(x_seq: Any, lengths: Any, state: Any, time_axis: int) -> tuple:
+    """The initial state of :func:`elementwise`: counts 0 and the lengths, each broadcast to
+    one step's shape (the batch on axis 0 of a step in both layouts)."""
+    xp = array_namespace(x_seq)
+    shape = tuple(x_seq.shape[1:] if time_axis == 0 else x_seq.shape[:-1])
+    if x_seq.shape[time_axis] > MAX_FUSED_STEPS:
+        raise ValueError(
+            f"`lengths=` in a fused kernel counts steps in float32, exactly up to "
+            f"{MAX_FUSED_STEPS}; got T = {x_seq.shape[time_axis]}: use fused=False"
+        )
+    n = xp.astype(lengths, xp.float32)
+    if lengths.ndim:
+        n = xp.reshape(n, (lengths.shape[0],) + (1,) * (len(shape) - 1))
+    n = xp.broadcast_to(n, shape)
+    t = xp.zeros(shape, dtype=xp.float32, device=device(x_seq))
+    return t, n, state
+
+
+def fits_elementwise(x_seq: Any, state: Any, time_axis: int) -> bool:
+    """Whether every state leaf has one step's shape (what a fused kernel needs)."""
+    shape = tuple(x_seq.shape[1:] if time_axis == 0 else x_seq.shape[:-1])
+    return all(a is None or tuple(a.shape) == shape for _, a in leaves_with_path(state, "state"))
 
 
 def filled(y_seq: Any, lengths: Any, fill: float) -> Any:

@@ -168,7 +168,6 @@ BAD_CALLS = {
     42: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[5, 0]),
     43: lambda b: ds.multi_step_forward(_seq(b), _pooled, state=_zeros(b, ()), lengths=[1, 2]),
     44: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[1, 2], fill="0"),
-    45: lambda b: ds.multi_step_forward(_seq(b), LIF, state=_zeros(b), lengths=[1, 2], fused=True),
 }
 EXCEPTIONS = {
     "TypeError": TypeError,

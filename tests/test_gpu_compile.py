@@ -392,3 +392,28 @@ def test_every_neuron_trains_fused_on_a_gpu_build(tmp_path):
         assert "cubin" in compiled.asm and "div.rn.f32" in compiled.asm["ptx"]
         for approximate in ("div.approx", "div.full", "rcp.approx"):
             assert approximate not in compiled.asm["ptx"], (i, approximate)
+
+
+def test_a_fused_call_with_lengths_compiles_for_a_gpu():
+    """`lengths=` in a fused kernel (counts and lengths as two more state leaves): the torch
+    training kernels compile to a cubin for sm_90 and the JAX gradient lowers for CUDA."""
+    from dualstep import _lengths, neurons
+
+    step = _lengths.elementwise(neurons.LIF(), -1.0)
+    x = torch.rand(3, 4, 8, requires_grad=True)
+    start = _lengths.elementwise_initial(x, torch.tensor([3, 0, 2, 1]), torch.zeros(4, 8), 0)
+    kernels = fused_triton.gpu_kernels(x, step, start)
+    assert [k.fn.__name__ for k, _ in kernels] == ["fwd", "bwd"]
+    for kernel, launch in kernels:
+        assert "cubin" in fused_triton.compile_ahead(kernel, launch, torch.float32, 90).asm
+    jax = pytest.importorskip("jax")
+    pytest.importorskip("jax.experimental.pallas.triton")
+    from dualstep.fused import pallas
+
+    xj = jax.numpy.ones((4, 96))
+    s0 = _lengths.elementwise_initial(xj, jax.numpy.asarray(3), jax.numpy.zeros(96), 0)
+
+    def gradient(x, s0):
+        return jax.grad(lambda x: pallas.multi_step(x, step, s0, interpret=False)[0].sum())(x)
+
+    jax.jit(gradient).trace(xj, s0).lower(lowering_platforms=("cuda",))

@@ -310,3 +310,48 @@ def test_assert_implementations_close_takes_lengths():
     assert report.ok
     report = assert_implementations_close(lif_step(), port, x, check=False, **kwargs)
     assert not report.ok and report.rows[-1].first_bad_step == "final state"
+
+
+@pytest.mark.parametrize("framework", ["torch", "jax"])
+def test_fused_kernels_stop_each_element_at_its_length(framework):
+    """`fused=True` (interpreted on CPU) against the loop, both with lengths: outputs and
+    final states equal, gradients of x and of the initial state close."""
+    from dualstep import neurons, surrogate
+
+    lif = neurons.LIF(surrogate_function=surrogate.ATan())
+    rng = np.random.default_rng(5)
+    x_np = (rng.random((7, 4, 8)) * 2).astype(np.float32)
+    lengths = [7, 0, 3, 5]
+    w = rng.normal(size=x_np.shape).astype(np.float32)
+    results = []
+    for fused in (True, False):
+        if framework == "torch":
+            torch = pytest.importorskip("torch")
+            pytest.importorskip("triton")
+            x = torch.from_numpy(x_np).requires_grad_()
+            v0 = torch.full((4, 8), 0.25).requires_grad_()
+            y, v = ds.multi_step_forward(x, lif, state=v0, lengths=lengths, fused=fused, fill=-1.0)
+            grads = torch.autograd.grad((y * torch.from_numpy(w)).sum() + (v * v).sum(), (x, v0))
+            results.append([a.detach().numpy() for a in (y, v, *grads)])
+        else:
+            jax = pytest.importorskip("jax")
+            pytest.importorskip("jax.experimental.pallas")
+
+            lengths_j = jax.numpy.asarray(lengths)
+
+            def loss(x, v0, fused=fused, lengths_j=lengths_j):
+                y, v = ds.multi_step_forward(x, lif, state=v0, lengths=lengths_j, fused=fused,
+                                             fill=-1.0)  # fmt: skip
+                return (y * w).sum() + (v * v).sum(), (y, v)
+
+            (_, (y, v)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
+                jax.numpy.asarray(x_np), jax.numpy.full((4, 8), 0.25)
+            )
+            results.append([np.asarray(a) for a in (y, v, *grads)])
+    (y, v, gx, gv), (y_loop, v_loop, gx_loop, gv_loop) = results
+    np.testing.assert_array_equal(y, y_loop)
+    np.testing.assert_array_equal(v, v_loop)
+    assert (y[3:, 2] == -1).all() and y_loop.max() == 1
+    np.testing.assert_allclose(gx, gx_loop, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(gv, gv_loop, rtol=1e-5, atol=1e-6)
+    assert not gx[3:, 2].any() and np.abs(gx).max() > 0
