@@ -174,6 +174,22 @@ def check_state(state: Any) -> None:
         )
 
 
+def _stepped(x: Any, state: Any, modules: Any, valid: Any, fill: float, batched: bool) -> tuple:
+    """One step of `modules`, then each element's state kept and its outputs `fill` where
+    `valid` is false: the rule, for both wrappers below."""
+    xp = array_namespace(x)
+    y, new = apply_stateful(x, state, modules)
+    if kind_of(state) is not None:  # one array: no tree to walk
+        new = _select(xp, valid, new, state, "state", batched)
+    else:
+        old = dict(leaves_with_path(state, "state"))
+        new = map_with_path(
+            lambda a, path: _select(xp, valid, a, old[path], path, batched), new, "state"
+        )
+    y = map_with_path(lambda a, path: _select(xp, valid, a, fill, path, batched), y, "y")
+    return y, new
+
+
 def masked(modules: Any, lengths: Any, fill: float) -> Any:
     """`modules` as a step ``(x, (t, state)) -> (y, (t + 1, state))`` that steps each batch
     element while ``t < lengths`` and then keeps its state and outputs `fill`. (Filling the
@@ -182,14 +198,7 @@ def masked(modules: Any, lengths: Any, fill: float) -> Any:
 
     def step(x: Any, carry: tuple) -> tuple[Any, tuple]:
         t, state = carry
-        xp = array_namespace(t)
-        y, new = apply_stateful(x, state, modules)
-        valid = t < lengths
-        old = dict(leaves_with_path(state, "state"))
-        new = map_with_path(
-            lambda a, path: _select(xp, valid, a, old[path], path, batched), new, "state"
-        )
-        y = map_with_path(lambda a, path: _select(xp, valid, a, fill, path, batched), y, "y")
+        y, new = _stepped(x, state, modules, t < lengths, fill, batched)
         return y, (t + 1, new)
 
     return step
@@ -202,14 +211,7 @@ def elementwise(modules: Any, fill: float) -> Any:
 
     def step(x: Any, carry: tuple) -> tuple[Any, tuple]:
         t, n, state = carry
-        xp = array_namespace(x)
-        y, new = apply_stateful(x, state, modules)
-        valid = t < n
-        old = dict(leaves_with_path(state, "state"))
-        new = map_with_path(
-            lambda a, path: _select(xp, valid, a, old[path], path, False), new, "state"
-        )
-        y = map_with_path(lambda a, path: _select(xp, valid, a, fill, path, False), y, "y")
+        y, new = _stepped(x, state, modules, t < n, fill, False)
         return y, (t + 1.0, n, new)
 
     return step

@@ -220,6 +220,7 @@ class _Builder:
         self.layers: list = []
         self.resets: dict = {}  # state key -> (entry -> its value after a reset)
         self.nn, self.layer, self.neuron = _modules()
+        self.neuron_classes = set() if self.neuron is None else _neuron_classes(self.neuron)
 
     def fail(self, module: Any, path: str, why: str = "") -> UnsupportedModule:
         cls = type(module)
@@ -235,7 +236,7 @@ class _Builder:
         cls = type(module)
         if path:
             self.layers.append((path, cls.__name__))
-        if neuron is not None and cls in _neuron_classes(neuron):
+        if cls in self.neuron_classes:
             return self.neuron_op(module, path)
         if neuron is not None and cls is neuron.NonSpikingLIFNode:
             return self.readout_op(module, path)

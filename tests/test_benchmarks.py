@@ -124,15 +124,21 @@ def test_gpu_benchmark_smoke_run_checks_every_system(tmp_path):
     assert "| target | figure | bound | met |" in (tmp_path / "gpu.md").read_text()
 
 
-def test_nir_benchmark_checks_then_times_both_steps():
-    pytest.importorskip("nir")
+def _quick(module: str) -> subprocess.CompletedProcess:
+    """`python -m <module> --quick` from the checkout; it must succeed."""
     out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.nir", "--quick"],
+        [sys.executable, "-m", module, "--quick"],
         capture_output=True,
         text=True,
         cwd=Path(__file__).resolve().parents[1],
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def test_nir_benchmark_checks_then_times_both_steps():
+    pytest.importorskip("nir")
+    out = _quick("benchmarks.nir")
     assert "NIR step / hand-written step (Linear -> LIF, 8x4x16, jax.jit):" in out.stdout
     for label in ("CSNN, T=4, batch 8, 2x10x10", "RSNN, T=8, batch 8"):
         line = next(
@@ -231,13 +237,7 @@ def test_port_benchmark_checks_then_times_three_systems():
     against the port (spikes, gradients) before timing; both ratios are reported."""
     for module in ("jax", "spikingjelly"):
         pytest.importorskip(module)
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.port", "--quick"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _quick("benchmarks.port")
     for workload in ("forward (eval)", "training step"):
         assert f"port / by hand ({workload}, T=4, batch 4, 1x8x8): " in out.stdout
         assert re.search(
@@ -250,13 +250,7 @@ def test_lengths_benchmark_checks_then_times_each_pair():
     every row reports its ratio against its bound."""
     for module in ("jax", "torch"):
         pytest.importorskip(module)
-    out = subprocess.run(
-        [sys.executable, "-m", "benchmarks.lengths", "--quick"],
-        capture_output=True,
-        text=True,
-        cwd=Path(__file__).resolve().parents[1],
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
+    out = _quick("benchmarks.lengths")
     rows = [line for line in out.stdout.splitlines() if line.startswith("| cost") or
             line.startswith("| saving")]  # fmt: skip
     assert len(rows) == 5
