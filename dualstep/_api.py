@@ -256,12 +256,19 @@ def _over_lengths(
     counts and lengths per element, so the wrapped step stays elementwise."""
     _lengths.check_state(state)
     fill = _lengths.check_fill(fill)
-    lengths = _lengths.check_lengths(lengths, x_seq, *axes)
+    lengths, shortest = _lengths.check_lengths(lengths, x_seq, *axes)
     if fused is True or (fused == "auto" and _lengths.fits_elementwise(x_seq, state, axes[1])):
         step = _lengths.elementwise(modules, fill)
         start = _lengths.elementwise_initial(x_seq, lengths, state, axes[1])
         y, (_, _, final) = run(x_seq, step, start, fused)
         return y, final
+    if shortest is not None and kind_of(x_seq) != "jax":
+        # Lengths that can be read, on a step-by-step loop. (Not on JAX: a scan runs one
+        # step function, traced once.)
+        _lengths.check_batched_state(state, lengths)
+        steps = x_seq.shape[axes[1]]
+        step = _lengths.readable(modules, lengths, shortest, steps, fill)
+        return run(x_seq, step, state, False)
     step = _lengths.masked(modules, lengths, fill)
     y, (_, final) = run(x_seq, step, _lengths.initial(x_seq, state), False)
     return y, final
@@ -529,7 +536,7 @@ def chunk_multi_step_forward(
     if lengths is not None:
         _lengths.check_state(state)
         fill = _lengths.check_fill(fill)
-        lengths = _lengths.check_lengths(lengths, x_seq, 1, 0)
+        lengths, _ = _lengths.check_lengths(lengths, x_seq, 1, 0)
         chunk = _lengths.chunked(multi_step_module, lengths, fill)
         y, (_, final) = backend.chunk_multi_step_forward(
             split_size, x_seq, chunk, _lengths.initial(x_seq, state), checkpoint, compile

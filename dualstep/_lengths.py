@@ -7,7 +7,9 @@ after its own last step, and its outputs up to its length are those of running i
 rule the tests check on every backend. The wrapped step carries the step count ``t`` in its
 state beside the user's state, compares it with `lengths` (an array the step holds, so on JAX
 new lengths are new arguments, never a new program) and selects with ``where`` leaf by leaf,
-so gradients reach only the valid steps.
+so gradients reach only the valid steps. Where the lengths can be read and the loop runs step
+by step (eager torch and NumPy), the masks are made once before the loop instead, and the steps
+up to the shortest length, which step every element, run without one (:func:`readable`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ from ._tree import leaves_with_path, map_with_path
 from .interop import to_numpy
 
 
-def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> Any:
+def check_lengths(
+    lengths: Any, x_seq: Any, batch_axis: int, time_axis: int
+) -> tuple[Any, int | None]:
     """`lengths` as an integer array of `x_seq`'s kind, shape ``[B]`` (or ``[]``: one length
-    for every element), its values within ``[0, T]`` where they can be read (not traced)."""
+    for every element), its values within ``[0, T]`` where they can be read (not traced);
+    and the shortest length (T for an empty batch), or None where they cannot."""
     xp = array_namespace(x_seq)
     if isinstance(lengths, (list, tuple)):
         for i, n in enumerate(lengths):
@@ -54,14 +59,15 @@ def check_lengths(lengths: Any, x_seq: Any, batch_axis: int, time_axis: int) -> 
             f"`lengths` must have shape [{batch}] (the batch axis {batch_axis} of `x_seq`) or "
             f"be 0-d; got shape {tuple(lengths.shape)}"
         )
-    if _concrete(lengths):
-        values = np.asarray(to_numpy(lengths))  # on the host: one copy, not two device ops
-        low, high = int(values.min(initial=0)), int(values.max(initial=0))
-        if low < 0 or high > steps:
-            raise ValueError(
-                f"`lengths` must lie within [0, T] (T = {steps}); got values from {low} to {high}"
-            )
-    return lengths
+    if not _concrete(lengths):
+        return lengths, None
+    values = np.asarray(to_numpy(lengths))  # on the host: one copy, not two device ops
+    low, high = int(values.min(initial=steps)), int(values.max(initial=0))
+    if low < 0 or high > steps:
+        raise ValueError(
+            f"`lengths` must lie within [0, T] (T = {steps}); got values from {low} to {high}"
+        )
+    return lengths, low
 
 
 def pad_sequences(sequences: Any, *, time_axis: int = 0, fill: float = 0.0) -> tuple[Any, Any]:
@@ -202,6 +208,44 @@ def masked(modules: Any, lengths: Any, fill: float) -> Any:
         return y, (t + 1, new)
 
     return step
+
+
+def readable(modules: Any, lengths: Any, shortest: int, steps: int, fill: float) -> Any:
+    """:func:`masked` where the lengths can be read and the loop runs step by step (eager
+    torch and NumPy), as a step ``(x, state) -> (y, state)`` for one pass over `steps` steps:
+    the first `shortest` steps step every element, so they run unmasked; the later ones take
+    their masks from one comparison made before the loop, so no step count is carried. Bit
+    for bit the results of :func:`masked` (a ``where`` with a mask all true returns its first
+    operand), and checked alike: the state here, before the loop; each step's outputs."""
+    batched = lengths.ndim == 1
+    xp = array_namespace(lengths)
+    t = xp.arange(shortest, steps, dtype=lengths.dtype, device=device(lengths))
+    valid = t[:, None] < lengths[None, :] if batched else t < lengths
+    rows = iter([None] * shortest + [valid[i, ...] for i in range(steps - shortest)])
+
+    def step(x: Any, state: Any) -> tuple[Any, Any]:
+        row = next(rows)
+        if row is not None:
+            return _stepped(x, state, modules, row, fill, batched)
+        # The loop checks what a single module returns, as it would without lengths.
+        listed = isinstance(modules, (list, tuple))
+        out = apply_stateful(x, state, modules) if listed else modules(x, state)
+        if batched and isinstance(out, tuple) and len(out) == 2:
+            if kind_of(out[0]) is not None:  # one array: no tree to walk
+                _check_batch(out[0], "y", lengths.shape[0])
+            else:
+                for path, a in leaves_with_path(out[0], "y"):
+                    _check_batch(a, path, lengths.shape[0])
+        return out
+
+    return step
+
+
+def check_batched_state(state: Any, lengths: Any) -> None:
+    """What :func:`_stepped` checks of the state at every step, once (:func:`readable`)."""
+    if lengths.ndim == 1:
+        for path, a in leaves_with_path(state, "state"):
+            _check_batch(a, path, lengths.shape[0])
 
 
 def elementwise(modules: Any, fill: float) -> Any:

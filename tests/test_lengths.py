@@ -261,6 +261,30 @@ def test_pad_sequences_then_lengths_is_each_sequence_alone(backend):
         ds.pad_sequences([])
 
 
+def _summed(x, s):
+    """A step whose output has no batch axis (a sum over the batch)."""
+    return x.sum(), s + x
+
+
+@pytest.mark.parametrize("lengths", [[4, 4], [2, 4], [0, 4]], ids=["all-T", "some", "zero"])
+@pytest.mark.parametrize("function", ["multi_step_forward", "t_last_multi_step_forward"])
+def test_a_state_or_output_without_a_batch_axis_is_refused_at_any_lengths(
+    backend, function, lengths
+):
+    """Steps that every element takes (up to the shortest length) may run without a mask;
+    they are checked as the masked ones are."""
+    x = backend.asarray(
+        np.ones((4, 2, 3)) if function == "multi_step_forward" else np.ones((2, 3, 4))
+    )
+    call = getattr(ds, function)
+    with pytest.raises(ValueError, match=r"so `state` must have the batch \(2\) as its first"):
+        call(x, lambda x, s: (x, s + x.sum()), state=backend.asarray(np.zeros(())), lengths=lengths)
+    with pytest.raises(
+        ValueError, match=r"so `y` must have the batch \(2\) as its first axis; got shape \(\)"
+    ):
+        call(x, _summed, state=backend.asarray(np.zeros((2, 3))), lengths=lengths)
+
+
 def test_assert_backends_close_takes_lengths():
     from dualstep.testing import assert_backends_close, installed_backends, lif_step
 
