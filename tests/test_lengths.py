@@ -379,3 +379,21 @@ def test_fused_kernels_stop_each_element_at_its_length(framework):
     np.testing.assert_allclose(gx, gx_loop, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gv, gv_loop, rtol=1e-5, atol=1e-6)
     assert not gx[3:, 2].any() and np.abs(gx).max() > 0
+
+
+def test_auto_off_a_gpu_runs_the_loops_rule_not_the_kernels(backend, monkeypatch):
+    """``fused='auto'`` on a CPU runs no kernel, so it takes the loop's masks, not the
+    kernel's per-element step counts (which would cost the loop several full-size ops a
+    step)."""
+    from dualstep import _lengths
+    from dualstep.testing import lif_step
+
+    calls = []
+    monkeypatch.setattr(
+        _lengths, "elementwise", lambda *a, real=_lengths.elementwise: calls.append(1) or real(*a)
+    )
+    x, v0 = backend.asarray(np.ones((5, 2, 3))), backend.asarray(np.zeros((2, 3)))
+    y, _ = ds.multi_step_forward(x, lif_step(), state=v0, lengths=[5, 2], fused="auto")
+    assert not calls
+    want = ds.multi_step_forward(x, lif_step(), state=v0, lengths=[5, 2])
+    np.testing.assert_array_equal(backend.to_numpy(y), backend.to_numpy(want[0]))

@@ -169,6 +169,11 @@ def _platform(x_seq: Any) -> str:
     return device if isinstance(device, str) else device.platform
 
 
+def auto_fuses(x_seq: Any) -> bool:
+    """Whether ``fused='auto'`` tries the kernel for `x_seq` (on a GPU)."""
+    return _platform(x_seq) in _GPU
+
+
 def _sequence(
     x_seq: Any, modules: Any, state: Any, *, fused: bool | str, unroll: int | None, platform: str
 ) -> Any:

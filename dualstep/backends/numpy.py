@@ -35,6 +35,11 @@ def _no_kernels(fused: bool | str) -> None:
         )
 
 
+def auto_fuses(x_seq: Any) -> bool:
+    """``fused='auto'`` never fuses NumPy arrays: there is no kernel."""
+    return False
+
+
 def multi_step_forward(
     x_seq: np.ndarray, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
 ) -> Any:

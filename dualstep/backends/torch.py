@@ -100,10 +100,15 @@ def _triton() -> Any:
     return triton
 
 
+def auto_fuses(x_seq: torch.Tensor) -> bool:
+    """Whether ``fused='auto'`` tries the kernel for `x_seq` (on CUDA)."""
+    return x_seq.device.type in AUTO_FUSES_ON
+
+
 def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> Any:
     """For `fused` True or 'auto': the fused kernel's result, or None for the loop ('auto'
     off CUDA or with a step that cannot be fused)."""
-    if fused == "auto" and x_seq.device.type not in AUTO_FUSES_ON:
+    if fused == "auto" and not auto_fuses(x_seq):
         return None
     if math.prod(x_seq.shape[1:]) == 0:  # nothing to compute per step: the loop's result
         return None
