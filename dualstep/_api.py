@@ -260,7 +260,7 @@ def _over_lengths(
     # The per-element counts only where a kernel is tried ('auto': on a GPU, if it fits).
     auto = fused == "auto" and backend_for(x_seq).auto_fuses(x_seq)
     if fused is True or (auto and _lengths.fits_elementwise(x_seq, state, axes[1])):
-        step = _lengths.elementwise(modules, fill)
+        step = _lengths.Elementwise(modules, fill)
         start = _lengths.elementwise_initial(x_seq, lengths, state, axes[1])
         y, (_, _, final) = run(x_seq, step, start, fused)
         return y, final

@@ -182,8 +182,11 @@ def check_state(state: Any) -> None:
 
 def _stepped(x: Any, state: Any, modules: Any, valid: Any, fill: float, batched: bool) -> tuple:
     """One step of `modules`, then each element's state kept and its outputs `fill` where
-    `valid` is false: the rule, for both wrappers below."""
+    `valid` is false: the rule, for the wrappers below. A padded step is given zeros, not
+    its padding: the gradients through the discarded branch of a ``where`` are zero times
+    the step's derivatives, which padding with NaN or inf would make NaN."""
     xp = array_namespace(x)
+    x = _select(xp, valid, x, 0.0, "x", batched)
     y, new = apply_stateful(x, state, modules)
     if kind_of(state) is not None:  # one array: no tree to walk
         new = _select(xp, valid, new, state, "state", batched)
@@ -248,17 +251,24 @@ def check_batched_state(state: Any, lengths: Any) -> None:
             _check_batch(a, path, lengths.shape[0])
 
 
-def elementwise(modules: Any, fill: float) -> Any:
+class Elementwise:
     """:func:`masked` for fused kernels: the step count and the lengths are state leaves of
     the step's shape (float32, exact to 2**24 steps) beside the state, so the step stays
-    elementwise; each element compares its own count with its own length, in registers."""
+    elementwise; each element compares its own count with its own length, in registers.
 
-    def step(x: Any, carry: tuple) -> tuple[Any, tuple]:
+    ``lengths_leaf`` tells a kernel which state leaf holds the lengths: past the largest
+    length of a block of elements the step keeps their state and outputs `fill`, so its
+    backward kernel starts the block at that step (:mod:`dualstep.fused`)."""
+
+    lengths_leaf = 1  # of the state's leaves (t, lengths, *state)
+
+    def __init__(self, modules: Any, fill: float) -> None:
+        self.modules, self.fill = modules, fill
+
+    def __call__(self, x: Any, carry: tuple) -> tuple[Any, tuple]:
         t, n, state = carry
-        y, new = _stepped(x, state, modules, t < n, fill, False)
+        y, new = _stepped(x, state, self.modules, t < n, self.fill, False)
         return y, (t + 1.0, n, new)
-
-    return step
 
 
 MAX_FUSED_STEPS = 2**24  # float32 counts every step exactly up to here

@@ -399,7 +399,7 @@ def test_a_fused_call_with_lengths_compiles_for_a_gpu():
     training kernels compile to a cubin for sm_90 and the JAX gradient lowers for CUDA."""
     from dualstep import _lengths, neurons
 
-    step = _lengths.elementwise(neurons.LIF(), -1.0)
+    step = _lengths.Elementwise(neurons.LIF(), -1.0)
     x = torch.rand(3, 4, 8, requires_grad=True)
     start = _lengths.elementwise_initial(x, torch.tensor([3, 0, 2, 1]), torch.zeros(4, 8), 0)
     kernels = fused_triton.gpu_kernels(x, step, start)

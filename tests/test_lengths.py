@@ -152,7 +152,8 @@ def _smooth():
 
 def test_gradients_reach_only_the_valid_steps(torch_backend, jax_backend):
     """Padded inputs get zero gradient; valid ones get the gradient of the element run alone
-    (through its frozen final state too), on torch and under jax.grad."""
+    (through its frozen final state too), on torch and under jax.grad. The padding is inf
+    and NaN: the padded steps' discarded branches must not reach the gradients."""
     import jax
     import torch
 
@@ -160,6 +161,7 @@ def test_gradients_reach_only_the_valid_steps(torch_backend, jax_backend):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(7, 3, 2))
     lengths = [7, 0, 4]
+    x[:, 1], x[4:, 2] = np.inf, np.nan
 
     def loss(y, v, xp):
         weights = np.linspace(-1, 1, int(np.prod(y.shape))).reshape(y.shape)
@@ -339,13 +341,17 @@ def test_assert_implementations_close_takes_lengths():
 @pytest.mark.parametrize("framework", ["torch", "jax"])
 def test_fused_kernels_stop_each_element_at_its_length(framework):
     """`fused=True` (interpreted on CPU) against the loop, both with lengths: outputs and
-    final states equal, gradients of x and of the initial state close."""
+    final states equal, gradients of x and of the initial state close. Three blocks of 64
+    elements, whose longest lengths (5, 3, 2) are below T: each block's backward starts
+    there; the padding is NaN."""
     from dualstep import neurons, surrogate
 
     lif = neurons.LIF(surrogate_function=surrogate.ATan())
     rng = np.random.default_rng(5)
-    x_np = (rng.random((7, 4, 8)) * 2).astype(np.float32)
-    lengths = [7, 0, 3, 5]
+    x_np = (rng.random((7, 4, 40)) * 2).astype(np.float32)
+    lengths = [5, 0, 3, 2]
+    for b, n in enumerate(lengths):
+        x_np[n:, b] = np.nan
     w = rng.normal(size=x_np.shape).astype(np.float32)
     results = []
     for fused in (True, False):
@@ -353,7 +359,7 @@ def test_fused_kernels_stop_each_element_at_its_length(framework):
             torch = pytest.importorskip("torch")
             pytest.importorskip("triton")
             x = torch.from_numpy(x_np).requires_grad_()
-            v0 = torch.full((4, 8), 0.25).requires_grad_()
+            v0 = torch.full((4, 40), 0.25).requires_grad_()
             y, v = ds.multi_step_forward(x, lif, state=v0, lengths=lengths, fused=fused, fill=-1.0)
             grads = torch.autograd.grad((y * torch.from_numpy(w)).sum() + (v * v).sum(), (x, v0))
             results.append([a.detach().numpy() for a in (y, v, *grads)])
@@ -369,7 +375,7 @@ def test_fused_kernels_stop_each_element_at_its_length(framework):
                 return (y * w).sum() + (v * v).sum(), (y, v)
 
             (_, (y, v)), grads = jax.value_and_grad(loss, (0, 1), has_aux=True)(
-                jax.numpy.asarray(x_np), jax.numpy.full((4, 8), 0.25)
+                jax.numpy.asarray(x_np), jax.numpy.full((4, 40), 0.25)
             )
             results.append([np.asarray(a) for a in (y, v, *grads)])
     (y, v, gx, gv), (y_loop, v_loop, gx_loop, gv_loop) = results
@@ -378,7 +384,7 @@ def test_fused_kernels_stop_each_element_at_its_length(framework):
     assert (y[3:, 2] == -1).all() and y_loop.max() == 1
     np.testing.assert_allclose(gx, gx_loop, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(gv, gv_loop, rtol=1e-5, atol=1e-6)
-    assert not gx[3:, 2].any() and np.abs(gx).max() > 0
+    assert not gx[3:, 2].any() and np.abs(gx).max() > 0 and np.isfinite(gv).all()
 
 
 def test_auto_off_a_gpu_runs_the_loops_rule_not_the_kernels(backend, monkeypatch):
@@ -390,7 +396,7 @@ def test_auto_off_a_gpu_runs_the_loops_rule_not_the_kernels(backend, monkeypatch
 
     calls = []
     monkeypatch.setattr(
-        _lengths, "elementwise", lambda *a, real=_lengths.elementwise: calls.append(1) or real(*a)
+        _lengths, "Elementwise", lambda *a, real=_lengths.Elementwise: calls.append(1) or real(*a)
     )
     x, v0 = backend.asarray(np.ones((5, 2, 3))), backend.asarray(np.zeros((2, 3)))
     y, _ = ds.multi_step_forward(x, lif_step(), state=v0, lengths=[5, 2], fused="auto")

@@ -244,6 +244,16 @@ def flat_step(modules: Any, state: Any, outputs: list) -> Callable[..., tuple]:
     return step
 
 
+def lengths_leaf(modules: Any) -> int | None:
+    """Which state leaf holds each element's length (as float32) when `modules` stops each
+    element at its length (``lengths=``): past the largest length in a block of elements the
+    step keeps their state and its outputs are constants, so the backward kernel starts the
+    block at that step. None for any other step."""
+    from .._lengths import Elementwise
+
+    return modules.lengths_leaf if isinstance(modules, Elementwise) else None
+
+
 def check_layout(step_shape: tuple, leaves: list, kind: str) -> None:
     """Every array a kernel reads or writes per step has the step's shape."""
     for i, leaf in enumerate(leaves):

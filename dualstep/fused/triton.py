@@ -41,6 +41,7 @@ from . import (
     check_layout,
     flat_step,
     gpu_launch,
+    lengths_leaf,
     not_fusable,
     one_array,
     saved_for_backward,
@@ -442,8 +443,10 @@ class _Kernels:
         out_dtypes: list,
         saved: tuple[bool, list],
         interpret: bool,
+        stops: int | None = None,
     ) -> None:
         self.steps, self.nl, self.interpret = steps, nl, interpret
+        self.stops = stops  # the state leaf of the lengths (`lengths_leaf`), or None
         # Characters of generated source per step, which bound the unroll (`gpu_launch`).
         self.source = {name: sum(map(len, body)) for name, (body, _) in steps.items()}
         self.ny, self.rebuild = outputs
@@ -468,7 +471,8 @@ class _Kernels:
                 source = _forward_source(step, nl, self.ny, unroll)
             else:
                 ns, ng = len(self.saved_dtypes), len(self.diff_y)
-                source = _backward_source(step, nl, ng, ns, self.reads_x, unroll)
+                stops = self.stops is not None
+                source = _backward_source(step, nl, ng, ns, self.reads_x, unroll, stops)
             found = _compile(source, name, self.interpret, self.sources)
             self._built[name, unroll] = found
         return found
@@ -557,11 +561,12 @@ def _carry(carried: list[str], values: list[str], indent: str) -> list[str]:
     return lines + [f"{indent}{c} = {c}_next" for c in carried]
 
 
-def _loops(steps: Callable[[int, str], list[str]], unroll: int) -> list[str]:
-    """The time loop: `unroll` steps per iteration, then the remaining T % unroll one by one."""
-    lines = [f"    for _ in range(0, T // {unroll}):", *steps(unroll, "        ")]
+def _loops(steps: Callable[[int, str], list[str]], unroll: int, count: str = "T") -> list[str]:
+    """The time loop over `count` steps: `unroll` steps per iteration, then the remaining
+    ones one by one."""
+    lines = [f"    for _ in range(0, {count} // {unroll}):", *steps(unroll, "        ")]
     if unroll > 1:
-        lines += [f"    for _ in range(0, T % {unroll}):", *steps(1, "        ")]
+        lines += [f"    for _ in range(0, {count} % {unroll}):", *steps(1, "        ")]
     return lines
 
 
@@ -611,17 +616,26 @@ def _forward_source(step: tuple[list, list], nl: int, ny: int, unroll: int) -> s
 
 
 def _backward_source(
-    step: tuple[list, list], nl: int, ng: int, ns: int, reads_x: bool, unroll: int
+    step: tuple[list, list],
+    nl: int,
+    ng: int,
+    ns: int,
+    reads_x: bool,
+    unroll: int,
+    stops: bool = False,
 ) -> str:
     """Backwards over time from the last step: each loop iteration issues the loads of
     `unroll` steps (t, t-1, ...) before computing the first of them, the arrays walked as
     in the forward kernel (the gradients of `x` and of the outputs at `x`'s strides, from
     SEQ_LAST, the offset of its last step; the `ns` saved values from LAST). `x` is read
-    only where the step's gradient needs it (`reads_x`)."""
+    only where the step's gradient needs it (`reads_x`). With `stops` (a step that stops
+    each element at its length, :func:`lengths_leaf`), each block starts at the last step of
+    its longest element, ``starts_ptr[block]`` (:func:`_starts`): after that step the state's
+    gradients pass through and `x`'s are zero, stored without computing a step."""
     body, results = step
     params = ["x_ptr", *(f"saved{j}_ptr" for j in range(ns)), *(f"gy{j}_ptr" for j in range(ng))]
     params += [f"gf{i}_ptr" for i in range(nl)] + ["gx_ptr"]
-    params += [f"g0_{i}_ptr" for i in range(nl)]
+    params += [f"g0_{i}_ptr" for i in range(nl)] + (["starts_ptr"] if stops else [])
     params += ["T", "N", "ST", "SN", "SEQ_LAST", "LAST", "BLOCK: tl.constexpr"]
     pointers = ["x"] if reads_x else []
     pointers += [*(f"saved{j}" for j in range(ns)), *(f"gy{j}" for j in range(ng))]
@@ -636,8 +650,17 @@ def _backward_source(
         *(f"    g{i} = tl.load(gf{i}_ptr + offs, mask=mask)" for i in range(nl)),
     ]
 
-    def back(a: str) -> str:
-        return f"{a}_p -= {'ST' if a in sequences else 'N'}"
+    def back(a: str, count: str = "") -> str:
+        return f"{a}_p -= {count}{'ST' if a in sequences else 'N'}"
+
+    if stops:
+        lines += [
+            "    START = tl.load(starts_ptr + tl.program_id(0))",
+            "    for _ in range(0, T - START):",
+            "        tl.store(gx_p, tl.full([BLOCK], 0, tl.float32), mask=mask)",
+            "        gx_p -= ST",
+            *(f"    {back(a, '(T - START) * ')}" for a in pointers),
+        ]
 
     def steps(count: int, indent: str) -> list[str]:
         out: list[str] = []
@@ -651,7 +674,7 @@ def _backward_source(
             out += _carry([f"g{i}" for i in range(nl)], named[1 : 1 + nl], indent)
         return out
 
-    lines += _loops(steps, unroll)
+    lines += _loops(steps, unroll, "START" if stops else "T")
     lines += [f"    tl.store(g0_{i}_ptr + offs, g{i}, mask=mask)" for i in range(nl)]
     return "\n".join(lines) + "\n"
 
@@ -768,7 +791,7 @@ def _build(
         steps, saved = _training_steps(step, example, ny, out_dtypes, diff_y)
     else:
         steps = {"fwd": graph.emit(["x_${k}", *(f"s{i}" for i in range(nl))], "v${k}_")}
-    kernels = _Kernels(steps, nl, outputs[0], out_dtypes, saved, interpret)
+    kernels = _Kernels(steps, nl, outputs[0], out_dtypes, saved, interpret, lengths_leaf(modules))
     for name in steps:  # this call's kernels, defined here: an error in either is the build's
         kernels.launch(name, x_seq)
     return kernels
@@ -876,7 +899,9 @@ def compile_ahead(kernel: Any, launch: dict, dtype: torch.dtype, cc: int) -> Any
     signature: dict[str, str] = {}
     constexprs: dict[str, Any] = {}
     for param in kernel.arg_names:
-        if param.endswith("_ptr"):
+        if param == "starts_ptr":
+            signature[param] = "*i32"
+        elif param.endswith("_ptr"):
             signature[param] = _POINTER[dtype]
         elif param in ("SAVE", "BLOCK"):
             signature[param] = "constexpr"
@@ -981,6 +1006,13 @@ def _forward(
     return ys, finals, saved
 
 
+def _starts(lengths: torch.Tensor, block: int) -> torch.Tensor:
+    """Each block's longest length (int32): where the backward kernel starts the block."""
+    flat = lengths.reshape(-1)
+    padded = torch.nn.functional.pad(flat, (0, -flat.numel() % block))
+    return padded.view(-1, block).amax(1).to(torch.int32)
+
+
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -990,7 +1022,8 @@ class _Fused(torch.autograd.Function):
         save = any(ctx.needs_input_grad[3:])
         ys, finals, saved = _forward(kernels, fwd, launch, x, list(leaves), save)
         if save:
-            ctx.save_for_backward(*([x] if kernels.reads_x else []), *saved)
+            lengths = [] if kernels.stops is None else [leaves[kernels.stops]]
+            ctx.save_for_backward(*([x] if kernels.reads_x else []), *saved, *lengths)
             ctx.layout = (x.shape, x.stride(), x.dtype, x.device, launch["strides"])
             ctx.state_dtypes = [a.dtype for a in leaves]
             ctx.kernels = kernels
@@ -1004,10 +1037,13 @@ class _Fused(torch.autograd.Function):
         g_x = torch.empty_strided(shape, stride, dtype=dtype, device=device)
         x = ctx.saved_tensors[0] if kernels.reads_x else g_x  # g_x: not read
         saved = ctx.saved_tensors[kernels.reads_x :]
+        lengths = [] if kernels.stops is None else [saved[-1]]
+        saved = saved[: len(saved) - len(lengths)]
         steps = g_x.shape[0]
         n = g_x.numel() // steps
         interpret = kernels.interpret
         bwd, launch = kernels.launch("bwd", g_x)
+        starts = [_starts(a, launch["block"]) for a in lengths]
         g_ys = [
             _like(g_x, kernels.out_dtypes[i]).zero_()
             if grads[i] is None
@@ -1033,6 +1069,7 @@ class _Fused(torch.autograd.Function):
                 *g_final,
                 g_x,
                 *g_0,
+                *starts,
                 steps,
                 n,
                 st,
