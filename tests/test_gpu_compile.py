@@ -270,7 +270,6 @@ def test_jax_kernels_compile_to_a_cubin_and_round_as_xla_does(tmp_path, dtype):
     jax = pytest.importorskip("jax")
     pytest.importorskip("jax.experimental.pallas.triton")
     jnp = jax.numpy
-    from triton.backends.compiler import GPUTarget
 
     from dualstep.fused import pallas
 
@@ -284,17 +283,8 @@ def test_jax_kernels_compile_to_a_cubin_and_round_as_xla_does(tmp_path, dtype):
     kernels = pallas.gpu_kernels(jnp.zeros((4, 96), dtype), step, jnp.zeros(96, dtype))
     assert [name for name, _, _ in kernels] == ["fwd", "bwd"]  # the forward saving the state
     for i, (_, module, _) in enumerate(kernels):
-        path = tmp_path / f"kernel{i}.ttir"
-        path.write_text(module)
         for cc in TARGETS:
-            try:
-                target = GPUTarget("cuda", cc, 32)
-                options = {"enable_fp_fusion": False}  # stated: Triton 3.9 warns otherwise
-                compiled = triton.compile(str(path), target=target, options=options)
-            except Exception as error:
-                if "parse" in str(error).lower():  # jaxlib's Triton dialect, not this triton's
-                    pytest.skip(f"the installed triton cannot read jaxlib's module: {error}")
-                raise
+            compiled = _jax_cubin(tmp_path, i, module, cc)
             ptx = compiled.asm["ptx"]
             assert "cubin" in compiled.asm
             assert "div.rn.f32" in ptx and "sqrt.rn.f32" in ptx, (i, cc)
@@ -372,7 +362,6 @@ def test_every_neuron_trains_fused_on_a_gpu_build(tmp_path):
             assert "cubin" in fused_triton.compile_ahead(kernel, launch, dtype, 90).asm
     jax = pytest.importorskip("jax")
     pytest.importorskip("jax.experimental.pallas.triton")
-    from triton.backends.compiler import GPUTarget
 
     from dualstep.fused import pallas
 
@@ -380,23 +369,31 @@ def test_every_neuron_trains_fused_on_a_gpu_build(tmp_path):
     kernels = pallas.gpu_kernels(x, step, initial_state(x))
     assert [name for name, _, _ in kernels] == ["fwd", "bwd"]
     for i, (_, module, _) in enumerate(kernels):
-        path = tmp_path / f"kernel{i}.ttir"
-        path.write_text(module)
-        try:
-            options = {"enable_fp_fusion": False}
-            compiled = triton.compile(str(path), target=GPUTarget("cuda", 90, 32), options=options)
-        except Exception as error:
-            if "parse" in str(error).lower():  # jaxlib's Triton dialect, not this triton's
-                pytest.skip(f"the installed triton cannot read jaxlib's module: {error}")
-            raise
+        compiled = _jax_cubin(tmp_path, i, module, 90)
         assert "cubin" in compiled.asm and "div.rn.f32" in compiled.asm["ptx"]
         for approximate in ("div.approx", "div.full", "rcp.approx"):
             assert approximate not in compiled.asm["ptx"], (i, approximate)
 
 
-def test_a_fused_call_with_lengths_compiles_for_a_gpu():
-    """`lengths=` in a fused kernel (counts and lengths as two more state leaves): the torch
-    training kernels compile to a cubin for sm_90 and the JAX gradient lowers for CUDA."""
+def _jax_cubin(tmp_path, i, module, cc):
+    """A Pallas kernel's Triton module (`pallas.gpu_kernels`) compiled for sm_`cc`."""
+    from triton.backends.compiler import GPUTarget
+
+    path = tmp_path / f"kernel{i}.ttir"
+    path.write_text(module)
+    try:
+        options = {"enable_fp_fusion": False}  # stated: Triton 3.9 warns otherwise
+        return triton.compile(str(path), target=GPUTarget("cuda", cc, 32), options=options)
+    except Exception as error:
+        if "parse" in str(error).lower():  # jaxlib's Triton dialect, not this triton's
+            pytest.skip(f"the installed triton cannot read jaxlib's module: {error}")
+        raise
+
+
+def test_a_fused_call_with_lengths_compiles_for_a_gpu(tmp_path):
+    """`lengths=` in a fused kernel (counts and lengths as two more state leaves, the
+    backward starting each block at its longest length): the torch and JAX training kernels
+    compile to a cubin for sm_90."""
     from dualstep import _lengths, neurons
 
     step = _lengths.Elementwise(neurons.LIF(), -1.0)
@@ -412,8 +409,7 @@ def test_a_fused_call_with_lengths_compiles_for_a_gpu():
 
     xj = jax.numpy.ones((4, 96))
     s0 = _lengths.elementwise_initial(xj, jax.numpy.asarray(3), jax.numpy.zeros(96), 0)
-
-    def gradient(x, s0):
-        return jax.grad(lambda x: pallas.multi_step(x, step, s0, interpret=False)[0].sum())(x)
-
-    jax.jit(gradient).trace(xj, s0).lower(lowering_platforms=("cuda",))
+    modules = pallas.gpu_kernels(xj, step, s0)
+    assert [name for name, _, _ in modules] == ["fwd", "bwd"]
+    for i, (_, module, _) in enumerate(modules):
+        assert "cubin" in _jax_cubin(tmp_path, i, module, 90).asm

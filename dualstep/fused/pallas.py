@@ -31,6 +31,7 @@ from . import (
     check_layout,
     flat_step,
     gpu_launch,
+    lengths_leaf,
     not_fusable,
     saved_for_backward,
     state_leaves,
@@ -255,7 +256,8 @@ def _prepare(x_seq: Any, modules: Any, state: Any, interpret: bool) -> tuple:
     rebuild = outputs[0][1]
     _check_shape_blind(closed, modules, state, x_seq, leaves, block)
 
-    kernel = _Kernel(closed, ny, steps, block, n, interpret, forward, backward, dtypes)
+    stops = lengths_leaf(modules)
+    kernel = _Kernel(closed, ny, steps, block, n, interpret, forward, backward, dtypes, stops)
     consts = [jnp.reshape(jnp.asarray(c), (1,)) for c in closed.consts]
     args = (x_seq.reshape(steps, n), [a.reshape(n) for a in leaves], consts)
     return kernel, args, rebuild
@@ -427,11 +429,12 @@ def _store(ref: Any, value: Any, real: Any) -> None:
 
 
 def _time_loop(
-    steps: int, unroll: int, load: Any, body: Any, carry: Any, reverse: bool = False
+    steps: Any, unroll: int, load: Any, body: Any, carry: Any, reverse: bool = False
 ) -> Any:
-    """``carry = body(t, load(t), carry)`` for every time step t (backwards with `reverse`),
-    `unroll` steps per loop iteration with all their loads issued before the first step's
-    arithmetic, so that loads of later steps are in flight while the recurrence runs."""
+    """``carry = body(t, load(t), carry)`` for every time step t < `steps` (backwards with
+    `reverse`; `steps` may be traced), `unroll` steps per loop iteration with all their loads
+    issued before the first step's arithmetic, so that loads of later steps are in flight
+    while the recurrence runs."""
 
     def at(i: Any) -> Any:  # int32 as the lanes' indices, also with jax_enable_x64
         return lax.convert_element_type(steps - 1 - i if reverse else i, jnp.int32)
@@ -569,8 +572,10 @@ class _Kernel:
         forward: dict,
         backward: dict,
         dtypes: tuple[Any, list],
+        stops: int | None = None,
     ) -> None:
         self.jaxpr, self.ny, self.steps, self.block = closed.jaxpr, ny, steps, block
+        self.stops = stops  # the state leaf of the lengths (`lengths_leaf`), or None
         self.dtypes = dtypes  # of x and of the state arrays
         self.const_dtypes = [jnp.asarray(c).dtype for c in closed.consts]
         self.n = n  # elements per step; the last block's lanes past N are masked
@@ -647,10 +652,17 @@ class _Kernel:
 
     def _fwd(self, x2d: Any, leaves: list, consts: list) -> tuple:
         ys, final, saved = self._forward(x2d, leaves, consts, save=True)
-        return (ys, final), (x2d if self.split.reads_x else None, saved, consts)
+        lengths = None if self.stops is None else leaves[self.stops]
+        return (ys, final), (x2d if self.split.reads_x else None, saved, consts, lengths)
+
+    def _starts(self, lengths: Any) -> Any:
+        """Each block's longest length (int32): where the backward kernel starts the block;
+        after it the step keeps the state and its outputs are constants."""
+        padded = jnp.pad(lengths, (0, self.grid[0] * self.block - self.n))
+        return jnp.max(padded.reshape(self.grid[0], self.block), axis=1).astype(jnp.int32)
 
     def _bwd(self, residuals: tuple, cotangents: tuple) -> tuple:
-        x2d, saved, consts = residuals
+        x2d, saved, consts, lengths = residuals
         g_ys, g_final = cotangents
         split, block, steps = self.split, self.block, self.steps
         nl, ns, reads_x = len(g_final), len(saved), split.reads_x
@@ -664,7 +676,8 @@ class _Kernel:
             saved_refs, gy_refs = refs[:ns], refs[ns : ns + ng]
             gf_refs = refs[ns + ng : ns + ng + nl]
             c_refs = refs[ns + ng + nl : ns + ng + nl + nc]
-            gx_ref, *out = refs[ns + ng + nl + nc :]
+            starts_refs = refs[ns + ng + nl + nc : ns + ng + nl + nc + stops]
+            gx_ref, *out = refs[ns + ng + nl + nc + stops :]
             g0_refs, gc_refs = out[:nl], out[nl:]
             # Lanes past the step's N read zeros, whose gradients (g * log(0)...) may be NaN.
             cols, real = self._lanes()
@@ -690,7 +703,17 @@ class _Kernel:
             lanes = (block,) if per_lane else ()
             zeros = [jnp.zeros(lanes, consts[j].dtype) for j in diff_c]
             carry = ([_load(r.at[cols], real) for r in gf_refs], zeros)
-            g_s, g_c = _time_loop(steps, self._unroll("bwd"), load, body, carry, reverse=True)
+            start = steps
+            if starts_refs:  # past the block's longest length: x's gradients zero, no step
+                start = starts_refs[0][pl.program_id(0)]
+                nothing = jnp.zeros((block,), x_dtype)
+
+                def skip(t: Any, unused: Any) -> Any:
+                    _store(gx_ref.at[lax.convert_element_type(t, jnp.int32), cols], nothing, real)
+                    return unused
+
+                lax.fori_loop(start, steps, skip, 0)
+            g_s, g_c = _time_loop(start, self._unroll("bwd"), load, body, carry, reverse=True)
             for r, v in zip(g0_refs, g_s, strict=True):
                 _store(r.at[cols], v, real)
             for r, v in zip(gc_refs, g_c, strict=True):
@@ -701,7 +724,10 @@ class _Kernel:
         shapes += [jax.ShapeDtypeStruct((self.n,), d) for d in s_dtypes]
         shapes += [jax.ShapeDtypeStruct(self.grid, consts[j].dtype) for j in diff_c]
         xs = [x2d] if reads_x else []
-        out = self._call("bwd", kernel, shapes, *xs, *saved, *g_ys, *g_final, *consts)
+        starts = [] if lengths is None else [self._starts(lengths)]
+        stops = len(starts)
+        args = (*xs, *saved, *g_ys, *g_final, *consts, *starts)
+        out = self._call("bwd", kernel, shapes, *args)
         g_x, g_leaves, g_dc = out[0], list(out[1 : 1 + nl]), out[1 + nl :]
         g_consts: list = [np.zeros(c.shape, jax.dtypes.float0) for c in consts]
         for j, g in zip(diff_c, g_dc, strict=True):
