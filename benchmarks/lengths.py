@@ -5,7 +5,9 @@ the worst case for a per-step mask) and after a dense layer (``Linear N -> N``, 
 layer), timed side by side in interleaved rounds (best round):
 
 - cost: ``multi_step_forward(..., lengths=L)`` with every length ``T`` against the same call
-  without `lengths`, on JAX under ``jax.jit`` and on the torch loop (eager); the bound is 1.1;
+  without `lengths`, on JAX under ``jax.jit`` and on the torch loop (eager); the bound is 1.1.
+  The torch loop runs the steps up to the shortest length without a mask, so one more row
+  gives the masked steps' cost: lengths spread uniformly over ``[T/4, T]`` (no bound);
 - saving: lengths spread uniformly over ``[T/4, T]``, one call with ``lengths=`` against the
   common workaround that gives the same results: group the batch by length and run each group
   on its own steps (``x[:n, group]``), each group a jitted call of its own shape (compiled
