@@ -12,6 +12,7 @@ workload (`gpu.json`, `gpu.md` under the output folder), so a run cut short keep
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import platform
 import statistics
@@ -126,10 +127,12 @@ def train_systems(size: tuple, device: str) -> list[System]:
     v0 = torch.zeros(b, n, device=dev)
     t_step = _if_with(surrogate_spike("torch", ALPHA))
 
-    def torch_grad(fused: bool) -> Callable:
+    full = torch.full((b,), size[0], dtype=torch.int32, device=dev)  # lengths= all T
+
+    def torch_grad(fused: bool, lengths: Any = None) -> Callable:
         def run():
             xr = x.detach().requires_grad_()
-            y, _ = ds.multi_step_forward(xr, t_step, state=v0, fused=fused)
+            y, _ = ds.multi_step_forward(xr, t_step, state=v0, fused=fused, lengths=lengths)
             return torch.autograd.grad((y * w).sum(), xr)[0]
 
         return run
@@ -147,22 +150,26 @@ def train_systems(size: tuple, device: str) -> list[System]:
         out.append(System("SpikingJelly multi-step neuron", sj_train, "torch"))
     out += [
         System("dualstep torch fused", torch_grad(True), "torch"),
+        System("dualstep torch fused, lengths= (all T)", torch_grad(True, full), "torch"),
         System("dualstep torch loop", torch_grad(False), "torch"),
     ]
     j_step = _if_with(surrogate_spike("jax", ALPHA))
     xj, wj = _jax_put(x_np, device), _jax_put(w_np, device)
     vj = _jax_put(np.zeros((b, n), np.float32), device)
 
-    def jax_grad(fused: bool) -> Callable:
-        def loss(x):
-            y, _ = ds.multi_step_forward(x, j_step, state=vj, fused=fused)
+    full_j = _jax_put(np.full((b,), size[0], np.int32), device)
+
+    def jax_grad(fused: bool, lengths: Any = None) -> Callable:
+        def loss(x, lengths):
+            y, _ = ds.multi_step_forward(x, j_step, state=vj, fused=fused, lengths=lengths)
             return (y * wj).sum()
 
-        return jax.jit(jax.grad(loss))
+        return functools.partial(jax.jit(jax.grad(loss)), lengths=lengths)
 
-    fused, default = jax_grad(True), jax_grad(False)
+    fused, default, fused_lengths = jax_grad(True), jax_grad(False), jax_grad(True, full_j)
     out += [
         System("dualstep JAX fused", lambda: fused(xj), "jax"),
+        System("dualstep JAX fused, lengths= (all T)", lambda: fused_lengths(xj), "jax"),
         System("dualstep JAX, no option", lambda: default(xj), "jax"),
     ]
     return out
@@ -312,6 +319,14 @@ TARGETS = [
         "dualstep {fw} fused",
         "SpikingJelly multi-step neuron",
         "<= 0.7",
+        "train",
+    ),
+    (
+        "fused training, lengths= (all T) / without",
+        "IF training",
+        "dualstep {fw} fused, lengths= (all T)",
+        "dualstep {fw} fused",
+        "<= 1.1",
         "train",
     ),
     (

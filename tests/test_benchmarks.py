@@ -247,11 +247,14 @@ def test_port_benchmark_checks_then_times_three_systems():
 
 def test_lengths_benchmark_checks_then_times_each_pair():
     """`python -m benchmarks.lengths --quick`: each pair is checked equal before timing, and
-    every row reports its ratio against its bound."""
+    every row reports its ratio against its bound, but the masked steps' cost, which has none."""
     for module in ("jax", "torch"):
         pytest.importorskip(module)
     out = _quick("benchmarks.lengths")
     rows = [line for line in out.stdout.splitlines() if line.startswith("| cost") or
             line.startswith("| saving")]  # fmt: skip
-    assert len(rows) == 5
-    assert all(re.search(r"\| [\d.]+ \| (<=|>=) 1\.[15] \| (met|not met) \|$", r) for r in rows)
+    assert len(rows) == 6
+    masked = [r for r in rows if "lengths uniform in [T/4, T]" in r]
+    assert len(masked) == 1 and re.search(r"\| [\d.]+ \| none \(masked steps\) \| - \|$", masked[0])
+    bounded = [r for r in rows if r not in masked]
+    assert all(re.search(r"\| [\d.]+ \| (<=|>=) 1\.[15] \| (met|not met) \|$", r) for r in bounded)
