@@ -272,7 +272,8 @@ def _over_lengths(
         step = _lengths.readable(modules, lengths, shortest, steps, fill)
         return run(x_seq, step, state, False)
     step = _lengths.masked(modules, lengths, fill)
-    y, (_, final) = run(x_seq, step, _lengths.initial(x_seq, state), False)
+    start = _lengths.initial(x_seq, state, x_seq.shape[axes[1]])
+    y, (_, final) = run(x_seq, step, start, False)
     return y, final
 
 
@@ -541,7 +542,12 @@ def chunk_multi_step_forward(
         lengths, _ = _lengths.check_lengths(lengths, x_seq, 1, 0)
         chunk = _lengths.chunked(multi_step_module, lengths, fill)
         y, (_, final) = backend.chunk_multi_step_forward(
-            split_size, x_seq, chunk, _lengths.initial(x_seq, state), checkpoint, compile
+            split_size,
+            x_seq,
+            chunk,
+            _lengths.initial(x_seq, state, x_seq.shape[0]),
+            checkpoint,
+            compile,
         )
         return y, final
     return backend.chunk_multi_step_forward(

@@ -156,12 +156,29 @@ def _concrete(a: Any) -> bool:
     return True
 
 
-def initial(x_seq: Any, state: Any) -> tuple[Any, Any]:
-    """The wrapped step's initial state: the step count 0 beside `state`."""
+def initial(x_seq: Any, state: Any, steps: Any) -> tuple[Any, Any]:
+    """The wrapped step's initial state: the step count 0 beside `state`. On torch the count
+    is float32 (exact to `MAX_COUNTED_STEPS`): torch's `scan`, which a compiled or exported
+    loop runs, differentiates floating carries only, and an integer one breaks its autograd."""
     if kind_of(x_seq) == "jax":  # a host zero: jit moves it with the call's arguments, while
         return np.zeros((), np.int32), state  # an eager jnp.zeros costs 0.2 ms per call
     xp = array_namespace(x_seq)
-    return xp.zeros((), dtype=xp.int32, device=device(x_seq)), state
+    counting = xp.int32
+    if kind_of(x_seq) == "torch":
+        _check_counted(steps, "a torch loop with `lengths=`", "run it eagerly")
+        counting = xp.float32
+    return xp.zeros((), dtype=counting, device=device(x_seq)), state
+
+
+MAX_COUNTED_STEPS = 2**24  # float32 counts every step exactly up to here
+
+
+def _check_counted(steps: Any, what: str, instead: str) -> None:
+    if isinstance(steps, int) and steps > MAX_COUNTED_STEPS:  # a symbolic T: not compared
+        raise ValueError(
+            f"{what} counts steps in float32, exactly up to {MAX_COUNTED_STEPS}; got T = "
+            f"{steps}: {instead}"
+        )
 
 
 def check_fill(fill: Any) -> float:
@@ -271,19 +288,12 @@ class Elementwise:
         return y, (t + 1.0, n, new)
 
 
-MAX_FUSED_STEPS = 2**24  # float32 counts every step exactly up to here
-
-
 def elementwise_initial(x_seq: Any, lengths: Any, state: Any, time_axis: int) -> tuple:
     """The initial state of :func:`elementwise`: counts 0 and the lengths, each broadcast to
     one step's shape (the batch on axis 0 of a step in both layouts)."""
     xp = array_namespace(x_seq)
     shape = tuple(x_seq.shape[1:] if time_axis == 0 else x_seq.shape[:-1])
-    if x_seq.shape[time_axis] > MAX_FUSED_STEPS:
-        raise ValueError(
-            f"`lengths=` in a fused kernel counts steps in float32, exactly up to "
-            f"{MAX_FUSED_STEPS}; got T = {x_seq.shape[time_axis]}: use fused=False"
-        )
+    _check_counted(x_seq.shape[time_axis], "`lengths=` in a fused kernel", "use fused=False")
     n = xp.astype(lengths, xp.float32)
     if lengths.ndim:
         n = xp.reshape(n, (lengths.shape[0],) + (1,) * (len(shape) - 1))
@@ -346,7 +356,7 @@ def chunked(modules: Any, lengths: Any, fill: float) -> Any:
         t0, state = carry
         xp = array_namespace(t0)
         n = x.shape[0]
-        left = xp.clip(lengths - t0, min=0, max=n)
+        left = xp.clip(lengths - xp.astype(t0, lengths.dtype), min=0, max=n)
         states = state if isinstance(modules, (list, tuple)) else (state,)
         new = []
         for module, s in zip(items, states, strict=True):
