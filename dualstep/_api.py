@@ -534,8 +534,10 @@ def chunk_multi_step_forward(
     backend, state = _check_stepping(x_seq, multi_step_module, state, _TIME_FIRST_RANK, "m")
     _check_checkpoint(checkpoint, multi_step_module)
     _check_compile(compile, checkpoint)
-    # A split larger than T is one chunk; clamping keeps huge NumPy integers out of torch.split.
-    split_size = min(split_size, x_seq.shape[0])
+    # A split larger than T is one chunk; clamping keeps huge NumPy integers out of torch.split
+    # (a symbolic T, under torch.export, is not compared).
+    if isinstance(x_seq.shape[0], int):
+        split_size = min(split_size, x_seq.shape[0])
     if lengths is not None:
         _lengths.check_state(state)
         fill = _lengths.check_fill(fill)

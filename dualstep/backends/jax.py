@@ -238,6 +238,13 @@ def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: boo
     shorter remainder."""
     steps = x_seq.shape[0]
     n_full, rest = divmod(steps, split_size)
+    symbolic = not isinstance(steps, int)  # jax.export's: one scan over the whole chunks
+    if symbolic and not isinstance(rest, int):
+        raise ValueError(
+            "`chunk_multi_step_forward` exported with a symbolic T needs T to be a multiple of "
+            f"`split_size` ({split_size}): declare it as {split_size}*k "
+            f"(jax.export.symbolic_shape); got T = {steps}"
+        )
     stateful = state is not None
     step = _step(modules, stateful, remat)
     parts = []
@@ -248,7 +255,7 @@ def _chunks(x_seq: Any, modules: Any, state: Any, *, split_size: int, remat: boo
         state = new if stateful else state
         parts.append(y)
 
-    if n_full > 1:
+    if symbolic or n_full > 1:
         body_x = x_seq[: n_full * split_size].reshape((n_full, split_size, *x_seq.shape[1:]))
         out = _scan(body_x, modules, state, remat)
         ys, state = out if stateful else (out, None)

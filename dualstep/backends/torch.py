@@ -28,7 +28,7 @@ from .._modules import (
     stack_outputs,
 )
 from .._tree import map_with_path
-from ..fused import NotFusable, warn_if_kernel_failed
+from ..fused import NotFusable, not_fusable, warn_if_kernel_failed
 
 
 def _stack_first(tensors: list) -> torch.Tensor:
@@ -109,6 +109,10 @@ def _fused(x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str) -> 
     """For `fused` True or 'auto': the fused kernel's result, or None for the loop ('auto'
     off CUDA or with a step that cannot be fused)."""
     if fused == "auto" and not auto_fuses(x_seq):
+        return None
+    if torch.compiler.is_exporting():  # the program would hold a launch of a Triton kernel
+        if fused is True:
+            raise not_fusable("`torch.export` cannot export a Triton kernel; export the loop")
         return None
     if math.prod(x_seq.shape[1:]) == 0:  # nothing to compute per step: the loop's result
         return None
@@ -197,6 +201,31 @@ def _scanned(x_seq: torch.Tensor, modules: Any, state: Any, dim: int) -> tuple[A
     return ys, final
 
 
+def _symbolic_steps(x_seq: Any, dim: int) -> bool:
+    """Whether `torch.export` traces this call with a dynamic `T` (a symbolic length), which
+    a Python loop would fix at the example's: the loop must be one `scan` then."""
+    first = x_seq[0] if isinstance(x_seq, tuple) else x_seq
+    return torch.compiler.is_exporting() and isinstance(first.shape[dim], torch.SymInt)
+
+
+def _scanned_stateless(x_seq: Any, modules: Any, dim: int, call: Callable) -> Any:
+    """``call(x, modules)`` on each step (or chunk) along axis `dim` as one `scan`, outputs
+    stacked along `dim`: the stateless loop exported with a dynamic `T`. `scan` needs a
+    carry: a 0-d zero, unchanged. A step that keeps hidden memory cannot be a scan's step."""
+    found = memory_modules(modules)
+    if found:
+        raise ValueError(
+            "`torch.export` with a dynamic T exports the time loop as one `scan`, whose step "
+            f"must keep no hidden memory; {type(found[0]).__qualname__} keeps its state in "
+            "itself. Pass the state with `state=` (`dualstep.neurons` has SpikingJelly's "
+            'neurons as steps; README, "Deploying"); got state=None'
+        )
+    xs = map_items(x_seq, lambda a: a.movedim(dim, 0))
+    first = xs[0] if isinstance(xs, tuple) else xs
+    ys, _ = _scan(lambda x, c: (call(x, modules), c), xs, first.new_zeros(()))
+    return ys if dim == 0 else map_items(ys, lambda a: a.movedim(0, dim).contiguous())
+
+
 def multi_step_forward(
     x_seq: torch.Tensor, modules: Any, state: Any, fused: bool | str = False, unroll: Any = None
 ) -> Any:
@@ -207,6 +236,8 @@ def multi_step_forward(
             return out
     if _scannable(x_seq, modules, state, 0, unroll):
         return _scanned(x_seq, modules, state, 0)
+    if state is None and _symbolic_steps(x_seq, 0):
+        return _scanned_stateless(x_seq, modules, 0, apply_modules)
     ys, final = run_steps(_steps(x_seq, 0), modules, state)
     return loop_result(ys, final, state, _stack_first)
 
@@ -222,6 +253,8 @@ def t_last_multi_step_forward(
             return ys if state is None else (ys, final)
     if _scannable(x_seq, modules, state, -1, unroll):
         return _scanned(x_seq, modules, state, -1)
+    if state is None and _symbolic_steps(x_seq, -1):
+        return _scanned_stateless(x_seq, modules, -1, apply_modules)
     ys, final = run_steps(_steps(x_seq, -1), modules, state)
     return loop_result(ys, final, state, _stack_last)
 
@@ -234,6 +267,8 @@ def chunk_multi_step_forward(
     checkpoint: bool,
     compile: bool | str = False,
 ) -> Any:
+    if _symbolic_steps(x_seq, 0):
+        return _scanned_chunks(split_size, x_seq, modules, state)
     steps = x_seq.shape[0]
     starts = range(0, steps, split_size)
     grad = torch.is_grad_enabled()
@@ -262,6 +297,20 @@ def chunk_multi_step_forward(
     return _chunks_preallocated(
         chunks, steps, modules, state, call, _WriteInto.apply if grad else _copy_into
     )
+
+
+def _scanned_chunks(split_size: int, x_seq: torch.Tensor, modules: Any, state: Any) -> Any:
+    """The chunks as one `scan` over ``[T / split_size, split_size, ...]``, for `torch.export`
+    with a dynamic `T`, which must then be a multiple of `split_size` (declared as
+    ``split_size * Dim(...)``; torch says so otherwise)."""
+    steps = x_seq.shape[0]
+    torch._check(steps % split_size == 0, lambda: f"T must be a multiple of {split_size}")
+    chunks = x_seq.unflatten(0, (steps // split_size, split_size))
+    if state is None:
+        ys = _scanned_stateless(chunks, modules, 0, lambda xc, m: call_once(xc, None, m, False)[0])
+        return map_items(ys, lambda a: a.flatten(0, 1))
+    ys, final = _scan(lambda xc, s: call_once(xc, s, modules, True), chunks, state)
+    return map_items(ys, lambda a: a.flatten(0, 1)), final
 
 
 @functools.cache
@@ -488,4 +537,6 @@ def seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
 
 
 def t_last_seq_to_ann_forward(x_seq: Any, modules: Any) -> Any:
+    if torch.compiler.is_exporting():  # torch.export cannot trace torch.vmap over a module
+        return _scanned_stateless(x_seq, modules, -1, apply_modules)
     return torch.vmap(lambda x: apply_modules(x, modules), in_dims=-1, out_dims=-1)(x_seq)

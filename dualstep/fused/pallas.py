@@ -146,6 +146,11 @@ def _trace(step: Any, shape: tuple, x: Any, leaves: list) -> Any:
 
 def fusable(x_seq: Any, modules: Any, state: Any) -> Any:
     """The checked step jaxpr at one time step's shape, or raise NotFusable."""
+    if not all(isinstance(d, int) for d in x_seq.shape):
+        raise not_fusable(
+            f"`x_seq` has the symbolic shape {tuple(x_seq.shape)} (jax.export), which a Pallas "
+            "kernel's blocks cannot have; export the scan with fused=False or 'auto'"
+        )
     leaves = state_leaves(state) if state is not None else []
     step_shape = tuple(x_seq.shape[1:])
     check_layout(step_shape, leaves, "state array")
