@@ -20,6 +20,7 @@ MODULES = {
     "dualstep.neurons": (),
     "dualstep.port": ("torch", "jax"),
     "dualstep._lengths": (),
+    "dualstep.export": ("torch", "jax"),
     "dualstep.testing._validate": (),
     "dualstep.interop": ("torch", "jax"),
     "dualstep.nir": ("nir",),

@@ -186,7 +186,9 @@ def _scan(call: Callable, xs: torch.Tensor, state: Any) -> tuple[Any, Any]:
 
     # The first step traced once outside the scan, for its checks alone (the graph drops its
     # unused operations): a step that breaks the rules raises its own error, as the loop
-    # does, not torch's error about a scan body.
+    # does, not torch's error about a scan body, and what a step sets up at its first call
+    # (a lazily made torch Function, behind a lock) is set up outside the scan. A program of
+    # torch.export keeps these unused operations until a pass drops them (ONNX's does).
     call(xs[0], state)
     # A tensor given twice in the state would alias two carries: each starts as its own copy.
     final, ys = scan(body, [leaves[i].clone() for i in filled], xs)
