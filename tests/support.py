@@ -149,3 +149,16 @@ def every_neuron(w: Any = None) -> tuple[list, Callable, Callable]:
 def variables(state: Any) -> dict:
     """A neuron's state as a dict by variable name."""
     return state if isinstance(state, dict) else {"v": state}
+
+
+# What torch 2.13 warns while torch.export traces a dualstep call (README, "Deploying"), as
+# pytest's filterwarnings entries: Dynamo traces around array-api-compat's lru_cache-wrapped
+# namespace lookup (a lookup by type, the same either way); its tracing of a
+# torch.autograd.Function (a surrogate spike) inside a `scan` instantiates the Function base
+# class, which torch deprecates; torch.onnx uses a torch pytree API that torch deprecates.
+EXPORT_WARNINGS = [
+    "ignore:Dynamo detected a call to a `functools.lru_cache`:UserWarning",
+    "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
+    ":DeprecationWarning",
+    r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning",
+]

@@ -12,28 +12,13 @@ import textwrap
 
 import numpy as np
 import pytest
+from support import EXPORT_WARNINGS
 
 import dualstep as ds
 from dualstep import neurons
 from dualstep.export import dynamic_shapes, symbolic_args
 
-# Dynamo, which torch.export runs, warns that it traces array-api-compat's lru_cache-wrapped
-# namespace lookup directly (a lookup by type, the same either way), and torch 2.13's tracing
-# of a torch.autograd.Function (a surrogate spike) inside a `scan` instantiates the Function
-# base class itself, which torch deprecates.
-pytestmark = [
-    pytest.mark.filterwarnings(
-        "ignore:Dynamo detected a call to a `functools.lru_cache`:UserWarning"
-    ),
-    pytest.mark.filterwarnings(
-        "ignore:<class 'torch.autograd.function.Function'> should not be instantiated"
-        ":DeprecationWarning"
-    ),
-    # torch.onnx's exporter in torch 2.13 uses a torch pytree API that torch deprecates.
-    pytest.mark.filterwarnings(
-        r"ignore:`isinstance\(treespec, LeafSpec\)` is deprecated:FutureWarning"
-    ),
-]
+pytestmark = [pytest.mark.filterwarnings(w) for w in EXPORT_WARNINGS]
 
 RUN_AT = (3, 8, 12)  # none of them the example's T
 RUN_AT_CHUNKS = (4, 8, 12)  # multiples of the split size, 2, two chunks at least

@@ -6,20 +6,22 @@ import pathlib
 import re
 
 import pytest
+from support import EXPORT_WARNINGS
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(), re.S)
 
 
 def test_readme_has_torch_jax_and_porting_examples():
-    assert len(BLOCKS) == 8
+    assert len(BLOCKS) == 10
 
 
-@pytest.mark.parametrize(
-    "block",
-    BLOCKS,
-    ids=["torch", "jax", "surrogate", "neurons", "port", "porting", "lengths", "fused"],
-)
+IDS = ["torch", "jax", "surrogate", "neurons", "port", "porting", "lengths", "fused"]
+IDS += ["deploy-torch", "deploy-jax"]
+
+
+@pytest.mark.parametrize("block", BLOCKS, ids=IDS)
+@pytest.mark.filterwarnings(*EXPORT_WARNINGS)  # the deploying examples export through torch
 def test_readme_example_runs(block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
         pytest.importorskip(module)
@@ -29,7 +31,9 @@ def test_readme_example_runs(block):
         pytest.importorskip("triton")
     namespace: dict = {}
     exec(compile(block, str(README), "exec"), namespace)
-    if "recordings" in namespace:  # lengths: its own assertions ran on a spiking run
+    # lengths and deploying (the ONNX session, the restored JAX program): their own
+    # assertions ran on a spiking run
+    if {"recordings", "session", "restored"} & set(namespace):
         assert float(namespace["spikes"].sum()) > 0
     elif "grads" in namespace:  # port: the comparison ran; every module has its row
         assert namespace["report"].ok and len(namespace["report"].rows) == 18
