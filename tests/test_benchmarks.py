@@ -258,3 +258,18 @@ def test_lengths_benchmark_checks_then_times_each_pair():
     assert len(masked) == 1 and re.search(r"\| [\d.]+ \| none \(masked steps\) \| - \|$", masked[0])
     bounded = [r for r in rows if r not in masked]
     assert all(re.search(r"\| [\d.]+ \| (<=|>=) 1\.[15] \| (met|not met) \|$", r) for r in bounded)
+
+
+def test_export_benchmark_checks_then_times_each_pair():
+    """`python -m benchmarks.export --quick`: the exported programs are checked equal to the
+    eager calls before timing; torch's rows report, JAX's against the 1.05 bound."""
+    for module in ("jax", "torch", "onnxruntime", "onnxscript", "flatbuffers"):
+        pytest.importorskip(module)
+    out = _quick("benchmarks.export")
+    lines = out.stdout.splitlines()
+    torch_rows = [line for line in lines if line.startswith("| torch, T=")]
+    jax_rows = [line for line in lines if line.startswith("| JAX, T=")]
+    assert len(torch_rows) == len(jax_rows) == 2
+    assert all(re.search(r"\| [\d.]+ \| none \| - \|$", r) for r in torch_rows)
+    assert all(re.search(r"\| [\d.]+ \| <= 1\.05 \| (met|not met) \|$", r) for r in jax_rows)
+    assert any(line.startswith("| torch, sizes | ONNX file ") for line in lines)
