@@ -15,6 +15,8 @@ from typing import Any
 
 from ._dispatch import kind_of
 
+__all__ = ["dynamic_shapes", "symbolic_args"]
+
 
 def dynamic_shapes(
     x_seq: Any, *others: Any, t_last: bool = False, split_size: int | None = None

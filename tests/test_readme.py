@@ -59,6 +59,7 @@ def test_readme_example_runs(block):
 
 def test_api_reference_names_every_public_name():
     import dualstep
+    import dualstep.export
     import dualstep.interop
     import dualstep.neurons
     import dualstep.port
@@ -71,6 +72,7 @@ def test_api_reference_names_every_public_name():
     modules["dualstep.surrogate"] = dualstep.surrogate
     modules["dualstep.neurons"] = dualstep.neurons
     modules["dualstep.port"] = dualstep.port
+    modules["dualstep.export"] = dualstep.export
     names = [f"{m}.{n}" for m, module in modules.items() for n in module.__all__]
     pytest.importorskip("hypothesis")
     import dualstep.testing.strategies as strategies
