@@ -380,27 +380,54 @@ def test_symbolic_args_marks_time_and_every_batch_axis(jax_backend):
     assert str(t_last.shape) == "(batch, 8, T)"
 
 
-def test_jax2onnx_converts_the_loop_for_onnx_runtime(jax_backend):
-    """The optional path from JAX to ONNX: jax2onnx turns a dualstep scan with a symbolic T
-    and batch into one ONNX `Loop`, which ONNX Runtime runs equal to eager at three T."""
+_JAX2ONNX_SNN = textwrap.dedent(
+    """
     import jax.numpy as jnp
+    import numpy as np
 
-    to_onnx = pytest.importorskip("jax2onnx").to_onnx
-    ort = pytest.importorskip("onnxruntime")
-    w = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.float32) / 3
-    lif = neurons.LIF(tau=2.0)
+    import dualstep as ds
+    from dualstep import neurons
+
+    W = jnp.asarray(np.random.default_rng(0).normal(size=(8, 8)), jnp.float32) / 3
+    LIF = neurons.LIF(tau=2.0)
+
 
     def snn(x_seq, v):
-        return ds.multi_step_forward(x_seq, lambda x, v: lif(x @ w, v), state=v)
+        return ds.multi_step_forward(x_seq, lambda x, v: LIF(x @ W, v), state=v)
+    """
+)
 
-    model = to_onnx(snn, [("T", "B", 8), ("B", 8)], return_mode="proto")
-    assert [n.op_type for n in model.graph.node].count("Loop") == 1
+
+def test_jax2onnx_converts_the_loop_for_onnx_runtime(jax_backend, tmp_path):
+    """The optional path from JAX to ONNX: jax2onnx turns a dualstep scan with a symbolic T
+    and batch into one ONNX `Loop`, which ONNX Runtime runs equal to eager at three T. The
+    conversion runs in its own process: jax2onnx 0.17 leaves `jnp.cumsum` patched after
+    `to_onnx` (README, "Deploying")."""
+    import jax.numpy as jnp
+
+    pytest.importorskip("jax2onnx")
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    path = tmp_path / "snn.onnx"
+    script = _JAX2ONNX_SNN + textwrap.dedent(
+        f"""
+        from jax2onnx import to_onnx
+
+        model = to_onnx(snn, [("T", "B", 8), ("B", 8)], return_mode="proto")
+        open({str(path)!r}, "wb").write(model.SerializeToString())
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [n.op_type for n in onnx.load(str(path)).graph.node].count("Loop") == 1
     options = ort.SessionOptions()
     options.log_severity_level = 3  # not the unused initializers ONNX Runtime drops
-    session = ort.InferenceSession(model.SerializeToString(), options)
+    session = ort.InferenceSession(str(path), options)
     names = [i.name for i in session.get_inputs()]
+    namespace: dict = {}
+    exec(_JAX2ONNX_SNN, namespace)
     for t in RUN_AT:
         x = (np.random.default_rng(t).random((t, 4, 8)) * 3).astype(np.float32)
         v = np.zeros((4, 8), np.float32)
         got = session.run(None, dict(zip(names, (x, v), strict=True)))
-        _check_outputs(got, snn(jnp.asarray(x), jnp.asarray(v)))
+        _check_outputs(got, namespace["snn"](jnp.asarray(x), jnp.asarray(v)))
