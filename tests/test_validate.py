@@ -222,3 +222,47 @@ def test_catalogue_chunk_module_and_errors():
         call("chunk_multi_step_forward", 3, x)  # wrapped: the inner call names the step
     with pytest.raises(ValueError, match="`function` must be one of"):
         call_time_first("multi_step", lambda a: a, x)
+
+
+def test_report_plot_draws_each_leaf_per_step_against_the_tolerance(tmp_path):
+    """A LIF port with tau off by 10%: the report's figure has one line per output leaf, its
+    error per step over the tolerance, the tolerance at 1, and the first bad step circled at
+    the step the report names."""
+    pytest.importorskip("matplotlib")
+    from dualstep import neurons
+    from dualstep.testing import assert_implementations_close
+
+    x = np.random.default_rng(0).random((12, 4, 6)) * 1.5
+    v0 = np.zeros((4, 6))
+
+    def with_v(tau):
+        lif = neurons.LIF(tau=tau)
+
+        def step(x, v):
+            spike, v = lif(x, v)
+            return (spike, v), v
+
+        return step
+
+    kwargs = {"reference_state": v0, "candidate_state": v0, "check": False}
+    report = assert_implementations_close(with_v(2.0), with_v(2.2), x, **kwargs)
+    outputs = [r for r in report.rows if r.per_step]
+    assert {r.leaf for r in outputs} == {"y[0]", "y[1]"} and not report.ok
+    assert all(len(r.per_step) == 12 for r in outputs)
+    voltage = next(r for r in outputs if r.leaf == "y[1]")
+    t = voltage.first_bad_step
+    assert isinstance(t, int) and voltage.per_step[t] > 1 >= max(voltage.per_step[:t], default=0)
+    figure = report.plot()
+    (ax,) = figure.axes
+    labels = [line.get_label() for line in ax.get_lines()]
+    assert "tolerance" in labels and ax.get_yscale() == "log"
+    tolerance = ax.get_lines()[labels.index("tolerance")]
+    assert set(tolerance.get_ydata()) == {1.0}
+    circled = [line for line in ax.get_lines() if line.get_marker() == "o"]
+    assert any(list(line.get_xdata()) == [t] for line in circled)
+    figure.savefig(tmp_path / "port.png")
+    assert (tmp_path / "port.png").stat().st_size > 10_000
+    same = assert_implementations_close(with_v(2.0), with_v(2.0), x, **kwargs)
+    assert same.ok and not any(line.get_marker() == "o" for line in same.plot().axes[0].get_lines())
+    with pytest.raises(ValueError, match="needs a row compared over time"):
+        type(report)(tuple(r for r in report.rows if not r.per_step), 1e-5, 1e-6).plot()

@@ -42,6 +42,9 @@ class Row:
     every leaf its own row in :func:`assert_implementations_close`. The errors are those at
     that step (over the whole output when all agree); the relative error of two values is
     ``|got - want| / max(|got|, |want|)``, between 0 and 2, so it stays meaningful near zero.
+    `per_step` is the error of each time step over the tolerance (of an output compared over
+    time; empty otherwise): the largest ``|got - want| / (atol + rtol * |want|)`` of the step's
+    elements, so a step is out of tolerance where it exceeds 1 (:meth:`Report.plot`).
     """
 
     backend: str
@@ -53,6 +56,7 @@ class Row:
     leaf: str = ""
     # Why nothing was compared on this row (the final states of two structures), else "".
     not_compared: str = ""
+    per_step: tuple[float, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -88,6 +92,65 @@ class Report:
                 f"{verdict if r.ok else 'FAIL'}"
             )
         return "\n".join(lines)
+
+    def plot(self, ax: Any = None) -> Any:
+        """The rows' errors per time step over the tolerance, as a matplotlib figure.
+
+        One line per row compared over time (each output leaf of a port, each backend of
+        :func:`assert_backends_close`), on a log scale; the tolerance is the dashed line at
+        1, and each row's first bad step is circled. matplotlib is imported here only.
+
+        Parameters
+        ----------
+        ax : matplotlib Axes, optional
+            Where to draw; a new figure by default.
+
+        Returns
+        -------
+        matplotlib.figure.Figure
+            The figure drawn on (``fig.savefig(path)`` writes it).
+
+        Raises
+        ------
+        ImportError
+            matplotlib is not installed (``pip install 'dualstep[bench]'``).
+        ValueError
+            No row was compared over time (a report of final states or structures only).
+        """
+        try:
+            from matplotlib.figure import Figure
+        except ImportError as error:
+            raise ImportError(
+                "`Report.plot` needs matplotlib: pip install 'dualstep[bench]'"
+            ) from error
+        rows = [r for r in self.rows if r.per_step]
+        if not rows:
+            raise ValueError("`Report.plot` needs a row compared over time; this report has none")
+        if ax is None:
+            ax = Figure(figsize=(7.0, 3.6), layout="constrained").add_subplot()
+        positive = [v for r in rows for v in r.per_step if 0 < v < np.inf]
+        floor = min([1e-3, *positive]) / 2  # steps without error, drawn at the bottom
+        for r in rows:
+            values = np.clip(np.asarray(r.per_step), floor, 1e12)
+            label = f"{r.leaf or r.function} ({r.backend})"
+            (line,) = ax.plot(np.arange(len(values)), values, marker=".", label=label)
+            if isinstance(r.first_bad_step, int):
+                t = r.first_bad_step
+                ax.plot([t], [values[t]], "o", ms=11, mfc="none", color=line.get_color())
+                ax.annotate(
+                    f"first bad step: {t}",
+                    (t, values[t]),
+                    xytext=(8, -14),
+                    textcoords="offset points",
+                    color=line.get_color(),
+                )
+        ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="tolerance")
+        ax.set_yscale("log")
+        ax.set_xlabel("time step")
+        ax.set_ylabel("error / tolerance")
+        ax.set_title(f"rtol={self.rtol:g}, atol={self.atol:g}", fontsize="small")
+        ax.legend(fontsize="small")
+        return ax.figure
 
 
 _import_errors: dict[str, str | None] = {}
@@ -215,6 +278,7 @@ class _Leaf:
     max_rel: float
     first_bad: int | str | None  # a time step, "final state", "dtype" or "shape"
     dtype: str
+    per_step: tuple[float, ...] = ()  # each step's error over the tolerance (outputs)
 
 
 def _compare_leaf(
@@ -232,14 +296,21 @@ def _compare_leaf(
         return _Leaf(path, np.nan, np.nan, "dtype", f"{dtype}!={expected_dtype}")
     if tuple(got.shape) != tuple(want.shape):
         return _Leaf(path, np.nan, np.nan, "shape", dtype)
-    abs_err, rel_err, bad = _errors(got, want, tolerance(expected_dtype))
+    rtol, atol = tolerance(expected_dtype)
+    abs_err, rel_err, bad = _errors(got, want, (rtol, atol))
     worst = (float(abs_err.max(initial=0.0)), float(rel_err.max(initial=0.0)))
     if over_time and bad.ndim:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            over = abs_err / (atol + rtol * np.abs(want.astype(np.float64)))
+        over = np.where(abs_err == 0, 0.0, np.nan_to_num(over, nan=np.inf))
+        per_step = tuple(float(v) for v in over.reshape(over.shape[0], -1).max(axis=1, initial=0))
         steps = np.flatnonzero(bad.reshape(bad.shape[0], -1).any(axis=1))
         if len(steps):
             t = int(steps[0])
-            return _Leaf(path, float(abs_err[t].max()), float(rel_err[t].max()), t, dtype)
-    elif bad.any():
+            errors = (float(abs_err[t].max()), float(rel_err[t].max()))
+            return _Leaf(path, *errors, t, dtype, per_step)
+        return _Leaf(path, *worst, None, dtype, per_step)
+    if bad.any():
         return _Leaf(path, *worst, "final state", dtype)
     return _Leaf(path, *worst, None, dtype)
 
@@ -293,10 +364,27 @@ def _compare(
         return Row(backend, function, np.nan, np.nan, "structure", dtype)
     bad = _first_bad(leaves)
     if bad is not None:
-        return Row(backend, function, bad.max_abs, bad.max_rel, bad.first_bad, bad.dtype, bad.path)
+        return Row(
+            backend,
+            function,
+            bad.max_abs,
+            bad.max_rel,
+            bad.first_bad,
+            bad.dtype,
+            bad.path,
+            per_step=bad.per_step or _per_step(leaves),
+        )
     worst_abs = max((leaf.max_abs for leaf in leaves), default=0.0)
     worst_rel = max((leaf.max_rel for leaf in leaves), default=0.0)
-    return Row(backend, function, worst_abs, worst_rel, None, dtype)
+    return Row(backend, function, worst_abs, worst_rel, None, dtype, per_step=_per_step(leaves))
+
+
+def _per_step(leaves: list[_Leaf]) -> tuple[float, ...]:
+    """The largest error over the tolerance of each step among the outputs of one length."""
+    curves = [leaf.per_step for leaf in leaves if leaf.per_step]
+    if not curves or any(len(c) != len(curves[0]) for c in curves):
+        return curves[0] if curves else ()
+    return tuple(float(v) for v in np.max(np.asarray(curves), axis=0))
 
 
 @contextlib.contextmanager
@@ -726,6 +814,7 @@ def assert_implementations_close(
                 leaf.first_bad,
                 leaf.dtype,
                 leaf.path,
+                per_step=leaf.per_step,
             )
             for leaf in leaves
         )
@@ -873,7 +962,16 @@ def _check_port(
             leaves.append(_compare_leaf(path, got, want, dtype_name(want), within, over_time))
     who = "jax vs torch"
     rows = tuple(
-        Row(who, "port", leaf.max_abs, leaf.max_rel, leaf.first_bad, leaf.dtype, leaf.path)
+        Row(
+            who,
+            "port",
+            leaf.max_abs,
+            leaf.max_rel,
+            leaf.first_bad,
+            leaf.dtype,
+            leaf.path,
+            per_step=leaf.per_step,
+        )
         for leaf in leaves
     )
     report = Report(rows, *tolerance(dtype_name(interop.to_numpy(want_y))))
