@@ -288,7 +288,11 @@ def _nir(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from error
     report = run_nir(model, args.T, args.batch, args.seed)
     if args.json:
-        rows = [dataclasses.asdict(r) for r in report.rows]
+        # A row's errors per step are for Report.plot; the JSON keeps the summary.
+        rows = [
+            {k: v for k, v in dataclasses.asdict(r).items() if k != "per_step"}
+            for r in report.rows
+        ]
         settings = {k: getattr(args, k) for k in ("file", "dt", "convention", "T", "batch", "seed")}
         print(json.dumps({"version": ds.__version__, **settings, "rows": rows}, indent=1))
     else:
