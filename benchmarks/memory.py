@@ -59,14 +59,16 @@ def chunk_inference(system: str) -> dict:
     return {"extra_peak_bytes": extra, "output_bytes": x.numel() * 4}
 
 
-def torch_train_model() -> tuple:
+def torch_train_model(steps: int | None = None) -> tuple:
     """The training workload on torch: ``(linear, x, chunk)``, Linear then a smooth LIF over
-    ``x`` of `TRAIN_SHAPE`, with `chunk(x_chunk, v)` a stateful chunk module."""
+    ``x`` of `TRAIN_SHAPE` (`steps` steps if given), with `chunk(x_chunk, v)` a stateful chunk
+    module."""
     import torch
 
     import dualstep as ds
 
     t, b, n = TRAIN_SHAPE
+    t = t if steps is None else steps
     torch.manual_seed(0)
     linear = torch.nn.Linear(n, n)
     x = torch.randn(t, b, n)
@@ -142,6 +144,35 @@ def _jax_train(checkpoint: bool) -> dict:
     return {"temp_bytes": int(analysis.temp_size_in_bytes)}
 
 
+def train_at(kind: str, steps: str) -> dict:
+    """Peak of one torch forward+backward of the training workload at `steps` steps, run as
+    one loop (`plain`: ``multi_step_forward``), in chunks of `TRAIN_SPLIT` (`chunked`), or in
+    checkpointed chunks (`checkpointed`); the output is let go once the loss is computed."""
+    import torch
+
+    import dualstep as ds
+
+    _, b, n = TRAIN_SHAPE
+    linear, x, chunk = torch_train_model(int(steps))
+
+    def forward():
+        if kind == "plain":
+            return chunk(x, torch.zeros(b, n))[0]
+        checkpoint = {"chunked": False, "checkpointed": True}[kind]
+        y, _ = ds.chunk_multi_step_forward(
+            TRAIN_SPLIT, x, chunk, state=torch.zeros(b, n), checkpoint=checkpoint
+        )
+        return y
+
+    def step():
+        linear.zero_grad(set_to_none=True)
+        forward().mean().backward()
+        return linear.weight.grad
+
+    step()  # warm-up
+    return {"extra_peak_bytes": _peak_extra_bytes(step)}
+
+
 def train(backend: str, checkpoint: str, output: str = "released") -> dict:
     on = checkpoint == "on"
     return _torch_train(on, output == "held") if backend == "torch" else _jax_train(on)
@@ -169,7 +200,12 @@ def jax_chunk_temp(split: str) -> dict:
     return {"temp_bytes": int(analysis.temp_size_in_bytes)}
 
 
-CASES = {"chunk_inference": chunk_inference, "train": train, "jax_chunk_temp": jax_chunk_temp}
+CASES = {
+    "chunk_inference": chunk_inference,
+    "train": train,
+    "train_at": train_at,
+    "jax_chunk_temp": jax_chunk_temp,
+}
 
 
 def measure(case: str, *args: str) -> dict[str, Any]:

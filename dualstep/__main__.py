@@ -290,8 +290,7 @@ def _nir(args: argparse.Namespace) -> int:
     if args.json:
         # A row's errors per step are for Report.plot; the JSON keeps the summary.
         rows = [
-            {k: v for k, v in dataclasses.asdict(r).items() if k != "per_step"}
-            for r in report.rows
+            {k: v for k, v in dataclasses.asdict(r).items() if k != "per_step"} for r in report.rows
         ]
         settings = {k: getattr(args, k) for k in ("file", "dt", "convention", "T", "batch", "seed")}
         print(json.dumps({"version": ds.__version__, **settings, "rows": rows}, indent=1))

@@ -15,8 +15,12 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
 
 def _run(name: str) -> str:
+    return _run_with(name)
+
+
+def _run_with(name: str, *args: str) -> str:
     out = subprocess.run(
-        [sys.executable, str(EXAMPLES / name)], capture_output=True, text=True, timeout=300
+        [sys.executable, str(EXAMPLES / name), *args], capture_output=True, text=True, timeout=300
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     return out.stdout
@@ -74,3 +78,11 @@ def test_port_conv_snn_trains_in_lockstep_with_spikingjelly():
         float, re.search(r"losses (\S+), weights and statistics (\S+)", text).groups()
     )
     assert losses <= 1e-5 and weights <= 1e-5
+
+
+def test_plot_port_divergence_draws_the_report(tmp_path):
+    for module in ("torch", "jax", "matplotlib"):
+        pytest.importorskip(module)
+    text = _run_with("plot_port_divergence.py", str(tmp_path / "port.png"))
+    assert re.search(r"jax vs torch +multi_step_forward .* 0 +y\[1\] +FAIL", text)
+    assert (tmp_path / "port.png").stat().st_size > 10_000

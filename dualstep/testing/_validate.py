@@ -98,7 +98,8 @@ class Report:
 
         One line per row compared over time (each output leaf of a port, each backend of
         :func:`assert_backends_close`), on a log scale; the tolerance is the dashed line at
-        1, and each row's first bad step is circled. matplotlib is imported here only.
+        1, and each row's first bad step is circled and named in the legend. matplotlib is
+        imported here only.
 
         Parameters
         ----------
@@ -133,17 +134,12 @@ class Report:
         for r in rows:
             values = np.clip(np.asarray(r.per_step), floor, 1e12)
             label = f"{r.leaf or r.function} ({r.backend})"
+            if isinstance(r.first_bad_step, int):
+                label += f", first bad step {r.first_bad_step}"
             (line,) = ax.plot(np.arange(len(values)), values, marker=".", label=label)
             if isinstance(r.first_bad_step, int):
                 t = r.first_bad_step
                 ax.plot([t], [values[t]], "o", ms=11, mfc="none", color=line.get_color())
-                ax.annotate(
-                    f"first bad step: {t}",
-                    (t, values[t]),
-                    xytext=(8, -14),
-                    textcoords="offset points",
-                    color=line.get_color(),
-                )
         ax.axhline(1.0, color="black", linestyle="--", linewidth=1, label="tolerance")
         ax.set_yscale("log")
         ax.set_xlabel("time step")
