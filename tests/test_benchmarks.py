@@ -273,3 +273,15 @@ def test_export_benchmark_checks_then_times_each_pair():
     assert all(re.search(r"\| [\d.]+ \| none \| - \|$", r) for r in torch_rows)
     assert all(re.search(r"\| [\d.]+ \| <= 1\.05 \| (met|not met) \|$", r) for r in jax_rows)
     assert any(line.startswith("| torch, sizes | ONNX file ") for line in lines)
+
+
+def test_memory_figure_measures_checkpointing_below_the_loop():
+    """Two points of `python -m benchmarks.memory_figure` (T = 256, each in its own process):
+    checkpointed chunks peak well below the plain loop (0.35x measured)."""
+    pytest.importorskip("torch")
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("peak memory is read from Linux's /proc")
+    from benchmarks.memory import measure
+
+    peak = {k: measure("train_at", k, "256")["extra_peak_bytes"] for k in ("plain", "checkpointed")}
+    assert 0 < peak["checkpointed"] < 0.6 * peak["plain"]
