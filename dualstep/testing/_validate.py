@@ -360,19 +360,17 @@ def _compare(
         return Row(backend, function, np.nan, np.nan, "structure", dtype)
     bad = _first_bad(leaves)
     if bad is not None:
-        return Row(
-            backend,
-            function,
-            bad.max_abs,
-            bad.max_rel,
-            bad.first_bad,
-            bad.dtype,
-            bad.path,
-            per_step=bad.per_step or _per_step(leaves),
-        )
+        row = _row(backend, function, bad)
+        return row if bad.per_step else dataclasses.replace(row, per_step=_per_step(leaves))
     worst_abs = max((leaf.max_abs for leaf in leaves), default=0.0)
     worst_rel = max((leaf.max_rel for leaf in leaves), default=0.0)
     return Row(backend, function, worst_abs, worst_rel, None, dtype, per_step=_per_step(leaves))
+
+
+def _row(backend: str, function: str, leaf: _Leaf) -> Row:
+    """The row of one compared array."""
+    errors = (leaf.max_abs, leaf.max_rel, leaf.first_bad, leaf.dtype, leaf.path)
+    return Row(backend, function, *errors, per_step=leaf.per_step)
 
 
 def _per_step(leaves: list[_Leaf]) -> tuple[float, ...]:
@@ -801,19 +799,7 @@ def assert_implementations_close(
             Row(who, "multi_step_forward", np.nan, np.nan, "structure", first, counts),
         )
     else:
-        rows = tuple(
-            Row(
-                who,
-                "multi_step_forward",
-                leaf.max_abs,
-                leaf.max_rel,
-                leaf.first_bad,
-                leaf.dtype,
-                leaf.path,
-                per_step=leaf.per_step,
-            )
-            for leaf in leaves
-        )
+        rows = tuple(_row(who, "multi_step_forward", leaf) for leaf in leaves)
     if skipped:
         rows += (Row(who, "multi_step_forward", np.nan, np.nan, None, "-", "state", skipped),)
     report = Report(rows, *tol)
@@ -957,19 +943,7 @@ def _check_port(
             within = _scaled(tolerance, want) if path.startswith("grad[") else tolerance
             leaves.append(_compare_leaf(path, got, want, dtype_name(want), within, over_time))
     who = "jax vs torch"
-    rows = tuple(
-        Row(
-            who,
-            "port",
-            leaf.max_abs,
-            leaf.max_rel,
-            leaf.first_bad,
-            leaf.dtype,
-            leaf.path,
-            per_step=leaf.per_step,
-        )
-        for leaf in leaves
-    )
+    rows = tuple(_row(who, "port", leaf) for leaf in leaves)
     report = Report(rows, *tolerance(dtype_name(interop.to_numpy(want_y))))
     if check and not report.ok:
         bad = _first_bad(leaves)
