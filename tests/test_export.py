@@ -104,9 +104,12 @@ def _torch_cases(torch):
             {"t_last": True},
         ),
     }
-    # each: (call, example arguments, helper options, T to run at)
-    cases = {k: (*c, {}, RUN_AT)[:2] + ((*c[2:], {}, RUN_AT)[:2]) for k, c in cases.items()}
-    return fc, cases, x
+    return fc, {name: _case(*c) for name, c in cases.items()}, x
+
+
+def _case(call, example, options=None, run_at=RUN_AT):
+    """(call, example arguments, helper options, T to run at)."""
+    return call, example, options or {}, run_at
 
 
 def _module(torch, fc, call):
@@ -163,7 +166,7 @@ def test_torch_export_runs_at_other_lengths_as_one_scan(torch_export, name):
     model = _module(torch, fc, call)
     spec = dynamic_shapes(*example, **options)
     program = torch.export.export(model, tuple(example), dynamic_shapes={"args": spec})
-    assert _top_level_loops(torch, program) == 1
+    assert _top_level_loops(torch, program) == 1 and len(run_at) == 3
     with torch.no_grad():
         for t in run_at:
             args = _run_args(torch, example, x, t, options)
