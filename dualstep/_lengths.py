@@ -251,11 +251,7 @@ def readable(modules: Any, lengths: Any, shortest: int, steps: int, fill: float)
         listed = isinstance(modules, (list, tuple))
         out = apply_stateful(x, state, modules) if listed else modules(x, state)
         if batched and isinstance(out, tuple) and len(out) == 2:
-            if kind_of(out[0]) is not None:  # one array: no tree to walk
-                _check_batch(out[0], "y", lengths.shape[0])
-            else:
-                for path, a in leaves_with_path(out[0], "y"):
-                    _check_batch(a, path, lengths.shape[0])
+            _check_batch_leaves(out[0], "y", lengths.shape[0])
         return out
 
     return step
@@ -264,8 +260,16 @@ def readable(modules: Any, lengths: Any, shortest: int, steps: int, fill: float)
 def check_batched_state(state: Any, lengths: Any) -> None:
     """What :func:`_stepped` checks of the state at every step, once (:func:`readable`)."""
     if lengths.ndim == 1:
-        for path, a in leaves_with_path(state, "state"):
-            _check_batch(a, path, lengths.shape[0])
+        _check_batch_leaves(state, "state", lengths.shape[0])
+
+
+def _check_batch_leaves(tree: Any, path: str, batch: int) -> None:
+    """:func:`_check_batch` on every array of `tree`."""
+    if kind_of(tree) is not None:  # one array: no tree to walk
+        _check_batch(tree, path, batch)
+        return
+    for leaf_path, a in leaves_with_path(tree, path):
+        _check_batch(a, leaf_path, batch)
 
 
 class Elementwise:

@@ -254,6 +254,20 @@ def lengths_leaf(modules: Any) -> int | None:
     return modules.lengths_leaf if isinstance(modules, Elementwise) else None
 
 
+def block_starts(lengths: Any, block: int) -> Any:
+    """Each block's longest length (int32), for `lengths` (the lengths leaf, one value per
+    element) in blocks of `block` elements, the last padded with zeros: where the backward
+    kernel of a step with a :func:`lengths_leaf` starts the block."""
+    from array_api_compat import array_namespace, device
+
+    xp = array_namespace(lengths)
+    flat = xp.reshape(lengths, (-1,))
+    pad = -flat.shape[0] % block
+    if pad:
+        flat = xp.concat([flat, xp.zeros((pad,), dtype=flat.dtype, device=device(flat))])
+    return xp.astype(xp.max(xp.reshape(flat, (-1, block)), axis=1), xp.int32)
+
+
 def check_layout(step_shape: tuple, leaves: list, kind: str) -> None:
     """Every array a kernel reads or writes per step has the step's shape."""
     for i, leaf in enumerate(leaves):

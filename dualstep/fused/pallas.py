@@ -28,6 +28,7 @@ from jax.experimental.pallas import triton as pltriton
 from . import (
     GPU,
     INTERPRET_LAUNCH,
+    block_starts,
     check_layout,
     flat_step,
     gpu_launch,
@@ -660,12 +661,6 @@ class _Kernel:
         lengths = None if self.stops is None else leaves[self.stops]
         return (ys, final), (x2d if self.split.reads_x else None, saved, consts, lengths)
 
-    def _starts(self, lengths: Any) -> Any:
-        """Each block's longest length (int32): where the backward kernel starts the block;
-        after it the step keeps the state and its outputs are constants."""
-        padded = jnp.pad(lengths, (0, self.grid[0] * self.block - self.n))
-        return jnp.max(padded.reshape(self.grid[0], self.block), axis=1).astype(jnp.int32)
-
     def _bwd(self, residuals: tuple, cotangents: tuple) -> tuple:
         x2d, saved, consts, lengths = residuals
         g_ys, g_final = cotangents
@@ -729,7 +724,7 @@ class _Kernel:
         shapes += [jax.ShapeDtypeStruct((self.n,), d) for d in s_dtypes]
         shapes += [jax.ShapeDtypeStruct(self.grid, consts[j].dtype) for j in diff_c]
         xs = [x2d] if reads_x else []
-        starts = [] if lengths is None else [self._starts(lengths)]
+        starts = [] if lengths is None else [block_starts(lengths, block)]
         stops = len(starts)
         args = (*xs, *saved, *g_ys, *g_final, *consts, *starts)
         out = self._call("bwd", kernel, shapes, *args)

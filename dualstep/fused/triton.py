@@ -38,6 +38,7 @@ from . import (
     GPU,
     INTERPRET_LAUNCH,
     NotFusable,
+    block_starts,
     check_layout,
     flat_step,
     gpu_launch,
@@ -630,7 +631,7 @@ def _backward_source(
     SEQ_LAST, the offset of its last step; the `ns` saved values from LAST). `x` is read
     only where the step's gradient needs it (`reads_x`). With `stops` (a step that stops
     each element at its length, :func:`lengths_leaf`), each block starts at the last step of
-    its longest element, ``starts_ptr[block]`` (:func:`_starts`): after that step the state's
+    its longest element, ``starts_ptr[block]`` (:func:`block_starts`): after that step the state's
     gradients pass through and `x`'s are zero, stored without computing a step."""
     body, results = step
     params = ["x_ptr", *(f"saved{j}_ptr" for j in range(ns)), *(f"gy{j}_ptr" for j in range(ng))]
@@ -1006,13 +1007,6 @@ def _forward(
     return ys, finals, saved
 
 
-def _starts(lengths: torch.Tensor, block: int) -> torch.Tensor:
-    """Each block's longest length (int32): where the backward kernel starts the block."""
-    flat = lengths.reshape(-1)
-    padded = torch.nn.functional.pad(flat, (0, -flat.numel() % block))
-    return padded.view(-1, block).amax(1).to(torch.int32)
-
-
 class _Fused(torch.autograd.Function):
     @staticmethod
     def forward(
@@ -1043,7 +1037,7 @@ class _Fused(torch.autograd.Function):
         n = g_x.numel() // steps
         interpret = kernels.interpret
         bwd, launch = kernels.launch("bwd", g_x)
-        starts = [_starts(a, launch["block"]) for a in lengths]
+        starts = [block_starts(a, launch["block"]) for a in lengths]
         g_ys = [
             _like(g_x, kernels.out_dtypes[i]).zero_()
             if grads[i] is None
