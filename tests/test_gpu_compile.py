@@ -393,7 +393,7 @@ def _jax_cubin(tmp_path, i, module, cc):
 def test_a_fused_call_with_lengths_compiles_for_a_gpu(tmp_path):
     """`lengths=` in a fused kernel (counts and lengths as two more state leaves, the
     backward starting each block at its longest length): the torch and JAX training kernels
-    compile to a cubin for sm_90."""
+    compile to a cubin for every target (sm_80, sm_90)."""
     from dualstep import _lengths, neurons
 
     step = _lengths.Elementwise(neurons.LIF(), -1.0)
@@ -402,7 +402,8 @@ def test_a_fused_call_with_lengths_compiles_for_a_gpu(tmp_path):
     kernels = fused_triton.gpu_kernels(x, step, start)
     assert [k.fn.__name__ for k, _ in kernels] == ["fwd", "bwd"]
     for kernel, launch in kernels:
-        assert "cubin" in fused_triton.compile_ahead(kernel, launch, torch.float32, 90).asm
+        for cc in TARGETS:
+            assert "cubin" in fused_triton.compile_ahead(kernel, launch, torch.float32, cc).asm
     jax = pytest.importorskip("jax")
     pytest.importorskip("jax.experimental.pallas.triton")
     from dualstep.fused import pallas
@@ -412,4 +413,5 @@ def test_a_fused_call_with_lengths_compiles_for_a_gpu(tmp_path):
     modules = pallas.gpu_kernels(xj, step, s0)
     assert [name for name, _, _ in modules] == ["fwd", "bwd"]
     for i, (_, module, _) in enumerate(modules):
-        assert "cubin" in _jax_cubin(tmp_path, i, module, 90).asm
+        for cc in TARGETS:
+            assert "cubin" in _jax_cubin(tmp_path, i, module, cc).asm
