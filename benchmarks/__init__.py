@@ -1,1 +1,1 @@
-"""dualstep's benchmark suite: `python -m benchmarks` (see README, "Performance")."""
+"""dualstep's benchmark suite: `python -m benchmarks` (docs, "Performance")."""

@@ -72,7 +72,7 @@ def torch_rows(steps: list[int], batch: int, budget: float) -> list[str]:
 
     net = Network().eval()
     example = torch.from_numpy(_inputs(steps[0], batch))
-    with warnings.catch_warnings():  # what torch 2.13 warns while it exports (README)
+    with warnings.catch_warnings():  # what torch 2.13 warns while it exports (docs, "Deploying")
         warnings.simplefilter("ignore")
         program = torch.export.export(net, (example,), dynamic_shapes=dynamic_shapes(example))
     archive = io.BytesIO()

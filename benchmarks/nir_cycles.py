@@ -1,7 +1,7 @@
 """Cycles in NIR graphs, dualstep against nirtorch: `python -m benchmarks.nir_cycles [--graphs N]`.
 
 NIR's documentation does not say which edge of a cycle carries the previous step's value.
-`dualstep.nir` decides it from the graph (README, "NIR graphs"). nirtorch, the importer of
+`dualstep.nir` decides it from the graph (docs, "NIR graphs"). nirtorch, the importer of
 snnTorch, Norse and Sinabs, decides it by walking the graph's node dict, so its result can
 depend on the order of the nodes. This draws random graphs of LI and Scale nodes with cycles,
 self-loops and cycles entered at several nodes, runs each through nirtorch in every order of

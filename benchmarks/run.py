@@ -256,9 +256,9 @@ def met(value: float | None, bound: str) -> bool | None:
 
 
 _MID, _SMALL = (64, 32, 512), (16, 8, 64)
-# The timing ratios the README quotes: (label, numerator system, denominator system, sizes,
-# bound, a result flag that must also be True or None), all on the IF neuron workload. A system
-# that did not run reads n/a; a system outside systems.NAMES raises.
+# The timing ratios the docs quote ("Performance"): (label, numerator system, denominator
+# system, sizes, bound, a result flag that must also be True or None), all on the IF neuron
+# workload. A system that did not run reads n/a; a system outside systems.NAMES raises.
 TIME_TARGETS = [
     (
         "1. torch module path / SpikingJelly multi_step_forward",
@@ -304,7 +304,7 @@ TIME_TARGETS = [
 
 
 def targets(result: dict) -> list[dict]:
-    """The figures the README quotes, each as (figure, bound, met)."""
+    """The figures the docs quote ("Performance"), each as (figure, bound, met)."""
     rows, out = result["rows"], []
     run_sizes = systems.QUICK_SIZES if result.get("quick") else systems.SIZES
 

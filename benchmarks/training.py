@@ -18,7 +18,7 @@ interleaved rounds, best round each:
 
 SpikingJelly's ``functional.multi_step_forward`` is quadratic in T; it is timed up to T=400.
 Writes ``benchmarks/results/training.md``, ``training.json`` and ``training.png`` (time
-against T, one line per system) and prints the targets of the README with the figures.
+against T, one line per system) and prints the targets of the docs ("Performance") with the figures.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ from ._lengths import pad_sequences
 from .fused import NotFusable
 
 __version__ = "0.1.0"
+"""The version of dualstep."""
 
 __all__ = [
     "NotFusable",

@@ -311,7 +311,7 @@ def multi_step_forward(
         Initial state; see above.
     fused : bool or 'auto', default False
         Run the whole sequence as one kernel (Pallas on JAX, Triton on torch) that loops over
-        time inside; the step must be elementwise (README, "Fused kernels"). ``True`` raises
+        time inside; the step must be elementwise (docs, "Fused kernels"). ``True`` raises
         ValueError naming what could not be fused; ``'auto'`` fuses on a GPU when it can and
         runs the loop otherwise. On CPU a fused kernel runs through its interpreter, which is
         slow and meant for tests. NumPy has no kernels: ``True`` raises there.
@@ -329,7 +329,7 @@ def multi_step_forward(
         be passed to be kept); every state leaf and output must have the batch as its first
         axis. A 0-d `lengths` is one length for every element (under ``jax.vmap`` over the
         batch). On JAX the lengths are traced: new ones never compile again. Fused kernels
-        take them too (each element compares its own count). README, "Variable-length
+        take them too (each element compares its own count). docs, "Variable-length
         sequences".
     fill : float, default 0.0
         The output after an element's length.
@@ -357,10 +357,10 @@ def multi_step_forward(
 
     Exceptions raised by the modules propagate unchanged. On JAX the call lowers to one
     ``lax.scan``; eager calls reuse a compiled program per step structure and input shapes,
-    with the arrays the step holds passed as arguments (README, "What the JAX compile cache
+    with the arrays the step holds passed as arguments (docs, "What the JAX compile cache
     sees"), so steps must be pure functions of their arguments and arrays. Under
     ``torch.compile(fullgraph=True)`` a call with `state` lowers to one torch ``scan``, so its
-    compile time does not grow with T (README, "Long loops under torch.compile").
+    compile time does not grow with T (docs, "Long loops under torch.compile").
 
     Examples
     --------

@@ -11,7 +11,7 @@ def set_jax_cache(enabled: bool) -> bool:
     """Turn the compile cache of eager JAX calls on or off; returns the previous setting.
 
     Eager JAX calls (``x_seq`` a concrete ``jax.Array``) reuse one compiled program per step
-    structure, passing the arrays the step reads as arguments (README, "What the JAX compile
+    structure, passing the arrays the step reads as arguments (docs, "What the JAX compile
     cache sees"). Turned off, every eager call traces the step afresh (slower, and it sees
     everything, module-level globals included); turning it off also empties it. Calls inside
     the user's own ``jax.jit`` never use it.

@@ -192,7 +192,7 @@ def check_state(state: Any) -> None:
         raise ValueError(
             "`lengths=` freezes each batch element's state after its last step, so it needs "
             "the state passed with `state=`; a SpikingJelly memory module keeps its state "
-            'hidden, where it cannot be frozen (README, "Variable-length sequences"); got '
+            'hidden, where it cannot be frozen (docs, "Variable-length sequences"); got '
             "state=None"
         )
 

@@ -5,7 +5,7 @@ take a model that calls dualstep as it is: its time loop exports as one loop (to
 ONNX's ``Scan``, StableHLO's ``while``) whatever ``T``. What they need from the caller is which
 axes of the arguments vary, one entry per array, state pytrees included. The two helpers here
 build that from example arguments: ``T`` and the batch free, every other axis fixed; the batch
-axis is the first axis of each array whose first axis has the example's batch size (README,
+axis is the first axis of each array whose first axis has the example's batch size (docs,
 "Deploying").
 """
 

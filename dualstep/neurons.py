@@ -551,6 +551,7 @@ class LI(Neuron):
 
 
 NEURONS = (IF, LIF, ParametricLIF, QIF, EIF, Izhikevich, CubaLIF, AdaptiveLIF, LI)
+"""The nine neuron classes."""
 
 __all__ = [
     "EIF",

@@ -12,7 +12,7 @@ equation: ``LIF``: ``v += dt / tau * (v_leak - v + r * I)``, then ``z = v > v_th
 ``v = v_reset`` where ``z``; ``IF``: ``v += dt * r * I``; ``LI`` and ``I`` (integrator) without
 the spike; ``CubaLIF``/``CubaLI``: the synaptic current first (``I += dt / tau_syn * (w_in * S -
 I)``), then the membrane from the new current. Exporters that follow another convention are
-read with `convention` (README, "NIR graphs").
+read with `convention` (docs, "NIR graphs").
 
 Needs the ``nir`` package: ``pip install 'dualstep[nir]'``.
 """
@@ -45,6 +45,7 @@ CONVENTIONS = {
     # the previous step's membrane was above it; z = v > v_threshold; no reset to v_reset.
     "snntorch": {"inclusive": False, "subtract": True},
 }
+"""How a graph's neurons fire and reset, by `convention=` name (docs, "NIR graphs")."""
 
 
 class UnsupportedNode(NotImplementedError):
@@ -677,7 +678,7 @@ def _model(graph: Any, dt: float, convention: str, prefix: str = "") -> Model:
 
 def _order(start: str, names: list[str], edges: list) -> tuple[list, dict, dict]:
     """Nodes in the order one step computes them, each node's sources computed before it this
-    step, and its sources from the previous step: the rule of the README ("NIR graphs").
+    step, and its sources from the previous step: the rule of the docs ("NIR graphs").
 
     The order depends on the graph alone, not on the order of its node or edge lists: the
     cycles (strongly connected components) run in dependency order, the nodes of each by their

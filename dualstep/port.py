@@ -64,6 +64,7 @@ SUPPORTED = (
     "SeqToANNContainer, MultiStepContainer; spikingjelly neurons: IFNode, LIFNode, "
     "ParametricLIFNode, QIFNode, EIFNode, IzhikevichNode, CUBALIFNode, NonSpikingLIFNode"
 )
+"""What `to_jax` ports, as its errors name it."""
 
 
 class PortedStep:

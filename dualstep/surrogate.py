@@ -459,6 +459,7 @@ SURROGATES = (
     PiecewiseExp,
     Rect,
 )
+"""The ten surrogate classes, in SpikingJelly's order."""
 
 __all__ = [
     "SURROGATES",

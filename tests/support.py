@@ -1,4 +1,4 @@
-"""What the tests share: each backend's array makers, the one `assert_close`, and the README's
+"""What the tests share: each backend's array makers, the one `assert_close`, and the docs'
 table of rejected inputs. Tests import this module; fixtures live in conftest."""
 
 from __future__ import annotations
@@ -85,12 +85,12 @@ def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool =
     np.testing.assert_allclose(actual, expected.astype(want), rtol=rtol, atol=atol)
 
 
-# The README's table of rejected inputs: row number -> (exception name, message), where "..."
-# in a message stands for the received value.
-README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+# The docs' table of rejected inputs (docs/errors.md): row number -> (exception name, message),
+# where "..." in a message stands for the received value.
+ERRORS_PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 _ROW = re.compile(r"^\| (\d+) \| .*? \| .*? \| `(\w+)` \| `` (.*) `` \|$")
 ERROR_ROWS = {
-    int(m[1]): (m[2], m[3]) for m in map(_ROW.match, README.read_text().splitlines()) if m
+    int(m[1]): (m[2], m[3]) for m in map(_ROW.match, ERRORS_PAGE.read_text().splitlines()) if m
 }
 
 
@@ -151,7 +151,7 @@ def variables(state: Any) -> dict:
     return state if isinstance(state, dict) else {"v": state}
 
 
-# What torch 2.13 warns while torch.export traces a dualstep call (README, "Deploying"), as
+# What torch 2.13 warns while torch.export traces a dualstep call (docs, "Deploying"), as
 # pytest's filterwarnings entries: Dynamo traces around array-api-compat's lru_cache-wrapped
 # namespace lookup (a lookup by type, the same either way); its tracing of a
 # torch.autograd.Function (a surrogate spike) inside a `scan` instantiates the Function base

@@ -1,4 +1,4 @@
-"""Every row of the README's table of rejected inputs, on every backend it applies to.
+"""Every row of the docs' table of rejected inputs (docs/errors.md), on every backend it applies to.
 
 The table is the documentation; this file holds one bad call per row and checks the exception
 type and the whole message against the row (``...`` matches the received value).

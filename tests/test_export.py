@@ -1,4 +1,4 @@
-"""Exported time loops (README, "Deploying"): `torch.export`, ONNX through ONNX Runtime, and
+"""Exported time loops (docs, "Deploying"): `torch.export`, ONNX through ONNX Runtime, and
 `jax.export` in a fresh process each run the exported SNN at three T from one export, equal to
 the eager call (spikes identical, every other value within 1e-6 relative), with one loop in the
 graph whatever T."""
@@ -405,7 +405,7 @@ def test_jax2onnx_converts_the_loop_for_onnx_runtime(jax_backend, tmp_path):
     """The optional path from JAX to ONNX: jax2onnx turns a dualstep scan with a symbolic T
     and batch into one ONNX `Loop`, which ONNX Runtime runs equal to eager at three T. The
     conversion runs in its own process: jax2onnx 0.17 leaves `jnp.cumsum` patched after
-    `to_onnx` (README, "Deploying")."""
+    `to_onnx` (docs, "Deploying")."""
     import jax.numpy as jnp
 
     pytest.importorskip("jax2onnx")

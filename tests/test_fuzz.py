@@ -3,8 +3,8 @@
 Random shapes (zero-sized axes included), dtypes, split sizes of every Python and NumPy kind,
 non-array inputs, modules of every kind and states of wrong structure go to all five functions
 on every backend. A call must either raise TypeError/ValueError with a message from the
-README's table of rejected inputs, or return what a plain loop over the same backend's arrays
-returns.
+docs' table of rejected inputs (docs/errors.md), or return what a plain loop over the same
+backend's arrays returns.
 """
 
 from __future__ import annotations

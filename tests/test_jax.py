@@ -140,7 +140,7 @@ def _scale(k):
 
 
 def test_cache_keeps_the_128_most_recently_used_programs():
-    """The README's LRU of 128 programs, seen through retraces only."""
+    """The LRU of 128 programs (docs, "JAX"), seen through retraces only."""
     ds.clear_jax_cache()
     x = jnp.ones((1, 1))
     steps = [_scale(k) for k in range(130)]

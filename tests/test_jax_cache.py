@@ -386,7 +386,7 @@ def test_eager_grad_of_seq_to_ann_then_multi_step_is_cached():
         np.testing.assert_allclose(g, e, rtol=1e-6, atol=1e-6)
 
 
-# What the cache cannot see: each is listed in the README with this test.
+# What the cache cannot see: each is listed in the docs ("JAX") with this test.
 
 GLOBAL_W = jnp.float32(1.0)
 

@@ -121,7 +121,7 @@ def test_a_first_step_that_works_in_place_keeps_spikingjellys_views():
 
 
 def test_a_later_step_that_works_in_place_raises_torchs_error():
-    """The limit of deciding at the first step (README, "Errors": "The first step decides"):
+    """The limit of deciding at the first step (docs, "Errors": "The first step decides"):
     a step that changes its input in place only after the first step gets a view of one
     unbind, and torch refuses the change, where SpikingJelly's select views allow it."""
     calls = []

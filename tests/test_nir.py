@@ -150,7 +150,7 @@ def _snntorch():
 
     torch.manual_seed(0)
     # Per-neuron beta and threshold: with scalars the exporter's graph fails nir 1.0.8's type
-    # check (README, "NIR graphs").
+    # check (docs, "NIR graphs").
     net = torch.nn.Sequential(
         torch.nn.Linear(4, 3),
         snn.Leaky(
@@ -183,7 +183,7 @@ def test_snntorch_export_changes_the_reset_and_the_report_says_where():
         check=False,
     )
     (row,) = report.rows
-    assert (row.ok, row.first_bad_step, row.leaf) == (False, 5, "y")  # as the README says
+    assert (row.ok, row.first_bad_step, row.leaf) == (False, 5, "y")  # as the docs say
     snn_model = load(graph, dt=DT, convention="snntorch")
     reset(net)
     assert_implementations_close(

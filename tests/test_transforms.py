@@ -55,7 +55,8 @@ def test_torch_func_vmap(torch_calls, name, grad_enabled):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
-# checkpoint=True with grad: torch.func refuses checkpointing's saved-tensor hooks (README)
+# checkpoint=True with grad: torch.func refuses checkpointing's saved-tensor hooks (docs,
+# "Transforms and scaling out")
 @pytest.mark.parametrize(
     ("grad_enabled", "checkpoint"), [(True, False), (False, False), (False, True)]
 )

@@ -95,7 +95,7 @@ def _warn_uncached(reason: Exception, modules: Any) -> None:
     warnings.warn(
         f"dualstep cannot cache the JAX step {name} ({why}), so every eager call traces and "
         "compiles it again; call it inside jax.jit, or keep the cycle out of what the step "
-        'refers to (README, "What the JAX compile cache sees")',
+        'refers to (docs, "What the JAX compile cache sees")',
         stacklevel=4,
     )
 

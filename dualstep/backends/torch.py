@@ -220,7 +220,7 @@ def _scanned_stateless(x_seq: Any, modules: Any, dim: int, call: Callable) -> An
             "`torch.export` with a dynamic T exports the time loop as one `scan`, whose step "
             f"must keep no hidden memory; {type(found[0]).__qualname__} keeps its state in "
             "itself. Pass the state with `state=` (`dualstep.neurons` has SpikingJelly's "
-            'neurons as steps; README, "Deploying"); got state=None'
+            'neurons as steps; docs, "Deploying"); got state=None'
         )
     xs = map_items(x_seq, lambda a: a.movedim(dim, 0))
     first = xs[0] if isinstance(xs, tuple) else xs

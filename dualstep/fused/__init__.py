@@ -282,7 +282,7 @@ def not_fusable(what: str, kernel_failed: bool = False) -> NotFusable:
     """The error for a step that cannot be fused because of `what`; `kernel_failed`: its
     kernel was built and failed (to trace, lower or compile), which 'auto' says."""
     error = NotFusable(
-        f'`fused=True` needs an elementwise step (README, "Fused kernels"); {what}. '
+        f'`fused=True` needs an elementwise step (docs, "Fused kernels"); {what}. '
         "Use fused=False for the plain loop, or fused='auto' to fall back to it"
     )
     error.what, error.kernel_failed = what, kernel_failed

@@ -25,10 +25,11 @@ FUNCTIONS = (
     "seq_to_ann_forward",
     "t_last_seq_to_ann_forward",
 )
-# The three that run a step over time and take `state=`; the other two take stateless modules.
+"""The five function names, as `call` takes them."""
 STATEFUL_FUNCTIONS = FUNCTIONS[:3]
-# The two whose sequences are `[batch_size, ..., T]`.
+"""The three that run a step over time and take `state=`; the other two take stateless modules."""
 TIME_LAST_FUNCTIONS = ("t_last_multi_step_forward", "t_last_seq_to_ann_forward")
+"""The two whose sequences are `[batch_size, ..., T]`."""
 
 
 def chunk_module(step: Any, **options: Any) -> Callable[..., Any]:

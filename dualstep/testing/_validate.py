@@ -19,16 +19,17 @@ from .._tree import leaves_with_path, map_with_path
 from ._functions import FUNCTIONS, STATEFUL_FUNCTIONS, call, call_time_first
 
 BACKENDS = ("numpy", "torch", "jax")
+"""The backend names, the float64 oracle's first."""
 CONVERT = {"numpy": interop.to_numpy, "torch": interop.to_torch, "jax": interop.to_jax}
 
-# (rtol, atol) by dtype name: a value passes when |got - want| <= atol + rtol * |want|; integer
-# and bool outputs must match exactly.
 TOLERANCES = {
     "float16": (1e-3, 1e-3),
     "bfloat16": (1e-2, 1e-2),
     "float32": (2e-5, 2e-6),
     "float64": (1e-12, 1e-12),
 }
+"""`(rtol, atol)` by dtype name: a value passes when `|got - want| <= atol + rtol * |want|`;
+integer and bool outputs must match exactly."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -445,7 +446,7 @@ def assert_backends_close(
         Raise when anything disagrees; ``False`` returns the report either way.
     lengths : integer array or list of ints, shape ``[batch_size]``, optional
     fill : float, default 0.0
-        Variable-length sequences (README, "Variable-length sequences"): passed, converted,
+        Variable-length sequences (docs, "Variable-length sequences"): passed, converted,
         to every call, the oracle's included; needs `state`.
 
     Returns
@@ -662,6 +663,17 @@ def assert_implementations_close(
     :func:`assert_backends_close`; states are never compared leaf by leaf across two
     structures.
 
+    A torch network as `reference` and what :func:`dualstep.port.to_jax` made of it, the
+    tuple ``(step, params, state)``, as `candidate`, are compared module by module: the
+    network's output, every ported module's output (``layer 2 (LIFNode)``, the first one
+    out of tolerance names where a port diverges), each neuron's final state variables
+    (``state['2']['v']``) and batch norm's running statistics in training mode against the
+    network's memories and buffers, and with `compare_grads` the parameters' gradients
+    (``grad['0.weight']``; each a sum over time, batch and space, so its atol is at least
+    rtol times its largest element). A network in SpikingJelly's multi-step mode gets the whole
+    sequence, a single-step one each step in turn; the other arguments of the sides are not
+    used then.
+
     Parameters
     ----------
     reference, candidate : callable or list of callables
@@ -687,23 +699,13 @@ def assert_implementations_close(
     check : bool, default True
         Raise when the sides disagree; ``False`` returns the report either way.
     compare_grads : bool, default False
-        With a torch network and its port (below): compare the gradients of a loss of the
+        With a torch network and its port (above): compare the gradients of a loss of the
         outputs (their sum weighted by fixed random numbers) with respect to every parameter.
     lengths : integer array or list of ints, shape ``[batch_size]``, optional
     fill : float, default 0.0
         Variable-length sequences, passed (converted) to both sides' calls; both need a
-        state (README, "Variable-length sequences").
+        state (docs, "Variable-length sequences").
 
-    A torch network as `reference` and what :func:`dualstep.port.to_jax` made of it, the
-    tuple ``(step, params, state)``, as `candidate`, are compared module by module: the
-    network's output, every ported module's output (``layer 2 (LIFNode)``, the first one
-    out of tolerance names where a port diverges), each neuron's final state variables
-    (``state['2']['v']``) and batch norm's running statistics in training mode against the
-    network's memories and buffers, and with `compare_grads` the parameters' gradients
-    (``grad['0.weight']``; each a sum over time, batch and space, so its atol is at least
-    rtol times its largest element). A network in SpikingJelly's multi-step mode gets the whole
-    sequence, a single-step one each step in turn; the other arguments of the sides are not
-    used then.
 
     Returns
     -------
