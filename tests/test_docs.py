@@ -21,15 +21,93 @@ BLOCKS = [
     for path in SOURCES
     for i, code in enumerate(re.findall(r"^```python\n(.*?)^```", path.read_text(), re.S | re.M))
 ]
-# Every block, by page: a block added or removed must be named here.
-IDS = ["README-0", "README-1", "index-0", "steps-0", "neurons-0", "neurons-1", "jax-0"]
-IDS += ["porting-0", "porting-1", "nir-0", "long-sequences-0", "fused-0"]
-IDS += ["deploying-0", "deploying-1"]
+
+
+# What each block's run must leave behind beyond its own assertions, by block: a block added
+# or removed must be named here.
+CHECKS: dict = {}
+
+
+def _after(*names):
+    def register(check):
+        CHECKS.update(dict.fromkeys(names, check))
+        return check
+
+    return register
+
+
+@_after("README-0")
+def _torch_drop_in(ns):
+    assert tuple(ns["y_seq"].shape) == (16, 8, 10)
+    assert tuple(ns["y_long"].shape) == (16, 8, 32)
+
+
+@_after("README-1")
+def _jax_first_call(ns):
+    assert tuple(ns["spikes"].shape) == (16, 8, 32) and tuple(ns["v_T"].shape) == (8, 32)
+    assert 0.0 <= float(ns["rate"]) <= 1.0
+
+
+@_after("index-0")
+def _trained(ns):
+    assert ns["accuracy"] > 0.9 and ns["loss"].item() < ns["first_loss"] / 2
+
+
+@_after("steps-0")
+def _every_backend(ns):
+    assert set(ns["spikes"]) == {"numpy", "torch", "jax"}
+
+
+@_after("neurons-0")
+def _surrogate(ns):  # its own assertions ran; the gradient is not zero
+    assert float(abs(ns["g_t"]).max()) > 0
+
+
+@_after("neurons-1")
+def _neurons(ns):  # its own assertions ran on a run that spikes, with gradients
+    assert float(ns["spikes"].detach().sum()) > 0
+
+
+@_after("long-sequences-0", "deploying-0", "deploying-1")
+def _spiking(ns):  # its own assertions ran on a run that spikes
+    assert float(ns["spikes"].sum()) > 0
+
+
+@_after("jax-0")
+def _transforms(ns):
+    assert ns["per_example"].shape == (8,)
+
+
+@_after("porting-0")
+def _port_linear(ns):  # output, two modules, the neuron's state, two gradients
+    assert ns["report"].ok and len(ns["report"].rows) == 6
+
+
+@_after("porting-1")
+def _port_conv(ns):  # every module has its row
+    assert ns["report"].ok and len(ns["report"].rows) == 18
+    assert set(ns["final"]) == {"1", "2", "6"}  # batch norm's statistics, the neurons
+
+
+@_after("porting-2")
+def _arrays(ns):
+    assert ns["report"].ok and len(ns["report"].rows) == 9
+    assert set(ns["params"]) == {"weight", "bias"} and ns["state"]["count"] is None
+
+
+@_after("nir-0")
+def _nir(ns):  # one row: the output
+    assert ns["report"].ok and len(ns["report"].rows) == 1
+
+
+@_after("fused-0")
+def _fused(ns):
+    assert tuple(ns["y_seq"].shape) == (8, 4, 16)
 
 
 def test_every_page_is_in_the_nav_and_every_block_is_named():
     assert sorted(NAV) == sorted(p.name for p in (ROOT / "docs").glob("*.md"))
-    assert [name for name, _, _ in BLOCKS] == IDS
+    assert sorted(name for name, _, _ in BLOCKS) == sorted(CHECKS)
 
 
 def test_readme_stays_short():
@@ -38,9 +116,9 @@ def test_readme_stays_short():
     assert len((ROOT / "README.md").read_text().splitlines()) <= 150
 
 
-@pytest.mark.parametrize(("path", "block"), [b[1:] for b in BLOCKS], ids=[b[0] for b in BLOCKS])
+@pytest.mark.parametrize(("name", "path", "block"), BLOCKS, ids=[b[0] for b in BLOCKS])
 @pytest.mark.filterwarnings(*EXPORT_WARNINGS)  # the deploying examples export through torch
-def test_example_runs(path, block):
+def test_example_runs(name, path, block):
     for module in re.findall(r"^(?:from|import) (\w+)", block, re.M):
         pytest.importorskip(module)
     if "to_jax" in block:  # interop's examples convert to JAX without importing it
@@ -49,38 +127,7 @@ def test_example_runs(path, block):
         pytest.importorskip("triton")
     namespace: dict = {}
     exec(compile(block, str(path), "exec"), namespace)
-    # lengths and deploying (the ONNX session, the restored JAX program): their own
-    # assertions ran on a spiking run
-    if {"recordings", "session", "restored"} & set(namespace):
-        assert float(namespace["spikes"].sum()) > 0
-    elif "grads" in namespace:  # port: the comparison ran; every module has its row
-        assert namespace["report"].ok and len(namespace["report"].rows) == 18
-        assert set(namespace["final"]) == {"1", "2", "6"}  # batch norm's statistics, neurons
-    elif "nir_file" in namespace:  # NIR: its own assertions ran; one row, the output
-        assert len(namespace["report"].rows) == 1
-    elif "report" in namespace:  # porting
-        assert namespace["report"].ok and len(namespace["report"].rows) == 9
-        assert set(namespace["params"]) == {"weight", "bias"}
-        assert namespace["state"]["count"] is None
-    elif "optimizer" in namespace:  # training: its own assertions ran on the trained model
-        assert namespace["accuracy"] > 0.9
-    elif "adaptive_lif" in namespace:  # writing a step: every backend ran
-        assert set(namespace["spikes"]) == {"numpy", "torch", "jax"}
-    elif "g_jax" in namespace:  # neurons: its own assertions ran on a spiking run
-        assert float(namespace["spikes"].detach().sum()) > 0
-    elif "g_j" in namespace:  # surrogate: its own assertions ran; the gradient is not zero
-        assert float(abs(namespace["g_t"]).max()) > 0
-    elif "g_eager" in namespace:  # JAX transforms: their own assertions ran
-        assert namespace["per_example"].shape == (8,)
-    elif "y_loop" in namespace:  # fused: its own assertion ran
-        assert tuple(namespace["y_seq"].shape) == (8, 4, 16)
-    elif "y_long" in namespace:  # torch
-        assert tuple(namespace["y_seq"].shape) == (16, 8, 10)
-        assert tuple(namespace["y_long"].shape) == (16, 8, 32)
-    else:
-        assert tuple(namespace["spikes"].shape) == (16, 8, 32)
-        assert tuple(namespace["v_T"].shape) == (8, 32)
-        assert 0.0 <= float(namespace["rate"]) <= 1.0
+    CHECKS[name](namespace)
 
 
 def _public_names():
