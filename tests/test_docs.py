@@ -63,12 +63,12 @@ def _surrogate(ns):  # its own assertions ran; the gradient is not zero
     assert float(abs(ns["g_t"]).max()) > 0
 
 
-@_after("neurons-1")
-def _neurons(ns):  # its own assertions ran on a run that spikes, with gradients
+@_after("neurons-1", "long-sequences-0")
+def _spiking_with_grad(ns):  # its own assertions ran on a run that spikes, with gradients
     assert float(ns["spikes"].detach().sum()) > 0
 
 
-@_after("long-sequences-0", "deploying-0", "deploying-1")
+@_after("long-sequences-1", "deploying-0", "deploying-1")
 def _spiking(ns):  # its own assertions ran on a run that spikes
     assert float(ns["spikes"].sum()) > 0
 
