@@ -74,6 +74,15 @@ class Neuron:
     state variables in ``STATE``. ``v_threshold``, ``v_reset`` (None: soft reset, the threshold
     subtracted after a spike) and ``detach_reset`` (no gradient through the reset) are as in
     SpikingJelly's ``BaseNode``.
+
+    Examples
+    --------
+    >>> from dualstep import neurons
+    >>> lif = neurons.LIF(tau=2.0)
+    >>> lif.replace(tau=3.0).tau, lif.tau  # immutable: replace makes another
+    (3.0, 2.0)
+    >>> isinstance(lif, neurons.Neuron), neurons.CubaLIF.STATE, neurons.ParametricLIF.PARAMETERS
+    (True, ('v', 'c'), ('w',))
     """
 
     HYPER: tuple[str, ...] = ("v_threshold", "v_reset", "surrogate_function", "detach_reset")
@@ -173,7 +182,18 @@ _SIGMOID, _RECT = Sigmoid(), Rect()
 
 
 class IF(Neuron):
-    """Integrate-and-fire (SpikingJelly's ``IFNode``): ``h = v + x``."""
+    """Integrate-and-fire (SpikingJelly's ``IFNode``): ``h = v + x``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.IF()
+    >>> x_seq = np.full((6, 1), 0.6, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    """
 
     def __init__(
         self,
@@ -196,7 +216,18 @@ class IF(Neuron):
 class LIF(Neuron):
     """Leaky integrate-and-fire (``LIFNode``), with ``r = v_reset`` (0 for a soft reset):
     ``h = v + (x - (v - r)) / tau``, or ``h = v - (v - r) / tau + x`` when not
-    `decay_input`. `tau` must exceed 1."""
+    `decay_input`. `tau` must exceed 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.LIF(tau=2.0, v_reset=None)
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    """
 
     HYPER = ("tau", "decay_input", *Neuron.HYPER)
     tau: float
@@ -235,6 +266,16 @@ class ParametricLIF(Neuron):
     `w` starts at ``-log(init_tau - 1)``, as in SpikingJelly, unless given: a float, or a
     0-d array (a ``torch.nn.Parameter`` to train on torch, a traced array under JAX). A float
     `w` is taken in `x`'s dtype at each call.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.ParametricLIF(init_tau=2.0)
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
     """
 
     HYPER = ("decay_input", *Neuron.HYPER)
@@ -297,7 +338,18 @@ def _check_nonlinear(neuron: Neuron) -> None:
 class QIF(Neuron):
     """Quadratic integrate-and-fire (``QIFNode``):
     ``h = v + (x + a0 (v - v_rest) (v - v_c)) / tau``. Defaults ``v_reset=-0.1`` (the initial
-    voltage too), `tau` above 1, `a0` positive."""
+    voltage too), `tau` above 1, `a0` positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.QIF()
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    """
 
     HYPER = ("tau", "v_c", "a0", "v_rest", *Neuron.HYPER)
     tau: float
@@ -336,7 +388,18 @@ class QIF(Neuron):
 class EIF(Neuron):
     """Exponential integrate-and-fire (``EIFNode``):
     ``h = v + (x + v_rest - v + delta_T exp((v - theta_rh) / delta_T)) / tau``. Defaults
-    ``v_reset=-0.1``, `tau` above 1, `delta_T` positive."""
+    ``v_reset=-0.1``, `tau` above 1, `delta_T` positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.EIF()
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    """
 
     HYPER = ("tau", "delta_T", "theta_rh", "v_rest", *Neuron.HYPER)
     tau: float
@@ -379,7 +442,20 @@ class Izhikevich(Neuron):
     """Izhikevich's neuron as SpikingJelly writes it (``IzhikevichNode``): state ``v`` and the
     adaptation ``w``;
     ``h = v + (x + a0 (v - v_rest) (v - v_c) - w) / tau``, then after the spike ``s``
-    ``w = w + (a (h - v_rest) - w) / tau_w + b s``. `w` starts at `w_rest`."""
+    ``w = w + (a (h - v_rest) - w) / tau_w + b s``. `w` starts at `w_rest`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.Izhikevich()
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    >>> sorted(state)
+    ['v', 'w']
+    """
 
     HYPER = ("tau", "v_c", "a0", "v_rest", "w_rest", "tau_w", "a", "b", *Neuron.HYPER)
     STATE = ("v", "w")
@@ -444,7 +520,20 @@ class CubaLIF(Neuron):
     NIR's CubaLIF with ``v_leak = 0``, as :mod:`dualstep.nir` reads it, is this neuron with
     ``c_decay = 1 - dt / tau_syn``, ``v_decay = 1 - dt / tau_mem`` and the input scaled by
     ``(dt / tau_syn) (dt / tau_mem) r w_in`` (``c`` is then ``(dt / tau_mem) r I``); NIR fires
-    at ``v > v_threshold``, SpikingJelly and this neuron at ``>=``."""
+    at ``v > v_threshold``, SpikingJelly and this neuron at ``>=``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.CubaLIF()
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0]
+    >>> sorted(state)
+    ['c', 'v']
+    """
 
     HYPER = ("c_decay", "v_decay", *Neuron.HYPER)
     STATE = ("v", "c")
@@ -485,7 +574,20 @@ class AdaptiveLIF(Neuron):
     """LIF with an adaptive threshold (Bellec et al. 2018's LSNN neuron; SpikingJelly has
     none): state ``v`` and the adaptation ``a``. The voltage charges as :class:`LIF`'s; the
     neuron fires at ``v_threshold + beta a``, a soft reset subtracts that threshold, and
-    ``a = a + (s - a) / tau_adapt`` after the spike ``s``. `tau` and `tau_adapt` exceed 1."""
+    ``a = a + (s - a) / tau_adapt`` after the spike ``s``. `tau` and `tau_adapt` exceed 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.AdaptiveLIF()
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().tolist()
+    [0.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+    >>> sorted(state)
+    ['a', 'v']
+    """
 
     HYPER = ("tau", "tau_adapt", "beta", "decay_input", *Neuron.HYPER)
     STATE = ("v", "a")
@@ -533,7 +635,18 @@ class AdaptiveLIF(Neuron):
 
 class LI(Neuron):
     """A leaky integrator, the non-spiking readout (``NonSpikingLIFNode``'s step):
-    ``v = v + (x - v) / tau``; the output is the new voltage. `v` starts at 0."""
+    ``v = v + (x - v) / tau``; the output is the new voltage. `v` starts at 0.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward, neurons
+    >>> neuron = neurons.LI()
+    >>> x_seq = np.full((6, 1), 1.5, np.float32)  # [T, B]
+    >>> y_seq, state = multi_step_forward(x_seq, neuron, state=neuron.initial_state(x_seq))
+    >>> y_seq.ravel().round(3).tolist()  # the membrane: LI does not spike
+    [0.75, 1.125, 1.312000036239624, 1.406000018119812, 1.4529999494552612, 1.4769999980926514]
+    """
 
     HYPER = ("tau",)
     tau: float

@@ -49,7 +49,27 @@ CONVENTIONS = {
 
 
 class UnsupportedNode(NotImplementedError):
-    """The graph holds a node type (or a form of one) that dualstep cannot run."""
+    """The graph holds a node type (or a form of one) that dualstep cannot run.
+
+    Examples
+    --------
+    >>> import nir
+    >>> import numpy as np
+    >>> from dualstep.nir import load
+    >>> graph = nir.NIRGraph(
+    ...     nodes={
+    ...         "input": nir.Input(input_type=np.array([2])),
+    ...         "lif": nir.LIF(tau=np.full(2, 2e-3), r=np.ones(2), v_leak=np.zeros(2),
+    ...                        v_threshold=np.ones(2), v_reset=np.zeros(2)),
+    ...         "output": nir.Output(output_type=np.array([2])),
+    ...     },
+    ...     edges=[("input", "lif"), ("lif", "output"), ("lif", "input")],
+    ... )
+    >>> load(graph, dt=1e-3)
+    Traceback (most recent call last):
+        ...
+    dualstep.nir.UnsupportedNode: edge ('lif', 'input') goes into the Input node 'input', ...
+    """
 
 
 class NIRFileError(ValueError):
@@ -57,6 +77,16 @@ class NIRFileError(ValueError):
 
     The message names the file and what is wrong; the error from reading it is chained
     (``__cause__``).
+
+    Examples
+    --------
+    >>> from dualstep.nir import NIRFileError, load
+    >>> load("missing.nir", dt=1e-3)
+    Traceback (most recent call last):
+        ...
+    dualstep.nir.NIRFileError: cannot read 'missing.nir' as a NIR graph: no such file
+    >>> issubclass(NIRFileError, ValueError)
+    True
     """
 
 
@@ -481,6 +511,27 @@ class Model:
     and, for recurrent edges, the previous step's output of each node that feeds back. Build
     it with :meth:`initial_state`. ``y`` is the output node's value, or a tuple for several
     output nodes (by name).
+
+    Examples
+    --------
+    >>> import nir
+    >>> import numpy as np
+    >>> from dualstep import multi_step_forward
+    >>> from dualstep.nir import load
+    >>> graph = nir.NIRGraph(
+    ...     nodes={
+    ...         "input": nir.Input(input_type=np.array([2])),
+    ...         "lif": nir.LIF(tau=np.full(2, 2e-3), r=np.ones(2), v_leak=np.zeros(2),
+    ...                        v_threshold=np.ones(2), v_reset=np.zeros(2)),
+    ...         "output": nir.Output(output_type=np.array([2])),
+    ...     },
+    ...     edges=[("input", "lif"), ("lif", "output")],
+    ... )
+    >>> model = load(graph, dt=1e-3)  # dt / tau = 0.5
+    >>> x_seq = np.full((4, 1, 2), 1.5)  # [T, B, N]
+    >>> y_seq, final = multi_step_forward(x_seq, model.step, state=model.initial_state(x_seq))
+    >>> y_seq[:, 0, 0].tolist(), list(final)  # the spikes; the state by node name
+    ([0.0, 1.0, 0.0, 1.0], ['lif'])
     """
 
     nodes: dict[str, _Node]

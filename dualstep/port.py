@@ -53,7 +53,17 @@ Op = Callable[[dict, Any, dict], tuple[Any, dict]]
 
 
 class UnsupportedModule(TypeError):
-    """A module, or an option of one, that :func:`to_jax` cannot port."""
+    """A module, or an option of one, that :func:`to_jax` cannot port.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from dualstep import port
+    >>> port.to_jax(torch.nn.LSTM(3, 2), torch.zeros(1, 3))
+    Traceback (most recent call last):
+        ...
+    dualstep.port.UnsupportedModule: cannot port torch.nn.modules.rnn.LSTM at the network ...
+    """
 
 
 SUPPORTED = (
@@ -73,6 +83,17 @@ class PortedStep:
     ``buffers`` holds the network's buffers as JAX arrays (constants of the step where their
     module is in evaluation mode); :meth:`weights` gives parameters and buffers by name for
     :func:`dualstep.interop.module_from_jax`.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from dualstep import port
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    >>> step, params, state = port.to_jax(net, torch.zeros(1, 3))
+    >>> step.layers  # path and type of each ported module
+    [('0', 'Linear'), ('1', 'ReLU')]
+    >>> list(step.weights(params, state))  # by torch name, for interop.module_from_jax
+    ['0.weight', '0.bias']
     """
 
     def __init__(self, op: Op, buffers: dict, builder: _Builder, description: str) -> None:
@@ -159,6 +180,19 @@ def to_jax(module: Any, example_input: Any, *, key: Any = None) -> tuple[PortedS
         A module or option the port does not cover, named with its path; a TypeError.
     ValueError
         Training-mode dropout without `key`, or an `example_input` the network rejects.
+
+    Examples
+    --------
+    >>> import jax.numpy as jnp
+    >>> import torch
+    >>> from dualstep import port
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.ReLU())
+    >>> step, params, state = port.to_jax(net, torch.zeros(1, 3))  # [B, N]: single-step
+    >>> sorted(params), state
+    (['0.bias', '0.weight'], {})
+    >>> y, state = step(params, jnp.ones((1, 3)), state)
+    >>> y.shape
+    (1, 2)
     """
     import jax
 

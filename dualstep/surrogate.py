@@ -81,6 +81,15 @@ class Surrogate:
     `spiking` as in SpikingJelly: True gives the spike, False the smooth primitive function.
     Parameters are plain floats, fixed at construction and part of the surrogate's equality
     (a step closing over a surrogate is traced again only when they differ).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import ATan, Surrogate
+    >>> isinstance(ATan(), Surrogate), ATan() == ATan(alpha=2.0), ATan() == ATan(alpha=3.0)
+    (True, True, False)
+    >>> ATan(spiking=False)(np.array([-1.0, 0.0, 1.0])).round(4)  # the primitive function
+    array([0.0981, 0.5   , 0.9019])
     """
 
     PARAMS: tuple[str, ...] = ("alpha",)
@@ -172,7 +181,15 @@ def _in_kernel(surrogate: Surrogate, h: Any) -> bool:
 
 
 def heaviside(x: Any) -> Any:
-    """``x >= 0`` in `x`'s dtype: 1.0 at 0, as SpikingJelly's ``heaviside``."""
+    """``x >= 0`` in `x`'s dtype: 1.0 at 0, as SpikingJelly's ``heaviside``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import heaviside
+    >>> heaviside(np.array([-1.0, 0.0, 2.0], np.float32))
+    array([0., 1., 1.], dtype=float32)
+    """
     xp = array_namespace(x)
     return xp.astype(x >= 0, x.dtype)
 
@@ -237,7 +254,18 @@ def _jax_spike(surrogate: Surrogate, in_kernel: bool = False) -> Any:
 
 class Sigmoid(Surrogate):
     """Gradient ``alpha * sigmoid(alpha x) * (1 - sigmoid(alpha x))``; primitive
-    ``sigmoid(alpha x)``. SpikingJelly's default ``alpha=4.0``."""
+    ``sigmoid(alpha x)``. SpikingJelly's default ``alpha=4.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import Sigmoid
+    >>> spike, h = Sigmoid(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.42, 1.  , 0.42])
+    """
 
     def __init__(self, alpha: float = 4.0, spiking: bool = True) -> None:
         super().__init__(spiking, alpha=alpha)
@@ -256,7 +284,18 @@ class Sigmoid(Surrogate):
 
 class ATan(Surrogate):
     """Gradient ``(alpha / 2) / (1 + (pi alpha x / 2)^2)``; primitive
-    ``atan(pi alpha x / 2) / pi + 1/2``. Default ``alpha=2.0``."""
+    ``atan(pi alpha x / 2) / pi + 1/2``. Default ``alpha=2.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import ATan
+    >>> spike, h = ATan(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.2884, 1.    , 0.2884])
+    """
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True) -> None:
         super().__init__(spiking, alpha=alpha)
@@ -276,7 +315,18 @@ class ATan(Surrogate):
 
 class PiecewiseQuadratic(Surrogate):
     """Gradient ``alpha - alpha^2 |x|`` for ``|x| <= 1 / alpha``, else 0. Default
-    ``alpha=1.0``."""
+    ``alpha=1.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import PiecewiseQuadratic
+    >>> spike, h = PiecewiseQuadratic(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.5, 1. , 0.5])
+    """
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True) -> None:
         super().__init__(spiking, alpha=alpha)
@@ -301,7 +351,18 @@ class PiecewiseQuadratic(Surrogate):
 
 class SoftSign(Surrogate):
     """Gradient ``1 / (2 alpha (1 / alpha + |x|)^2)``; primitive
-    ``(softsign(alpha x) + 1) / 2``. Default ``alpha=2.0``, which must be positive."""
+    ``(softsign(alpha x) + 1) / 2``. Default ``alpha=2.0``, which must be positive.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import SoftSign
+    >>> spike, h = SoftSign(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.25, 1.  , 0.25])
+    """
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True) -> None:
         if not alpha > 0:
@@ -324,7 +385,18 @@ class SoftSign(Surrogate):
 
 class Erf(Surrogate):
     """Gradient ``alpha / sqrt(pi) * exp(-(alpha x)^2)``; primitive
-    ``erfc(-alpha x) / 2``. Default ``alpha=2.0``."""
+    ``erfc(-alpha x) / 2``. Default ``alpha=2.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import Erf
+    >>> spike, h = Erf(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.4151, 1.1284, 0.4151])
+    """
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True) -> None:
         super().__init__(spiking, alpha=alpha)
@@ -343,7 +415,18 @@ class Erf(Surrogate):
 
 class SuperSpike(Surrogate):
     """Gradient ``alpha / (|x| + 1)^2`` (Zenke and Ganguli); SpikingJelly defines no
-    primitive function. Default ``alpha=1.0``."""
+    primitive function. Default ``alpha=1.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import SuperSpike
+    >>> spike, h = SuperSpike(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.4444, 1.    , 0.4444])
+    """
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True) -> None:
         super().__init__(spiking, alpha=alpha)
@@ -359,7 +442,18 @@ class SuperSpike(Surrogate):
 
 class PiecewiseExp(Surrogate):
     """Gradient ``alpha / 2 * exp(-alpha |x|)``; primitive ``1 - exp(-alpha x) / 2`` for
-    ``x >= 0``, ``exp(alpha x) / 2`` below. Default ``alpha=1.0``."""
+    ``x >= 0``, ``exp(alpha x) / 2`` below. Default ``alpha=1.0``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import PiecewiseExp
+    >>> spike, h = PiecewiseExp(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.3033, 0.5   , 0.3033])
+    """
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True) -> None:
         super().__init__(spiking, alpha=alpha)
@@ -381,7 +475,18 @@ class PiecewiseExp(Surrogate):
 class Rect(Surrogate):
     """Gradient ``alpha`` for ``|x| < 1 / (2 alpha)``, else 0 (a rectangular window);
     primitive ``clip(alpha x + 1/2, 0, 1)``. Default ``alpha=1.0``, which must be positive;
-    SpikingJelly's ``CUBALIFNode`` fires through it."""
+    SpikingJelly's ``CUBALIFNode`` fires through it.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import Rect
+    >>> spike, h = Rect(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0., 1., 0.])
+    """
 
     def __init__(self, alpha: float = 1.0, spiking: bool = True) -> None:
         if not alpha > 0:
@@ -398,7 +503,18 @@ class Rect(Surrogate):
 
 class PiecewiseLeakyReLU(Surrogate):
     """Gradient ``1 / (2 w)`` for ``|x| < w``, else ``c``; primitive the matching piecewise
-    linear step. Defaults ``w=1.0`` (positive), ``c=0.01``."""
+    linear step. Defaults ``w=1.0`` (positive), ``c=0.01``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import PiecewiseLeakyReLU
+    >>> spike, h = PiecewiseLeakyReLU(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.5, 0.5, 0.5])
+    """
 
     PARAMS = ("w", "c")
     w: float
@@ -429,7 +545,18 @@ class PiecewiseLeakyReLU(Surrogate):
 
 class QPseudoSpike(Surrogate):
     """Gradient ``(1 + 2 |x| / (alpha - 1))^(-alpha)`` (a tail that decays as a power);
-    primitive its integral. Default ``alpha=2.0``, which must exceed 1."""
+    primitive its integral. Default ``alpha=2.0``, which must exceed 1.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.surrogate import QPseudoSpike
+    >>> spike, h = QPseudoSpike(), np.array([-0.5, 0.0, 0.5])
+    >>> spike(h)  # the spike on NumPy; on torch and JAX it carries the gradient below
+    array([0., 1., 1.])
+    >>> spike.gradient(h, np.ones(3)).round(4)
+    array([0.25, 1.  , 0.25])
+    """
 
     def __init__(self, alpha: float = 2.0, spiking: bool = True) -> None:
         if not alpha > 1:

@@ -178,7 +178,22 @@ def saved_for_backward(
 
 
 class NotFusable(ValueError):
-    """``fused=True`` was asked for a step that cannot run as one elementwise kernel."""
+    """``fused=True`` was asked for a step that cannot run as one elementwise kernel.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import dualstep as ds
+    >>> def step(x, v):
+    ...     return x, v
+    >>> x_seq, v0 = np.ones((3, 2)), np.zeros(2)
+    >>> ds.multi_step_forward(x_seq, step, state=v0, fused=True)
+    Traceback (most recent call last):
+        ...
+    dualstep.fused.NotFusable: `fused=True`: NumPy arrays have no fused kernel; use ...
+    >>> ds.multi_step_forward(x_seq, step, state=v0, fused="auto")[0].shape  # the loop
+    (3, 2)
+    """
 
     what = ""  # the reason alone, without the advice around it
     kernel_failed = False  # a kernel was built (or compiled) and failed: not the step's form

@@ -103,7 +103,15 @@ def call(
 
 def move_time(y: Any, source: int, destination: int) -> Any:
     """An array, or each array of a tuple, with its axis `source` moved to `destination`
-    (``movedim`` on torch, which ``torch.func.vmap`` can batch)."""
+    (``movedim`` on torch, which ``torch.func.vmap`` can batch).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.testing import move_time
+    >>> move_time(np.zeros((5, 2, 3)), 0, -1).shape  # [T, B, N] -> [B, N, T]
+    (2, 3, 5)
+    """
 
     def move(a: Any) -> Any:
         if kind_of(a) == "torch":

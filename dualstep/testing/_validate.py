@@ -46,6 +46,15 @@ class Row:
     `per_step` is the error of each time step over the tolerance (of an output compared over
     time; empty otherwise): the largest ``|got - want| / (atol + rtol * |want|)`` of the step's
     elements, so a step is out of tolerance where it exceeds 1 (:meth:`Report.plot`).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.testing import assert_backends_close, lif_step
+    >>> x, v0 = np.ones((4, 2)), np.zeros(2)
+    >>> row = assert_backends_close(lif_step(), x, state=v0, backends=["numpy"]).rows[0]
+    >>> row.backend, row.function, row.ok, row.first_bad_step
+    ('numpy', 'multi_step_forward', True, None)
     """
 
     backend: str
@@ -66,7 +75,17 @@ class Row:
 
 @dataclasses.dataclass(frozen=True)
 class Report:
-    """The result of `assert_backends_close`; ``str(report)`` is a table."""
+    """The result of `assert_backends_close`; ``str(report)`` is a table.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dualstep.testing import assert_backends_close, lif_step
+    >>> x, v0 = np.ones((4, 2)), np.zeros(2)
+    >>> report = assert_backends_close(lif_step(), x, state=v0, backends=["numpy"])
+    >>> report.ok, len(report.rows)  # one row per function (and compared array)
+    (True, 3)
+    """
 
     rows: tuple[Row, ...]
     rtol: float
@@ -155,7 +174,14 @@ _import_errors: dict[str, str | None] = {}
 
 def import_error(name: str) -> str | None:
     """Why framework `name` fails to import although it is installed (a broken install), as
-    ``"ImportError: ..."``; None when it imports or is not installed. Tried once."""
+    ``"ImportError: ..."``; None when it imports or is not installed. Tried once.
+
+    Examples
+    --------
+    >>> from dualstep.testing import import_error
+    >>> import_error("numpy") is None  # installed and importable
+    True
+    """
     if name not in _import_errors:
         _import_errors[name] = None
         if importlib.util.find_spec(name) is not None:
@@ -168,7 +194,14 @@ def import_error(name: str) -> str | None:
 
 def installed_backends() -> tuple[str, ...]:
     """The backends whose framework is installed and imports here (NumPy always); see
-    :func:`import_error` for one that is installed but broken."""
+    :func:`import_error` for one that is installed but broken.
+
+    Examples
+    --------
+    >>> from dualstep.testing import installed_backends
+    >>> "numpy" in installed_backends()
+    True
+    """
     return tuple(
         b
         for b in BACKENDS
@@ -242,6 +275,16 @@ def check_tolerance(value: Any, argument: str) -> float | None:
 
     A tolerance must be a finite, non-negative real number: NaN would pass every comparison
     (``x > nan`` is False) and a negative one would fail identical values.
+
+    Examples
+    --------
+    >>> from dualstep.testing import check_tolerance
+    >>> check_tolerance(1e-5, "rtol"), check_tolerance(None, "atol")
+    (1e-05, None)
+    >>> check_tolerance(float("nan"), "rtol")
+    Traceback (most recent call last):
+        ...
+    ValueError: `rtol` must be finite and non-negative; got nan
     """
     if value is None:
         return None
@@ -384,7 +427,20 @@ def _per_step(leaves: list[_Leaf]) -> tuple[float, ...]:
 
 @contextlib.contextmanager
 def jax_x64(enable: bool) -> Iterator[None]:
-    """JAX float64 for the duration, when JAX is installed and `enable`; restored afterwards."""
+    """JAX float64 for the duration, when JAX is installed and `enable`; restored afterwards.
+
+    Examples
+    --------
+    >>> import importlib.util
+    >>> from dualstep.testing import jax_x64
+    >>> with jax_x64(True):
+    ...     if importlib.util.find_spec("jax"):
+    ...         import jax.numpy as jnp
+    ...         print(jnp.zeros(1).dtype)
+    ...     else:  # without JAX there is nothing to switch
+    ...         print("float64")
+    float64
+    """
     if not enable or importlib.util.find_spec("jax") is None:
         yield
         return

@@ -41,6 +41,14 @@ def sequences(
     neurons (``tau=2``) compute them exactly in float32 and float64 alike, so spike times agree
     across dtypes and backends and a tolerance only has to absorb smooth functions' rounding.
     Convert with :mod:`dualstep.interop` for another backend.
+
+    Examples
+    --------
+    >>> from hypothesis import find
+    >>> from dualstep.testing.strategies import sequences
+    >>> x_seq = find(sequences(), lambda x: x.shape[0] >= 3)  # the simplest with T >= 3
+    >>> x_seq.shape, x_seq.dtype
+    ((3, 1), dtype('float32'))
     """
     t = draw(st.integers(1, max_t))
     b = draw(st.integers(min_batch, max_batch))
@@ -54,6 +62,13 @@ def split_sizes(max_value: int) -> st.SearchStrategy[Any]:
     """`split_size` values in ``1..max_value`` as a Python int or any NumPy integer type.
 
     Pass ``T + 2`` or so as `max_value` to cover chunks longer than the sequence too.
+
+    Examples
+    --------
+    >>> from hypothesis import find
+    >>> from dualstep.testing.strategies import split_sizes
+    >>> find(split_sizes(5), lambda s: s >= 3)
+    3
     """
     kinds = [int, np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint64]
     return st.builds(
