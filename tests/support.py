@@ -85,6 +85,11 @@ def assert_close(actual: Any, expected: Any, *, dtype: Any = None, exact: bool =
     np.testing.assert_allclose(actual, expected.astype(want), rtol=rtol, atol=atol)
 
 
+# The public modules, each with its `__all__`: the API reference documents every name in them.
+PUBLIC_MODULES = ("dualstep", "dualstep.surrogate", "dualstep.neurons", "dualstep.interop")
+PUBLIC_MODULES += ("dualstep.port", "dualstep.testing", "dualstep.testing.strategies")
+PUBLIC_MODULES += ("dualstep.nir", "dualstep.export")
+
 # The docs' table of rejected inputs (docs/errors.md): row number -> (exception name, message),
 # where "..." in a message stands for the received value.
 ERRORS_PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"

@@ -3,6 +3,7 @@ and its API reference shows every public name."""
 
 from __future__ import annotations
 
+import importlib
 import os
 import pathlib
 import re
@@ -10,7 +11,7 @@ import subprocess
 import sys
 
 import pytest
-from support import EXPORT_WARNINGS
+from support import EXPORT_WARNINGS, PUBLIC_MODULES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # The pages in the order of mkdocs.yml's nav, which must list every page of docs/.
@@ -131,29 +132,9 @@ def test_example_runs(name, path, block):
 
 
 def _public_names():
-    import dualstep
-    import dualstep.export
-    import dualstep.interop
-    import dualstep.neurons
-    import dualstep.port
-    import dualstep.surrogate
-    import dualstep.testing
-
-    modules = {"dualstep": dualstep, "dualstep.interop": dualstep.interop}
-    modules["dualstep.testing"] = dualstep.testing
-    modules["dualstep.surrogate"] = dualstep.surrogate
-    modules["dualstep.neurons"] = dualstep.neurons
-    modules["dualstep.port"] = dualstep.port
-    modules["dualstep.export"] = dualstep.export
-    names = [f"{m}.{n}" for m, module in modules.items() for n in module.__all__]
-    pytest.importorskip("hypothesis")
-    import dualstep.testing.strategies as strategies
-
-    names += [f"dualstep.testing.strategies.{n}" for n in strategies.__all__]
-    pytest.importorskip("nir")
-    import dualstep.nir
-
-    return names + [f"dualstep.nir.{n}" for n in dualstep.nir.__all__]
+    pytest.importorskip("hypothesis")  # dualstep.testing.strategies
+    pytest.importorskip("nir")  # dualstep.nir
+    return [f"{m}.{n}" for m in PUBLIC_MODULES for n in importlib.import_module(m).__all__]
 
 
 def test_api_table_names_every_public_name():

@@ -9,6 +9,7 @@ import importlib.util
 import inspect
 
 import pytest
+from support import PUBLIC_MODULES
 
 # Each module with examples, and what its examples (or its imports) need besides NumPy.
 MODULES = {
@@ -54,11 +55,7 @@ def test_every_module_with_examples_is_listed():
     assert sorted(found) == sorted(MODULES)
 
 
-PUBLIC = ["dualstep", "dualstep.surrogate", "dualstep.neurons", "dualstep.interop", "dualstep.port"]
-PUBLIC += ["dualstep.testing", "dualstep.testing.strategies", "dualstep.nir", "dualstep.export"]
-
-
-@pytest.mark.parametrize("name", PUBLIC)
+@pytest.mark.parametrize("name", PUBLIC_MODULES)
 def test_every_public_function_and_class_has_an_example(name):
     """Each has a numpydoc Examples section (which the test above runs)."""
     module = pytest.importorskip(name)  # the strategies need hypothesis, the NIR reader nir
