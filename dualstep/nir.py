@@ -56,19 +56,11 @@ class UnsupportedNode(NotImplementedError):
     >>> import nir
     >>> import numpy as np
     >>> from dualstep.nir import load
-    >>> graph = nir.NIRGraph(
-    ...     nodes={
-    ...         "input": nir.Input(input_type=np.array([2])),
-    ...         "lif": nir.LIF(tau=np.full(2, 2e-3), r=np.ones(2), v_leak=np.zeros(2),
-    ...                        v_threshold=np.ones(2), v_reset=np.zeros(2)),
-    ...         "output": nir.Output(output_type=np.array([2])),
-    ...     },
-    ...     edges=[("input", "lif"), ("lif", "output"), ("lif", "input")],
-    ... )
+    >>> graph = nir.NIRGraph.from_list(nir.Delay(delay=np.ones(2)))  # input -> delay -> output
     >>> load(graph, dt=1e-3)
     Traceback (most recent call last):
         ...
-    dualstep.nir.UnsupportedNode: edge ('lif', 'input') goes into the Input node 'input', ...
+    dualstep.nir.UnsupportedNode: node 'delay' is a Delay, which dualstep.nir cannot run; ...
     """
 
 
@@ -518,15 +510,9 @@ class Model:
     >>> import numpy as np
     >>> from dualstep import multi_step_forward
     >>> from dualstep.nir import load
-    >>> graph = nir.NIRGraph(
-    ...     nodes={
-    ...         "input": nir.Input(input_type=np.array([2])),
-    ...         "lif": nir.LIF(tau=np.full(2, 2e-3), r=np.ones(2), v_leak=np.zeros(2),
-    ...                        v_threshold=np.ones(2), v_reset=np.zeros(2)),
-    ...         "output": nir.Output(output_type=np.array([2])),
-    ...     },
-    ...     edges=[("input", "lif"), ("lif", "output")],
-    ... )
+    >>> lif = nir.LIF(tau=np.full(2, 2e-3), r=np.ones(2), v_leak=np.zeros(2),
+    ...               v_threshold=np.ones(2), v_reset=np.zeros(2))
+    >>> graph = nir.NIRGraph.from_list(lif)  # input -> lif -> output
     >>> model = load(graph, dt=1e-3)  # dt / tau = 0.5
     >>> x_seq = np.full((4, 1, 2), 1.5)  # [T, B, N]
     >>> y_seq, final = multi_step_forward(x_seq, model.step, state=model.initial_state(x_seq))
