@@ -111,6 +111,14 @@ def test_every_page_is_in_the_nav_and_every_block_is_named():
     assert sorted(name for name, _, _ in BLOCKS) == sorted(CHECKS)
 
 
+def test_getting_started_gives_the_readmes_two_commands():
+    """The README shows them plainly (not through a snippet); Getting started repeats them."""
+    commands = re.compile(r"^```bash\n# set up, then run the main job.*?^```$", re.S | re.M)
+    readme = commands.findall((ROOT / "README.md").read_text())
+    assert len(readme) == 1 and "bash scripts/test.sh" in readme[0]
+    assert commands.findall((ROOT / "docs" / "index.md").read_text()) == readme
+
+
 def test_readme_stays_short():
     """What dualstep is, the two commands, one torch and one JAX example, links: the rest is
     in docs/."""
