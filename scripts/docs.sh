@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The documentation site (mkdocs.yml, docs/): `bash scripts/docs.sh` serves it at
 # http://127.0.0.1:8000, reloading on edits; `bash scripts/docs.sh build` builds it into site/
-# with warnings as errors, as .ci/run does. Other arguments go to mkdocs. Needs the setup
-# (scripts/setup.sh installs the docs extra).
+# with warnings as errors, as tests/test_docs.py does. Other arguments go to mkdocs. Needs the
+# setup (scripts/setup.sh installs the docs extra).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export NO_MKDOCS_2_WARNING=1  # Material's banner about MkDocs 2, printed at every build

@@ -9,7 +9,8 @@ if ! [ -f .venv/.dualstep-setup ] || ! diff -q <(bash scripts/setup_stamp.sh) .v
   bash scripts/setup.sh
 fi
 # Every backend installed above must import: a failed install fails the run instead of skipping.
-export DUALSTEP_REQUIRE=numpy,torch,jax,spikingjelly,equinox,flax,triton,nir,nirtorch,snntorch
+# mkdocs and mkdocstrings: tests/test_docs.py builds the documentation strictly.
+export DUALSTEP_REQUIRE=numpy,torch,jax,spikingjelly,equinox,flax,triton,nir,nirtorch,snntorch,mkdocs,mkdocstrings
 # Two workers (pytest-xdist), one per core of the 2-core CI machine: 8 min 22 s against
 # 12 min 51 s in one process, one run each on this machine. `-n 0` runs in one process.
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -156,7 +156,7 @@ def test_api_table_names_every_public_name():
 
 
 def test_site_builds_strictly_and_documents_every_public_name(tmp_path):
-    """`mkdocs build --strict` (as .ci/run runs it): the generated reference has a section,
+    """`mkdocs build --strict` (what CI builds): the generated reference has a section,
     from its docstring, for every public name."""
     pytest.importorskip("mkdocs")
     pytest.importorskip("mkdocstrings")
