@@ -165,11 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         *torch_rows(steps, batch, budget),
         *jax_rows(steps, batch, budget),
     ]
-    text = "\n".join(lines)
-    if args.quick:
-        print(text)
-    else:
-        publish("export", text)
+    publish("export", "\n".join(lines), write=not args.quick)
     return 0
 
 

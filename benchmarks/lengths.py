@@ -194,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {ratio:.2f} | {judged} |"
         )
     lines += ["", "Fused kernels: not measured here (a CPU runs them in their interpreters)."]
-    text = "\n".join(lines)
-    if args.quick:
-        print(text)
-    else:
-        publish("lengths", text)
+    publish("lengths", "\n".join(lines), write=not args.quick)
     return 0
 
 

@@ -186,11 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{verdict})"
         )
     lines += ["", *verdicts]
-    text = "\n".join(lines)
-    if args.quick:
-        print(text)
-    else:
-        publish("port", text)
+    publish("port", "\n".join(lines), write=not args.quick)
     return 0
 
 

@@ -22,9 +22,12 @@ from . import memory, systems
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def publish(name: str, text: str) -> None:
-    """Print a benchmark's markdown report and write it to ``results/<name>.md``."""
+def publish(name: str, text: str, *, write: bool = True) -> None:
+    """Print a benchmark's markdown report and, with `write` (not for a ``--quick`` run),
+    write it to ``results/<name>.md``."""
     print(text)
+    if not write:
+        return
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"{name}.md").write_text(text + "\n")
 
